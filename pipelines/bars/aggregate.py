@@ -1,0 +1,139 @@
+"""Session-aware aggregation of validated bars into coarser timeframes.
+
+Buckets are anchored at the start of each session segment, never at the clock: for the regular
+session a 60-minute bar runs 09:30-10:30, ..., 15:30-16:00. In extended hours the pre-market
+(04:00-09:30), the regular session and the post-market (close-20:00) are separate segments, so no
+bar mixes them. A bucket ends early where its segment ends (15:30-16:00 above, or 12:30-13:00 on
+an early-close day). Daily bars hold the regular session only.
+
+Incomplete last bars: a bucket is emitted only once its window has closed by ``as_of`` (by default,
+the end of the last source bar in the input), so a partial bucket at the end of the data never
+looks like a finished bar. Buckets with missing source bars inside are emitted; ``bar_count`` says
+how many source bars they hold.
+
+``vwap`` is the volume-weighted mean of the source VWAPs (null if any is missing or the volume is
+zero); ``trade_count`` is the sum (null if any is missing); ``flags`` is the OR of the sources'.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from pipelines.bars.calendar import Session, SessionCalendar, session_dates, sessions_between
+from pipelines.data.schema import STORED_BAR_SCHEMA
+from pipelines.timeframes import Timeframe
+
+
+class AggregationError(ValueError):
+    """The requested aggregation cannot be built from the given bars."""
+
+
+def segment_bounds(session: Session) -> tuple[pl.Expr, pl.Expr]:
+    """Start and end of the session segment holding each bar (needs the calendar columns)."""
+    if session == "regular":
+        return pl.col("reg_open"), pl.col("reg_close")
+    ts = pl.col("ts")
+    start = (
+        pl.when(ts < pl.col("reg_open"))
+        .then(pl.col("ext_open"))
+        .when(ts < pl.col("reg_close"))
+        .then(pl.col("reg_open"))
+        .otherwise(pl.col("reg_close"))
+    )
+    end = (
+        pl.when(ts < pl.col("reg_open"))
+        .then(pl.col("reg_open"))
+        .when(ts < pl.col("reg_close"))
+        .then(pl.col("reg_close"))
+        .otherwise(pl.col("ext_close"))
+    )
+    return start, end
+
+
+def assign_buckets(
+    bars: pl.DataFrame,
+    *,
+    target: Timeframe,
+    session: Session,
+    calendar: str | SessionCalendar = "XNYS",
+) -> pl.DataFrame:
+    """``bars`` with the start ``_b`` and end ``_e`` of the ``target`` bucket holding each row,
+    sorted by symbol and time; rows in no bucket (outside the regular session, for daily bars,
+    or on no session) are left out."""
+    df = bars.with_columns(session_date=session_dates(pl.col("ts")))
+    if isinstance(calendar, str):
+        first, last = df["session_date"].min(), df["session_date"].max()
+        cal = sessions_between(calendar, first, last)  # type: ignore[arg-type]
+    else:
+        cal = calendar
+    df = df.join(cal.window(session), on="session_date", how="inner")
+    if target.is_daily:
+        df = df.filter((pl.col("ts") >= pl.col("reg_open")) & (pl.col("ts") < pl.col("reg_close")))
+        bucket_start, bucket_end = pl.col("reg_open"), pl.col("reg_close")
+    else:
+        seg_start, seg_end = segment_bounds(session)
+        offset = (pl.col("ts") - seg_start).dt.total_microseconds()
+        bucket_start = seg_start + pl.duration(
+            microseconds=(offset // target.micros) * target.micros
+        )
+        bucket_end = pl.min_horizontal(bucket_start + pl.duration(minutes=target.minutes), seg_end)
+    return df.with_columns(_b=bucket_start, _e=bucket_end).sort("symbol", "ts")
+
+
+def aggregate_bars(
+    bars: pl.DataFrame,
+    *,
+    source: Timeframe,
+    target: Timeframe,
+    session: Session,
+    calendar: str | SessionCalendar = "XNYS",
+    as_of: datetime | None = None,
+) -> pl.DataFrame:
+    """Build ``target`` bars from validated ``source`` bars (stored schema, UTC bar starts).
+
+    ``as_of`` (UTC) is the time up to which the input is complete; buckets ending after it are
+    left out. Example: ``aggregate_bars(bars_1m, source=Timeframe.parse("1m"),
+    target=Timeframe.parse("5m"), session="regular")``.
+    """
+    if not source.divides(target) and source != target:
+        raise AggregationError(f"{target} bars cannot be built from {source} bars")
+    if bars.height == 0:
+        return pl.DataFrame(schema=STORED_BAR_SCHEMA)
+    dup = bars.select(pl.struct("symbol", "ts").is_duplicated().any()).item()
+    if dup:
+        raise AggregationError("the input has duplicate (symbol, ts) rows; validate it first")
+
+    df = assign_buckets(bars, target=target, session=session, calendar=calendar)
+    if df.height == 0:
+        return pl.DataFrame(schema=STORED_BAR_SCHEMA)
+    if as_of is None:
+        as_of = df.select(pl.col("ts").max() + source.duration).item()
+    vol = pl.col("volume")
+    out = (
+        df.group_by("symbol", "_b", maintain_order=True)
+        .agg(
+            _e=pl.col("_e").first(),
+            open=pl.col("open").first(),
+            high=pl.col("high").max(),
+            low=pl.col("low").min(),
+            close=pl.col("close").last(),
+            volume=vol.sum(),
+            _pv=(pl.col("vwap") * vol).sum(),
+            _vwap_missing=pl.col("vwap").is_null().any(),
+            trade_count=pl.col("trade_count").sum(),
+            _tc_missing=pl.col("trade_count").is_null().any(),
+            bar_count=pl.col("bar_count").sum(),
+            flags=pl.col("flags").bitwise_or(),
+        )
+        .filter(pl.col("_e") <= as_of)
+        .with_columns(
+            ts=pl.col("_b"),
+            vwap=pl.when(pl.col("_vwap_missing") | (pl.col("volume") == 0))
+            .then(None)
+            .otherwise(pl.col("_pv") / pl.col("volume")),
+            trade_count=pl.when(pl.col("_tc_missing")).then(None).otherwise("trade_count"),
+        )
+    )
+    return out.select(pl.col(k).cast(v) for k, v in STORED_BAR_SCHEMA.items()).sort("symbol", "ts")

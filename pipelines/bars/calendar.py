@@ -1,0 +1,109 @@
+"""Exchange sessions from ``exchange_calendars``: regular hours, early closes, extended hours.
+
+Extended hours are 04:00-09:30 (pre-market) and the close to 20:00 (post-market) New York time;
+on an early-close day the post-market ends at 17:00.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, time
+from functools import lru_cache
+from typing import Literal
+
+import exchange_calendars as xcals
+import pandas as pd
+import polars as pl
+
+NEW_YORK = "America/New_York"
+PRE_MARKET_OPEN = time(4, 0)
+POST_MARKET_CLOSE = time(20, 0)
+EARLY_POST_MARKET_CLOSE = time(17, 0)
+
+Session = Literal["regular", "extended"]
+
+SESSION_SCHEMA = {
+    "session_date": pl.Date(),
+    "open": pl.Datetime("us", "UTC"),
+    "close": pl.Datetime("us", "UTC"),
+    "ext_open": pl.Datetime("us", "UTC"),
+    "ext_close": pl.Datetime("us", "UTC"),
+    "early_close": pl.Boolean(),
+}
+
+
+@dataclass(frozen=True)
+class SessionCalendar:
+    """Sessions of one exchange between two dates, as a frame with :data:`SESSION_SCHEMA`.
+
+    Example: ``sessions_between("XNYS", date(2019, 11, 29), date(2019, 11, 29))`` has one row
+    with open 14:30 UTC, close 18:00 UTC and ``early_close`` true.
+    """
+
+    name: str
+    frame: pl.DataFrame
+
+    def window(self, session: Session) -> pl.DataFrame:
+        """The tradable window of each session: ``start`` and ``end`` for the configured
+        session, beside ``reg_open``/``reg_close``, ``ext_open``/``ext_close`` and
+        ``early_close``."""
+        start, end = ("open", "close") if session == "regular" else ("ext_open", "ext_close")
+        return self.frame.select(
+            "session_date",
+            pl.col(start).alias("start"),
+            pl.col(end).alias("end"),
+            pl.col("open").alias("reg_open"),
+            pl.col("close").alias("reg_close"),
+            "ext_open",
+            "ext_close",
+            "early_close",
+        )
+
+
+def _wall_clock(d: pl.Expr, t: time) -> pl.Expr:
+    return (
+        d.cast(pl.Datetime("us"))
+        .dt.offset_by(f"{t.hour}h{t.minute}m")
+        .dt.replace_time_zone(NEW_YORK)
+        .dt.convert_time_zone("UTC")
+    )
+
+
+@lru_cache(maxsize=32)
+def sessions_between(calendar: str, first: date, last: date) -> SessionCalendar:
+    """All sessions of ``calendar`` (an exchange_calendars name such as ``XNYS``) from ``first``
+    to ``last`` inclusive."""
+    cal = xcals.get_calendar(calendar)
+    lo = max(pd.Timestamp(first), cal.first_session)
+    hi = min(pd.Timestamp(last), cal.last_session)
+    if lo > hi:
+        raise ValueError(
+            f"calendar {calendar} covers {cal.first_session.date()}..{cal.last_session.date()}; "
+            f"{first}..{last} is outside it"
+        )
+    sched = cal.schedule.loc[lo:hi]
+    regular_close = pd.Series(
+        [cal.closes[d].tz_convert(NEW_YORK).time() for d in sched.index], index=sched.index
+    )
+    frame = pl.DataFrame(
+        {
+            "session_date": [d.date() for d in sched.index],
+            "open": sched["open"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(),
+            "close": sched["close"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(),
+            "early_close": (regular_close < time(16, 0)).to_numpy(),
+        }
+    ).with_columns(
+        pl.col("open", "close").dt.cast_time_unit("us").dt.replace_time_zone("UTC"),
+    )
+    frame = frame.with_columns(
+        ext_open=_wall_clock(pl.col("session_date"), PRE_MARKET_OPEN),
+        ext_close=pl.when(pl.col("early_close"))
+        .then(_wall_clock(pl.col("session_date"), EARLY_POST_MARKET_CLOSE))
+        .otherwise(_wall_clock(pl.col("session_date"), POST_MARKET_CLOSE)),
+    ).select(list(SESSION_SCHEMA))
+    return SessionCalendar(name=calendar, frame=frame.cast(SESSION_SCHEMA))  # type: ignore[arg-type]
+
+
+def session_dates(ts: pl.Expr) -> pl.Expr:
+    """The New York calendar date of a UTC timestamp expression."""
+    return ts.dt.convert_time_zone(NEW_YORK).dt.date()

@@ -1,0 +1,342 @@
+"""Validate a raw batch: every row is either stored or quarantined with its reason.
+
+Rules, in the order a row is judged (the first that fails is its reason):
+
+=========================  ==================================================================
+``unparseable_value``      a field could not be parsed (the detail names column and value)
+``symbol_not_in_universe`` the symbol is not in the configured universe
+``missing_value``          a timestamp, price or volume is empty or NaN
+``nonpositive_price``      a price is zero, negative or infinite
+``negative_volume``        volume below zero
+``ohlc_violation``         low > min(open, close), high < max(open, close) or low > high
+``not_a_session``          the New York date is not a session of the exchange calendar
+``outside_session``        the bar does not lie inside the configured session (regular or
+                           extended hours; an early close ends the session early)
+``off_grid``               the bar start is not on the timeframe's grid from the session open
+``duplicate_exact``        the same symbol, time and values as an earlier row (the first is kept)
+``duplicate_conflict``     the same symbol and time as another row with other values (all kept
+                           out: there is no telling which is right)
+=========================  ==================================================================
+
+Kept bars carry flags (:class:`~pipelines.data.schema.BarFlag`): price jumps beyond the
+configured threshold, bars of early-close sessions and zero-volume bars are flagged, not dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from pipelines.bars.calendar import Session, SessionCalendar, session_dates, sessions_between
+from pipelines.config import ValidationConfig
+from pipelines.data.schema import (
+    BAR_SCHEMA,
+    PRICE_COLUMNS,
+    RAW_SCHEMA,
+    STORED_BAR_SCHEMA,
+    BarFlag,
+)
+from pipelines.timeframes import Timeframe
+
+RULES = (
+    "unparseable_value",
+    "symbol_not_in_universe",
+    "missing_value",
+    "nonpositive_price",
+    "negative_volume",
+    "ohlc_violation",
+    "not_a_session",
+    "outside_session",
+    "off_grid",
+    "duplicate_exact",
+    "duplicate_conflict",
+)
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "source_file": pl.String(),
+    "source_row": pl.Int64(),
+    "symbol": pl.String(),
+    "ts": pl.Datetime("us", "UTC"),
+    "rule": pl.String(),
+    "detail": pl.String(),
+    "raw": pl.String(),
+}
+
+GAP_SCHEMA: dict[str, pl.DataType] = {
+    "symbol": pl.String(),
+    "session_date": pl.Date(),
+    "expected": pl.Int32(),
+    "present": pl.Int32(),
+    "missing": pl.Int32(),
+}
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Outcome of :func:`validate_bars`.
+
+    ``bars`` (stored schema), ``quarantine`` (one row per rejected input row), ``gaps`` (per
+    symbol and session: bars the calendar expects against bars present, including whole sessions
+    missing inside a symbol's span) and ``by_reason`` (rule -> count).
+    """
+
+    rows_in: int
+    bars: pl.DataFrame
+    quarantine: pl.DataFrame
+    gaps: pl.DataFrame
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_stored(self) -> int:
+        return self.bars.height
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.quarantine.height
+
+    @property
+    def missing_bars(self) -> int:
+        return int(self.gaps["missing"].sum()) if self.gaps.height else 0
+
+    def flag_count(self, flag: int) -> int:
+        return int(((self.bars["flags"] & flag) != 0).sum())
+
+    def by_symbol(self) -> pl.DataFrame:
+        """Rows stored and quarantined per symbol, one column per quarantine rule seen."""
+        stored = self.bars.group_by("symbol").agg(pl.len().alias("stored"))
+        if self.quarantine.height:
+            q = self.quarantine.with_columns(pl.col("symbol").fill_null("<none>")).pivot(
+                on="rule", index="symbol", values="source_row", aggregate_function="len"
+            )
+        else:
+            q = pl.DataFrame(schema={"symbol": pl.String()})
+        out = stored.join(q, on="symbol", how="full", coalesce=True).fill_null(0)
+        rules = [c for c in out.columns if c not in ("symbol", "stored")]
+        return out.with_columns(quarantined=pl.sum_horizontal(rules) if rules else pl.lit(0)).sort(
+            "symbol"
+        )
+
+
+def _first_failure(universe: Iterable[str], tf: Timeframe, session: Session) -> pl.Expr:
+    prices = [pl.col(c) for c in PRICE_COLUMNS]
+    tf_us = tf.micros
+    seg_start = (
+        pl.col("start")
+        if session == "regular"
+        else pl.when(pl.col("ts") < pl.col("reg_open"))
+        .then(pl.col("ext_open"))
+        .when(pl.col("ts") < pl.col("reg_close"))
+        .then(pl.col("reg_open"))
+        .otherwise(pl.col("reg_close"))
+    )
+    seg_end = (
+        pl.col("end")
+        if session == "regular"
+        else pl.when(pl.col("ts") < pl.col("reg_open"))
+        .then(pl.col("reg_open"))
+        .when(pl.col("ts") < pl.col("reg_close"))
+        .then(pl.col("reg_close"))
+        .otherwise(pl.col("ext_close"))
+    )
+    bar_end = pl.col("ts") + pl.duration(minutes=tf.minutes)
+    offset_us = (pl.col("ts") - seg_start).dt.total_microseconds()
+    return (
+        pl.when(pl.col("parse_error").is_not_null())
+        .then(pl.lit("unparseable_value"))
+        .when(pl.col("symbol").is_null() | ~pl.col("symbol").is_in(list(universe)))
+        .then(pl.lit("symbol_not_in_universe"))
+        .when(
+            pl.col("ts").is_null()
+            | pl.any_horizontal(p.is_null() | p.is_nan() for p in [*prices, pl.col("volume")])
+        )
+        .then(pl.lit("missing_value"))
+        .when(pl.any_horizontal(p.le(0) | p.is_infinite() for p in prices))
+        .then(pl.lit("nonpositive_price"))
+        .when(pl.col("volume") < 0)
+        .then(pl.lit("negative_volume"))
+        .when(
+            (pl.col("low") > pl.min_horizontal("open", "close"))
+            | (pl.col("high") < pl.max_horizontal("open", "close"))
+            | (pl.col("low") > pl.col("high"))
+        )
+        .then(pl.lit("ohlc_violation"))
+        .when(pl.col("start").is_null())
+        .then(pl.lit("not_a_session"))
+        .when((pl.col("ts") < pl.col("start")) | (bar_end > pl.col("end")))
+        .then(pl.lit("outside_session"))
+        .when((offset_us % tf_us != 0) | (bar_end > seg_end))
+        .then(pl.lit("off_grid"))
+    )
+
+
+def _detail(rule: str, session: Session) -> pl.Expr | None:
+    fmt_ts = pl.col("ts").dt.convert_time_zone("America/New_York").dt.strftime("%Y-%m-%d %H:%M")
+    return {
+        "unparseable_value": pl.col("parse_error"),
+        "symbol_not_in_universe": pl.format(
+            "symbol {} is not in the universe", pl.col("symbol").fill_null("<empty>")
+        ),
+        "missing_value": pl.lit("a timestamp, price or volume is empty or NaN"),
+        "nonpositive_price": pl.format(
+            "open {} high {} low {} close {}", "open", "high", "low", "close"
+        ),
+        "negative_volume": pl.format("volume {}", "volume"),
+        "ohlc_violation": pl.format(
+            "open {} high {} low {} close {}", "open", "high", "low", "close"
+        ),
+        "not_a_session": pl.format("{} ET is not a trading session", fmt_ts),
+        "outside_session": pl.format(
+            "bar starting {} ET lies outside the {} session {}-{} ET",
+            fmt_ts,
+            pl.lit(session),
+            pl.col("start").dt.convert_time_zone("America/New_York").dt.strftime("%H:%M"),
+            pl.col("end").dt.convert_time_zone("America/New_York").dt.strftime("%H:%M"),
+        ),
+        "off_grid": pl.format("bar starting {} ET is not on the bar grid", fmt_ts),
+    }.get(rule)
+
+
+def validate_bars(
+    raw: pl.DataFrame,
+    *,
+    universe: Iterable[str],
+    timeframe: Timeframe,
+    session: Session,
+    calendar: str | SessionCalendar = "XNYS",
+    rules: ValidationConfig | None = None,
+    previous_close: pl.DataFrame | None = None,
+) -> ValidationResult:
+    """Split a raw batch (:data:`~pipelines.data.schema.RAW_SCHEMA`) into stored bars and
+    quarantined rows; ``rows_in == rows_stored + rows_quarantined`` always holds.
+
+    ``timeframe`` is the source's bar length; ``session`` is ``"regular"`` or ``"extended"``;
+    ``calendar`` is an exchange_calendars name (default ``XNYS``) or a prepared calendar.
+    ``previous_close`` (``symbol``, ``prev_close``) gives the close before this batch, so that a
+    jump at the batch's first bar is flagged too.
+    """
+    if dict(raw.schema) != RAW_SCHEMA:
+        raise TypeError(f"validate_bars needs RAW_SCHEMA, got {raw.schema}")
+    rules = rules or ValidationConfig()
+    universe = list(universe)
+    rows_in = raw.height
+    if rows_in == 0:
+        return ValidationResult(
+            0,
+            pl.DataFrame(schema=STORED_BAR_SCHEMA),
+            pl.DataFrame(schema=QUARANTINE_SCHEMA),
+            pl.DataFrame(schema=GAP_SCHEMA),
+            {},
+        )
+
+    df = raw.with_row_index("_row").with_columns(session_date=session_dates(pl.col("ts")))
+    if isinstance(calendar, str):
+        dates = df["session_date"].drop_nulls()
+        cal = sessions_between(calendar, dates.min(), dates.max())  # type: ignore[arg-type]
+    else:
+        cal = calendar
+    window = cal.window(session)
+    df = df.join(window, on="session_date", how="left")
+    df = df.with_columns(rule=_first_failure(universe, timeframe, session))
+
+    # Duplicates among the rows that passed every other rule.
+    value_cols = [c for c in BAR_SCHEMA if c not in ("symbol", "ts")]
+    ok = df.filter(pl.col("rule").is_null())
+    key = ["symbol", "ts"]
+    dup = (
+        ok.filter(pl.struct(key).is_duplicated())
+        .with_columns(
+            _n=pl.len().over(key),
+            _distinct=pl.struct(value_cols).n_unique().over(key),
+            _first=pl.col("_row").min().over(key),
+        )
+        .select(
+            "_row",
+            pl.when(pl.col("_distinct") > 1)
+            .then(pl.lit("duplicate_conflict"))
+            .when(pl.col("_row") != pl.col("_first"))
+            .then(pl.lit("duplicate_exact"))
+            .alias("_dup_rule"),
+            pl.col("_first").alias("_dup_of"),
+            pl.col("_n").alias("_dup_n"),
+        )
+    )
+    if dup.height:
+        df = df.join(dup, on="_row", how="left").with_columns(rule=pl.coalesce("rule", "_dup_rule"))
+    else:
+        df = df.with_columns(
+            _dup_rule=pl.lit(None, pl.String),
+            _dup_of=pl.lit(None, pl.UInt32),
+            _dup_n=pl.lit(None, pl.UInt32),
+        )
+
+    bad = df.filter(pl.col("rule").is_not_null())
+    detail = pl.lit(None, pl.String)
+    for r in RULES:
+        expr = _detail(r, session)
+        if expr is not None:
+            detail = pl.when(pl.col("rule") == r).then(expr).otherwise(detail)
+    source_row_of = df.select(pl.col("_row").alias("_dup_of"), pl.col("source_row").alias("_of"))
+    bad = bad.join(source_row_of, on="_dup_of", how="left").with_columns(
+        detail=pl.when(pl.col("rule") == "duplicate_exact")
+        .then(pl.format("same values as source row {}", "_of"))
+        .when(pl.col("rule") == "duplicate_conflict")
+        .then(pl.format("{} rows share this symbol and time with different values", "_dup_n"))
+        .otherwise(detail)
+    )
+    quarantine = bad.sort("_row").select(pl.col(k).cast(v) for k, v in QUARANTINE_SCHEMA.items())
+
+    good = df.filter(pl.col("rule").is_null()).sort("symbol", "ts")
+    prev = pl.col("close").shift(1).over("symbol")
+    if previous_close is not None and previous_close.height:
+        good = good.join(previous_close.select("symbol", "prev_close"), on="symbol", how="left")
+        prev = prev.fill_null(pl.col("prev_close"))
+    log_ret = (pl.col("close") / prev).log().abs()
+    bars = good.with_columns(
+        bar_count=pl.lit(1, pl.Int32),
+        flags=(
+            pl.when(log_ret > rules.max_abs_log_return).then(BarFlag.PRICE_JUMP).otherwise(0)
+            | pl.when(pl.col("early_close")).then(BarFlag.HALF_DAY).otherwise(0)
+            | pl.when(pl.col("volume") == 0).then(BarFlag.ZERO_VOLUME).otherwise(0)
+        ).cast(pl.Int32),
+    ).select(pl.col(k).cast(v) for k, v in STORED_BAR_SCHEMA.items())
+
+    gaps = calendar_gaps(bars, timeframe=timeframe, session=session, calendar=cal)
+    by_reason = dict(quarantine.group_by("rule").len().sort("rule").iter_rows())
+    return ValidationResult(rows_in, bars, quarantine, gaps, by_reason)
+
+
+def calendar_gaps(
+    bars: pl.DataFrame, *, timeframe: Timeframe, session: Session, calendar: SessionCalendar
+) -> pl.DataFrame:
+    """Per symbol and session inside the symbol's span: bars expected by the calendar, present
+    and missing. Sessions with no bar at all appear with ``present == 0``."""
+    if bars.height == 0:
+        return pl.DataFrame(schema=GAP_SCHEMA)
+    window = calendar.window(session).with_columns(
+        expected=((pl.col("end") - pl.col("start")).dt.total_minutes() // timeframe.minutes)
+    )
+    present = bars.group_by("symbol", session_date=session_dates(pl.col("ts"))).agg(
+        present=pl.len()
+    )
+    spans = present.group_by("symbol").agg(
+        first=pl.col("session_date").min(), last=pl.col("session_date").max()
+    )
+    expected = spans.join(window.select("session_date", "expected"), how="cross").filter(
+        pl.col("session_date").is_between(pl.col("first"), pl.col("last"))
+    )
+    return (
+        expected.join(present, on=["symbol", "session_date"], how="left")
+        .with_columns(present=pl.col("present").fill_null(0))
+        .with_columns(missing=(pl.col("expected") - pl.col("present")).clip(lower_bound=0))
+        .filter(pl.col("missing") > 0)
+        .sort("symbol", "session_date")
+        .select(pl.col(k).cast(v) for k, v in GAP_SCHEMA.items())
+    )
+
+
+def validate_sessions(calendar: str, first_date: object, last_date: object) -> SessionCalendar:
+    """Convenience for callers that hold dates: the calendar between them."""
+    return sessions_between(calendar, first_date, last_date)  # type: ignore[arg-type]

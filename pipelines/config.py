@@ -1,0 +1,292 @@
+"""Validated configuration: the universe file and the settings file.
+
+Both are YAML, parsed into frozen pydantic models that forbid unknown keys. Any mistake is a
+:class:`ConfigError` whose message names the file, the key path and what was expected, with a
+suggestion when a key looks like a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.timeframes import Timeframe
+
+ENVIRONMENTS = ("local", "paper", "live")
+Environment = Literal["local", "paper", "live"]
+LIVE_CONFIRMATION = "I accept real-money orders"
+
+
+class ConfigError(ValueError):
+    """A configuration file or environment variable is wrong; the message says where and how."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SymbolSpec(_Frozen):
+    """One tradable symbol of the universe."""
+
+    symbol: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9.\-]{0,9}$")]
+    sector: str = "Unknown"
+
+
+class UniverseConfig(_Frozen):
+    """What is traded: symbols, their bar timeframe, the session and the history to keep.
+
+    Example (``config/universe.yaml``)::
+
+        name: eqker-sample
+        calendar: XNYS
+        timeframe: 15m          # the bars the source delivers
+        session: regular        # regular (09:30-16:00 ET) or extended (04:00-20:00 ET)
+        history_start: 2019-01-01
+        aggregate_to: [60m, 1d]
+        symbols:
+          - {symbol: AAPL, sector: Information Technology}
+    """
+
+    name: str
+    calendar: str = "XNYS"
+    timeframe: str
+    session: Literal["regular", "extended"] = "regular"
+    history_start: date
+    aggregate_to: tuple[str, ...] = ()
+    symbols: tuple[SymbolSpec, ...]
+
+    @field_validator("timeframe")
+    @classmethod
+    def _intraday_timeframe(cls, v: str) -> str:
+        tf = Timeframe.parse(v)
+        if tf.is_daily:
+            raise ValueError("the source timeframe must be intraday (for example 1m or 15m)")
+        return tf.label
+
+    @field_validator("aggregate_to")
+    @classmethod
+    def _parse_targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(Timeframe.parse(t).label for t in v)
+
+    @model_validator(mode="after")
+    def _check(self) -> UniverseConfig:
+        seen: set[str] = set()
+        for s in self.symbols:
+            if s.symbol in seen:
+                raise ValueError(f"symbol {s.symbol} is listed twice")
+            seen.add(s.symbol)
+        if not self.symbols:
+            raise ValueError("the universe has no symbols")
+        base = Timeframe.parse(self.timeframe)
+        for t in self.aggregate_to:
+            if not base.divides(Timeframe.parse(t)):
+                raise ValueError(
+                    f"aggregate_to: {t} cannot be built from {self.timeframe} bars "
+                    "(it must be a whole multiple of the source timeframe, or 1d)"
+                )
+        return self
+
+    @property
+    def base_timeframe(self) -> Timeframe:
+        return Timeframe.parse(self.timeframe)
+
+    @property
+    def target_timeframes(self) -> tuple[Timeframe, ...]:
+        """The coarser timeframes to build, without the source timeframe itself, sorted."""
+        base = self.base_timeframe
+        return tuple(sorted({Timeframe.parse(t) for t in self.aggregate_to} - {base}))
+
+    @property
+    def symbol_names(self) -> tuple[str, ...]:
+        return tuple(s.symbol for s in self.symbols)
+
+
+class ColumnMap(_Frozen):
+    """Which source column holds each field. Missing optional fields are left empty."""
+
+    timestamp: str = "timestamp"
+    open: str = "open"
+    high: str = "high"
+    low: str = "low"
+    close: str = "close"
+    volume: str = "volume"
+    symbol: str | None = None
+    vwap: str | None = None
+    trade_count: str | None = None
+
+
+class FileSourceConfig(_Frozen):
+    """A directory of CSV or Parquet files.
+
+    ``pattern`` finds the files; a ``{symbol}`` placeholder in it names each file's symbol (one file
+    per symbol). Without it, the files must carry a symbol column (``columns.symbol``).
+    ``timezone`` is the zone of naive wall-clock timestamps (an IANA name such as
+    ``America/New_York``); ``label`` says whether a bar's timestamp is its ``start`` or ``end``.
+    """
+
+    kind: Literal["files"] = "files"
+    path: str
+    pattern: str = "*.parquet"
+    format: Literal["csv", "parquet"] = "parquet"
+    columns: ColumnMap = ColumnMap()
+    timezone: str | None = None
+    label: Literal["start", "end"]
+
+    @model_validator(mode="after")
+    def _symbol_known(self) -> FileSourceConfig:
+        if "{symbol}" not in self.pattern and self.columns.symbol is None:
+            raise ValueError(
+                "say where the symbol comes from: put {symbol} in pattern "
+                "(for example '{symbol}_15min.csv') or name the column in columns.symbol"
+            )
+        return self
+
+
+class AlpacaSourceConfig(_Frozen):
+    """Alpaca historical bars through alpaca-py. Credentials come from the environment only:
+    ``APCA_API_KEY_ID`` and ``APCA_API_SECRET_KEY``."""
+
+    kind: Literal["alpaca"] = "alpaca"
+    feed: Literal["iex", "sip"] = "iex"
+    adjustment: Literal["raw", "split", "dividend", "all"] = "raw"
+    url_override: str | None = None
+    chunk_days: Annotated[int, Field(ge=1, le=31)] = 5
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 6
+    backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_cap_s: Annotated[float, Field(gt=0)] = 60.0
+
+
+SourceConfig = Annotated[FileSourceConfig | AlpacaSourceConfig, Field(discriminator="kind")]
+
+
+class ValidationConfig(_Frozen):
+    """Rules for incoming bars.
+
+    ``max_abs_log_return``: a close-to-close move with ``|ln(c_t / c_{t-1})|`` above this is
+    flagged as a price jump (kept, not dropped). Example: 0.15 flags a 16% move.
+    ``max_quarantine_share``: the asset check warns when more than this share of the rows is
+    quarantined. Example: 0.05 warns above 5%.
+    """
+
+    max_abs_log_return: Annotated[float, Field(gt=0)] = 0.15
+    max_quarantine_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+class EnvironmentConfig(_Frozen):
+    """One complete resource set, chosen by ``QUANTDAG_ENV``."""
+
+    source: SourceConfig
+    database_url: str = "sqlite:///.quantdag/trading.db"
+
+
+class Settings(_Frozen):
+    """The settings file: the universe to load, validation rules and one section per
+    environment (``local``, ``paper``, ``live``)."""
+
+    universe: str
+    validation: ValidationConfig = ValidationConfig()
+    environments: dict[Environment, EnvironmentConfig]
+
+
+def _format_error(path: Path, model: type[BaseModel], err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        if e["type"] == "extra_forbidden":
+            key = str(e["loc"][-1])
+            known = _known_keys(model, e["loc"][:-1])
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            lines.append(f"  {loc}: unknown key{suggestion}; allowed keys: {', '.join(known)}")
+        else:
+            lines.append(f"  {loc or '<top level>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            if isinstance(part, str) and part in ("files", "alpaca"):
+                current = FileSourceConfig if part == "files" else AlpacaSourceConfig
+                continue
+            current = EnvironmentConfig if part in ENVIRONMENTS else None
+            continue
+        current = _model_of(fields[part].annotation)
+    fields = getattr(current, "model_fields", {})
+    return sorted(fields)
+
+
+def _model_of(annotation: Any) -> Any:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        inner = _model_of_args(candidate)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _model_of_args(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def load_model[M: BaseModel](path: str | Path, model: type[M]) -> M:
+    """Read YAML ``path`` into ``model``; raise :class:`ConfigError` naming the file and key."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(p, model, exc)) from None
+
+
+def selected_environment(env: dict[str, str] | None = None) -> Environment:
+    """The environment named by ``QUANTDAG_ENV`` (default ``local``).
+
+    ``live`` is an explicit opt-in: it also needs ``QUANTDAG_LIVE_CONFIRM`` set to
+    ``"I accept real-money orders"``.
+    """
+    values = os.environ if env is None else env
+    name = values.get("QUANTDAG_ENV", "local").strip().lower()
+    if name not in ENVIRONMENTS:
+        raise ConfigError(
+            f"QUANTDAG_ENV={name!r} is not an environment; use one of {', '.join(ENVIRONMENTS)}"
+        )
+    if name == "live" and values.get("QUANTDAG_LIVE_CONFIRM") != LIVE_CONFIRMATION:
+        raise ConfigError(
+            "QUANTDAG_ENV=live trades real money and is an explicit opt-in: also set "
+            f"QUANTDAG_LIVE_CONFIRM={LIVE_CONFIRMATION!r}"
+        )
+    return name  # type: ignore[return-value]
+
+
+def load_settings(path: str | Path) -> tuple[Settings, UniverseConfig]:
+    """Load the settings file and the universe file it names (relative to the settings file)."""
+    p = Path(path)
+    settings = load_model(p, Settings)
+    universe_path = Path(settings.universe)
+    if not universe_path.is_absolute():
+        universe_path = p.parent / universe_path
+    return settings, load_model(universe_path, UniverseConfig)

@@ -1,0 +1,144 @@
+"""Sources of raw bars behind one interface.
+
+A source returns a raw batch (:data:`~pipelines.data.schema.RAW_SCHEMA`) for a set of symbols and
+a time window. Every row it read that belongs to the window is returned, including rows of
+symbols outside the universe and rows it could not parse, so that validation can account for
+them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, cast
+
+import polars as pl
+
+from pipelines.config import FileSourceConfig
+from pipelines.data.normalise import SourceError, normalise_frame
+from pipelines.data.schema import RAW_SCHEMA
+from pipelines.timeframes import Timeframe
+
+
+class BarSource(Protocol):
+    """What the ingestion needs from a market-data source."""
+
+    @property
+    def name(self) -> str:
+        """A short stable name, stored with every bar and quarantine row."""
+        ...
+
+    def fetch(
+        self, symbols: Sequence[str], start: datetime, end: datetime, universe: Sequence[str]
+    ) -> pl.DataFrame:
+        """Raw rows of ``symbols`` with bar start in ``[start, end)`` (UTC). Rows of symbols
+        outside ``universe`` that the source holds in the same files are returned too."""
+        ...
+
+
+def in_window(frame: pl.DataFrame, start: datetime, end: datetime) -> pl.DataFrame:
+    """Rows whose bar start lies in ``[start, end)``. A row whose time could not be parsed
+    belongs to the window of the nearest parsed row before it in the file (after it, for a
+    file that starts with such rows), so that it is counted exactly once."""
+    anchor = pl.col("ts").forward_fill().backward_fill().over("source_file")
+    return frame.filter((anchor >= start) & (anchor < end))
+
+
+class FileBarSource:
+    """Bars from a directory of CSV or Parquet files, as described by :class:`FileSourceConfig`.
+
+    Example: a directory with ``AAPL_15min.csv`` and ``MSFT_15min.csv``, ``pattern:
+    "{symbol}_15min.csv"``, ``format: csv``, ``timezone: America/New_York``, ``label: end``.
+    """
+
+    def __init__(
+        self, config: FileSourceConfig, timeframe: Timeframe, *, root: Path | None = None
+    ) -> None:
+        self.config = config
+        self.timeframe = timeframe
+        path = Path(config.path)
+        self.directory = path if path.is_absolute() or root is None else root / path
+        if not self.directory.is_dir():
+            raise SourceError(f"source directory {self.directory} does not exist")
+
+    @property
+    def name(self) -> str:
+        return f"files:{self.directory.name}"
+
+    def files(self, symbols: Sequence[str] | None = None) -> list[tuple[Path, str | None]]:
+        """The files to read, with the symbol each holds (None for multi-symbol files)."""
+        pattern = self.config.pattern
+        if "{symbol}" in pattern:
+            head, tail = pattern.split("{symbol}", 1)
+            rx = re.compile(
+                "^" + re.escape(head) + r"(?P<s>[A-Za-z0-9.\-]+)" + re.escape(tail) + "$"
+            )
+            found = []
+            for p in sorted(self.directory.iterdir()):
+                m = rx.match(p.name)
+                if m and (symbols is None or m["s"] in symbols):
+                    found.append((p, m["s"]))
+            return found
+        return [(p, None) for p in sorted(self.directory.glob(pattern))]
+
+    def read_file(self, path: Path, symbol: str | None) -> pl.DataFrame:
+        """One file as a raw batch (all rows)."""
+        try:
+            if self.config.format == "csv":
+                df = pl.read_csv(path, infer_schema=False)
+            else:
+                df = pl.read_parquet(path)
+        except pl.exceptions.NoDataError:
+            raise SourceError(f"{path}: the file is empty") from None
+        except (OSError, pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
+            raise SourceError(
+                f"{path}: cannot be read as {self.config.format} ({exc}); the file may be "
+                "truncated or of another format: fetch it again or remove it"
+            ) from None
+        if df.schema.get(self.config.columns.symbol or "", None) == pl.Categorical:
+            df = df.with_columns(pl.col(self.config.columns.symbol).cast(pl.String))  # type: ignore[arg-type]
+        return normalise_frame(
+            df,
+            self.config.columns,
+            timezone=self.config.timezone,
+            label=self.config.label,
+            timeframe=self.timeframe,
+            source=self.name,
+            source_file=str(path.name),
+            symbol=symbol,
+        )
+
+    def fetch(
+        self, symbols: Sequence[str], start: datetime, end: datetime, universe: Sequence[str]
+    ) -> pl.DataFrame:
+        wanted = set(symbols)
+        outside = set(universe)
+        frames = []
+        for path, symbol in self.files(symbols):
+            raw = in_window(self.read_file(path, symbol), start, end)
+            if symbol is None:
+                raw = raw.filter(
+                    pl.col("symbol").is_in(list(wanted))
+                    | ~pl.col("symbol").is_in(list(outside))
+                    | pl.col("symbol").is_null()
+                )
+            frames.append(raw)
+        if not frames:
+            return pl.DataFrame(schema=RAW_SCHEMA)
+        return pl.concat(frames)
+
+    def available_range(self) -> tuple[datetime, datetime]:
+        """First and last bar start (UTC) over all files; used to pick partitions to load."""
+        firsts: list[datetime] = []
+        lasts: list[datetime] = []
+        for path, symbol in self.files():
+            ts = self.read_file(path, symbol)["ts"].drop_nulls()
+            if ts.len():
+                firsts.append(cast(datetime, ts.min()))
+                lasts.append(cast(datetime, ts.max()))
+        lo, hi = (min(firsts), max(lasts)) if firsts else (None, None)
+        if lo is None or hi is None:
+            raise SourceError(f"{self.directory}: no bars found matching {self.config.pattern!r}")
+        return lo, hi

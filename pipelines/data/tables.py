@@ -1,0 +1,83 @@
+"""Tables of the trading database (SQLAlchemy Core).
+
+The schema itself is created and changed only by the versioned migrations in
+``pipelines/data/migrations``; these definitions are what the code reads and writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+
+class UtcTimestamp(TypeDecorator[Any]):
+    """A UTC instant: ``timestamptz`` on PostgreSQL, integer microseconds since the epoch on
+    SQLite (which has no timestamp type; integers keep order, range queries and exactness)."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(DateTime(timezone=True))
+        return dialect.type_descriptor(BigInteger())
+
+
+metadata = MetaData()
+
+bars = Table(
+    "bars",
+    metadata,
+    Column("timeframe", String(8), primary_key=True),
+    Column("symbol", String(16), primary_key=True),
+    Column("ts", UtcTimestamp(), primary_key=True),
+    Column("open", Float(53), nullable=False),
+    Column("high", Float(53), nullable=False),
+    Column("low", Float(53), nullable=False),
+    Column("close", Float(53), nullable=False),
+    Column("volume", Float(53), nullable=False),
+    Column("vwap", Float(53)),
+    Column("trade_count", BigInteger),
+    Column("bar_count", Integer, nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("source", String(64), nullable=False),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("batch", String(200), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("source_file", Text, nullable=False),
+    Column("source_row", BigInteger, nullable=False),
+    Column("symbol", String(64)),
+    Column("ts", UtcTimestamp()),
+    Column("rule", String(40), nullable=False),
+    Column("detail", Text),
+    Column("raw", Text, nullable=False),
+)
+
+ingest_coverage = Table(
+    "ingest_coverage",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("timeframe", String(8), primary_key=True),
+    Column("symbol", String(16), primary_key=True),
+    Column("start", UtcTimestamp(), primary_key=True),
+    Column("end", UtcTimestamp(), nullable=False),
+    Column("batch", String(200), nullable=False),
+)

@@ -1,0 +1,1 @@
+"""QuantDAG: the Dagster code location and the command-line entry points."""

@@ -1,0 +1,54 @@
+"""One complete resource set per environment (``QUANTDAG_ENV``: local | paper | live)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from pipelines.config import AlpacaSourceConfig, FileSourceConfig
+from quantdag.project import PROJECT_ROOT, Project
+from resources import AlpacaBarSourceResource, FileBarSourceResource, TradingDatabaseResource
+
+
+def build_resources(project: Project) -> dict[str, Any]:
+    """Resources of the selected environment. A database URL in ``QUANTDAG_DATABASE_URL``
+    overrides the settings file and is read through ``dg.EnvVar`` (never shown in the UI)."""
+    env = project.env
+    url: Any = (
+        dg.EnvVar("QUANTDAG_DATABASE_URL")
+        if os.environ.get("QUANTDAG_DATABASE_URL")
+        else _anchored(env.database_url)
+    )
+    source = env.source
+    market_data: Any
+    if isinstance(source, FileSourceConfig):
+        market_data = FileBarSourceResource(
+            path=source.path,
+            pattern=source.pattern,
+            format=source.format,
+            columns=source.columns.model_dump(exclude_none=True),
+            timezone=source.timezone,
+            label=source.label,
+        )
+    else:
+        assert isinstance(source, AlpacaSourceConfig)
+        market_data = AlpacaBarSourceResource(
+            api_key=dg.EnvVar("APCA_API_KEY_ID"),
+            secret_key=dg.EnvVar("APCA_API_SECRET_KEY"),
+            feed=source.feed,
+            adjustment=source.adjustment,
+            url_override=source.url_override or os.environ.get("APCA_DATA_URL"),
+            chunk_days=source.chunk_days,
+            max_retries=source.max_retries,
+        )
+    return {"market_data": market_data, "trading_db": TradingDatabaseResource(url=url)}
+
+
+def _anchored(url: str) -> str:
+    """A relative SQLite path is taken from the project directory, not the working directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(PROJECT_ROOT / url.removeprefix(prefix))
+    return url

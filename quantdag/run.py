@@ -1,0 +1,94 @@
+"""``make run``: materialize the whole asset graph for every month the source holds, then print
+what was stored and quarantined per symbol."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import polars as pl
+
+from assets.partitions import monthly_partitions
+from pipelines.bars.calendar import NEW_YORK
+from pipelines.config import FileSourceConfig
+from quantdag.definitions import build_definitions
+from quantdag.project import Project, load_project
+from quantdag.resources import build_resources
+
+
+def partition_keys(project: Project) -> list[str]:
+    """Months holding source data (file sources), or every month since ``history_start``."""
+    partitions = monthly_partitions(project.universe)
+    keys = partitions.get_partition_keys(dynamic_partitions_store=None)
+    if not isinstance(project.env.source, FileSourceConfig):
+        return keys
+    source = build_resources(project)["market_data"].source(project.universe)
+    first, last = source.available_range()
+    lo = first.astimezone(ZoneInfo(NEW_YORK)).strftime("%Y-%m-01")
+    hi = last.astimezone(ZoneInfo(NEW_YORK)).strftime("%Y-%m-01")
+    return [k for k in keys if lo <= k <= hi]
+
+
+def summary(project: Project) -> pl.DataFrame:
+    store = build_resources(project)["trading_db"].store()
+    bars = store.bar_counts().pivot(on="timeframe", index="symbol", values="bars")
+    quarantine = store.quarantine_counts()
+    if quarantine.height:
+        q = quarantine.with_columns(pl.col("symbol").fill_null("<none>")).pivot(
+            on="rule", index="symbol", values="rows"
+        )
+        q = q.with_columns(quarantined=pl.sum_horizontal(pl.exclude("symbol")))
+    else:
+        q = pl.DataFrame({"symbol": bars["symbol"], "quarantined": 0})
+    base = f"{project.universe.base_timeframe}"
+    ordered = [base, *(t.label for t in project.universe.target_timeframes)]
+    table = bars.join(q, on="symbol", how="full", coalesce=True).fill_null(0).sort("symbol")
+    rest = [c for c in table.columns if c not in ("symbol", *ordered)]
+    return table.select("symbol", *[c for c in ordered if c in table.columns], *rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--partition", action="append", help="only these months (YYYY-MM-01)")
+    args = parser.parse_args(argv)
+    project = load_project()
+    defs = build_definitions(project)
+    job = defs.resolve_job_def("market_data_job")
+    keys = args.partition or partition_keys(project)
+    instance = dg.DagsterInstance.get()
+    print(
+        f"QuantDAG ({project.environment}): materializing {len(keys)} monthly partitions "
+        f"of {project.universe.name}: {', '.join(keys)}"
+    )
+    for key in keys:
+        result = job.execute_in_process(partition_key=key, instance=instance)
+        if not result.success:
+            print(f"partition {key} failed", file=sys.stderr)
+            return 1
+        for ev in result.get_asset_check_evaluations():
+            if not ev.passed:
+                print(
+                    f"  check {ev.asset_key.to_user_string()}:{ev.check_name} "
+                    f"did not pass ({ev.severity.value}) for {key}"
+                )
+    table = summary(project)
+    with pl.Config(
+        tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True
+    ):
+        print("\nRows stored (per timeframe) and quarantined (per reason), per symbol:")
+        print(table)
+    where = (
+        "$QUANTDAG_DATABASE_URL"
+        if os.environ.get("QUANTDAG_DATABASE_URL")
+        else project.env.database_url
+    )
+    print(f"\nTrading database: {where}")
+    print("Open the Dagster UI with `make dev` to see assets, partitions and checks.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Shared fixtures: the bundled sample, the shared real data, the real local PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from pipelines.config import FileSourceConfig, load_settings
+from pipelines.data.sources import FileBarSource
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_SETTINGS = ROOT / "config" / "settings.yaml"
+SHARED = Path(os.environ.get("QUANTDAG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+PG_ADMIN_URL = os.environ.get(
+    "QUANTDAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or a skip saying why it is needed and where it was looked for."""
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"needs the real data set {name}, looked for it in {SHARED} (absent here)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_source() -> FileBarSource:
+    settings, universe = load_settings(SAMPLE_SETTINGS)
+    cfg = settings.environments["local"].source
+    assert isinstance(cfg, FileSourceConfig)
+    return FileBarSource(cfg, universe.base_timeframe, root=ROOT)
+
+
+@pytest.fixture(scope="session")
+def sample_raw(sample_source: FileBarSource) -> pl.DataFrame:
+    """Every row of the bundled 15-minute sample, normalised (raw schema)."""
+    return pl.concat(sample_source.read_file(p, s) for p, s in sample_source.files())
+
+
+def _pg_available() -> bool:
+    try:
+        with sa.create_engine(PG_ADMIN_URL).connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+    except sa.exc.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of the real local PostgreSQL. In CI its absence is a failure."""
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}; .ci/run should start it")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_database(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on the local PostgreSQL, dropped after the test."""
+    name = f"quantdag_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = pg_server.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()

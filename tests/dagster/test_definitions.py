@@ -1,0 +1,75 @@
+"""The Dagster code location: it loads, and the environment switch picks whole resource sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipelines.config import LIVE_CONFIRMATION, ConfigError
+from quantdag.definitions import build_definitions
+from quantdag.project import load_project
+from resources import AlpacaBarSourceResource, FileBarSourceResource
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_module_loads() -> None:
+    from quantdag.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert keys == {"bars_15m", "bars_60m", "bars_1d"}
+    checks = {
+        (c.asset_key.to_user_string(), c.name) for c in defs.resolve_asset_graph().asset_check_keys
+    }
+    assert ("bars_15m", "rows_accounted") in checks
+    assert ("bars_60m", "volume_conserved") in checks
+    assert defs.resolve_job_def("market_data_job") is not None
+    bars = defs.resolve_assets_def("bars_15m")
+    assert isinstance(bars.partitions_def, dg.MonthlyPartitionsDefinition)
+    assert bars.descriptions_by_key[dg.AssetKey("bars_15m")]
+
+
+def test_workspace_and_pyproject_name_the_same_entry_point() -> None:
+    import tomllib
+
+    import yaml
+
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    module = workspace["load_from"][0]["python_module"]["module_name"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert module == pyproject["tool"]["dagster"]["module_name"] == "quantdag.definitions"
+
+
+def test_one_minute_universe_builds_every_timeframe() -> None:
+    project = load_project({"QUANTDAG_SETTINGS": str(ROOT / "config" / "settings.1m.yaml")})
+    defs = build_definitions(project)
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert keys == {"bars_1m", "bars_5m", "bars_15m", "bars_60m", "bars_1d"}
+
+
+def test_local_environment_uses_files() -> None:
+    defs = build_definitions(load_project({}))
+    assert isinstance(defs.resources["market_data"], FileBarSourceResource)
+
+
+def test_paper_environment_reads_secrets_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("APCA_API_KEY_ID", "key-that-must-not-show")
+    monkeypatch.setenv("QUANTDAG_DATABASE_URL", "postgresql://u:secret-password@127.0.0.1/db")
+    defs = build_definitions(load_project({"QUANTDAG_ENV": "paper"}))
+    market = defs.resources["market_data"]
+    assert isinstance(market, AlpacaBarSourceResource)
+    # The resources hold EnvVar references, not the values: nothing secret reaches the UI.
+    shown = repr(defs.resources)
+    assert "key-that-must-not-show" not in shown and "secret-password" not in shown
+    assert isinstance(market.api_key, dg.EnvVar) or "APCA_API_KEY_ID" in repr(market)
+
+
+def test_live_is_an_explicit_opt_in() -> None:
+    with pytest.raises(ConfigError, match="explicit opt-in"):
+        load_project({"QUANTDAG_ENV": "live"})
+    project = load_project({"QUANTDAG_ENV": "live", "QUANTDAG_LIVE_CONFIRM": LIVE_CONFIRMATION})
+    assert project.environment == "live"
