@@ -21,7 +21,12 @@ from datetime import datetime
 
 import polars as pl
 
-from pipelines.bars.calendar import Session, SessionCalendar, session_dates, sessions_between
+from pipelines.bars.calendar import (
+    Session,
+    SessionCalendar,
+    session_dates_within_hours,
+    sessions_between,
+)
 from pipelines.data.schema import STORED_BAR_SCHEMA
 from pipelines.timeframes import Timeframe
 
@@ -60,15 +65,22 @@ def assign_buckets(
     calendar: str | SessionCalendar = "XNYS",
 ) -> pl.DataFrame:
     """``bars`` with the start ``_b`` and end ``_e`` of the ``target`` bucket holding each row,
-    sorted by symbol and time; rows in no bucket (outside the regular session, for daily bars,
-    or on no session) are left out."""
-    df = bars.with_columns(session_date=session_dates(pl.col("ts")))
+    sorted by symbol and time; for daily buckets, rows outside the regular session are left
+    out. Every row must lie inside a session (validated bars do); otherwise this raises."""
+    df = bars.select(*STORED_BAR_SCHEMA).with_columns(
+        session_date=session_dates_within_hours(pl.col("ts"))
+    )
     if isinstance(calendar, str):
         first, last = df["session_date"].min(), df["session_date"].max()
         cal = sessions_between(calendar, first, last)  # type: ignore[arg-type]
     else:
         cal = calendar
     df = df.join(cal.window(session), on="session_date", how="inner")
+    inside = (pl.col("ts") >= pl.col("start")) & (pl.col("ts") < pl.col("end"))
+    if df.height != bars.height or not df.select(inside.all()).item():
+        raise AggregationError(
+            f"some bars lie outside every {session} session; aggregate validated bars only"
+        )
     if target.is_daily:
         df = df.filter((pl.col("ts") >= pl.col("reg_open")) & (pl.col("ts") < pl.col("reg_close")))
         bucket_start, bucket_end = pl.col("reg_open"), pl.col("reg_close")
@@ -79,7 +91,17 @@ def assign_buckets(
             microseconds=(offset // target.micros) * target.micros
         )
         bucket_end = pl.min_horizontal(bucket_start + pl.duration(minutes=target.minutes), seg_end)
-    return df.with_columns(_b=bucket_start, _e=bucket_end).sort("symbol", "ts")
+    window_cols = [
+        "start",
+        "end",
+        "reg_open",
+        "reg_close",
+        "ext_open",
+        "ext_close",
+        "early_close",
+        "session_date",
+    ]
+    return df.with_columns(_b=bucket_start, _e=bucket_end).drop(window_cols).sort("symbol", "ts")
 
 
 def aggregate_bars(
@@ -101,39 +123,58 @@ def aggregate_bars(
         raise AggregationError(f"{target} bars cannot be built from {source} bars")
     if bars.height == 0:
         return pl.DataFrame(schema=STORED_BAR_SCHEMA)
-    dup = bars.select(pl.struct("symbol", "ts").is_duplicated().any()).item()
-    if dup:
-        raise AggregationError("the input has duplicate (symbol, ts) rows; validate it first")
-
     df = assign_buckets(bars, target=target, session=session, calendar=calendar)
+    repeated = (pl.col("symbol") == pl.col("symbol").shift(1)) & (
+        pl.col("ts") == pl.col("ts").shift(1)
+    )
+    if df.select(repeated.any()).item():
+        raise AggregationError("the input has duplicate (symbol, ts) rows; validate it first")
     if df.height == 0:
         return pl.DataFrame(schema=STORED_BAR_SCHEMA)
     if as_of is None:
         as_of = df.select(pl.col("ts").max() + source.duration).item()
     vol = pl.col("volume")
+    aggs: dict[str, pl.Expr] = {
+        "_e": pl.col("_e").first(),
+        "open": pl.col("open").first(),
+        "high": pl.col("high").max(),
+        "low": pl.col("low").min(),
+        "close": pl.col("close").last(),
+        "volume": vol.sum(),
+        "bar_count": pl.col("bar_count").sum(),
+        "flags": pl.col("flags").bitwise_or(),
+    }
+    # Sources without VWAP or trade counts (most files) skip those sums entirely.
+    has_vwap = df["vwap"].null_count() < df.height
+    has_trades = df["trade_count"].null_count() < df.height
+    if has_vwap:
+        aggs |= {
+            "_pv": (pl.col("vwap") * vol).sum(),
+            "_vwap_missing": pl.col("vwap").is_null().any(),
+        }
+    if has_trades:
+        aggs |= {
+            "trade_count": pl.col("trade_count").sum(),
+            "_tc_missing": pl.col("trade_count").is_null().any(),
+        }
     out = (
-        df.group_by("symbol", "_b", maintain_order=True)
-        .agg(
-            _e=pl.col("_e").first(),
-            open=pl.col("open").first(),
-            high=pl.col("high").max(),
-            low=pl.col("low").min(),
-            close=pl.col("close").last(),
-            volume=vol.sum(),
-            _pv=(pl.col("vwap") * vol).sum(),
-            _vwap_missing=pl.col("vwap").is_null().any(),
-            trade_count=pl.col("trade_count").sum(),
-            _tc_missing=pl.col("trade_count").is_null().any(),
-            bar_count=pl.col("bar_count").sum(),
-            flags=pl.col("flags").bitwise_or(),
-        )
+        df.group_by("symbol", "_b")
+        .agg(**aggs)
         .filter(pl.col("_e") <= as_of)
         .with_columns(
             ts=pl.col("_b"),
-            vwap=pl.when(pl.col("_vwap_missing") | (pl.col("volume") == 0))
-            .then(None)
-            .otherwise(pl.col("_pv") / pl.col("volume")),
-            trade_count=pl.when(pl.col("_tc_missing")).then(None).otherwise("trade_count"),
+            vwap=(
+                pl.when(pl.col("_vwap_missing") | (pl.col("volume") == 0))
+                .then(None)
+                .otherwise(pl.col("_pv") / pl.col("volume"))
+                if has_vwap
+                else pl.lit(None, pl.Float64)
+            ),
+            trade_count=(
+                pl.when(pl.col("_tc_missing")).then(None).otherwise("trade_count")
+                if has_trades
+                else pl.lit(None, pl.Int64)
+            ),
         )
     )
     return out.select(pl.col(k).cast(v) for k, v in STORED_BAR_SCHEMA.items()).sort("symbol", "ts")

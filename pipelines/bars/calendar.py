@@ -107,3 +107,10 @@ def sessions_between(calendar: str, first: date, last: date) -> SessionCalendar:
 def session_dates(ts: pl.Expr) -> pl.Expr:
     """The New York calendar date of a UTC timestamp expression."""
     return ts.dt.convert_time_zone(NEW_YORK).dt.date()
+
+
+def session_dates_within_hours(ts: pl.Expr) -> pl.Expr:
+    """The New York date of a UTC timestamp known to lie between 01:00 and 24:00 New York
+    time (every bar of an extended or regular session does): ``ts - 5h`` has the right date in
+    both EST (UTC-5) and EDT (UTC-4), without a per-row time-zone conversion."""
+    return (ts - pl.duration(hours=5)).dt.date()

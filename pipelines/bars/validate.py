@@ -120,6 +120,12 @@ class ValidationResult:
         )
 
 
+def _code(rule: str) -> pl.Expr:
+    # Rules are carried as small integer codes over the whole batch and named only for the
+    # rejected rows: a string per row would cost memory and time on millions of good rows.
+    return pl.lit(RULES.index(rule), pl.UInt8)
+
+
 def _first_failure(universe: Iterable[str], tf: Timeframe, session: Session) -> pl.Expr:
     prices = [pl.col(c) for c in PRICE_COLUMNS]
     tf_us = tf.micros
@@ -145,30 +151,30 @@ def _first_failure(universe: Iterable[str], tf: Timeframe, session: Session) -> 
     offset_us = (pl.col("ts") - seg_start).dt.total_microseconds()
     return (
         pl.when(pl.col("parse_error").is_not_null())
-        .then(pl.lit("unparseable_value"))
+        .then(_code("unparseable_value"))
         .when(pl.col("symbol").is_null() | ~pl.col("symbol").is_in(list(universe)))
-        .then(pl.lit("symbol_not_in_universe"))
+        .then(_code("symbol_not_in_universe"))
         .when(
             pl.col("ts").is_null()
             | pl.any_horizontal(p.is_null() | p.is_nan() for p in [*prices, pl.col("volume")])
         )
-        .then(pl.lit("missing_value"))
+        .then(_code("missing_value"))
         .when(pl.any_horizontal(p.le(0) | p.is_infinite() for p in prices))
-        .then(pl.lit("nonpositive_price"))
+        .then(_code("nonpositive_price"))
         .when(pl.col("volume") < 0)
-        .then(pl.lit("negative_volume"))
+        .then(_code("negative_volume"))
         .when(
             (pl.col("low") > pl.min_horizontal("open", "close"))
             | (pl.col("high") < pl.max_horizontal("open", "close"))
             | (pl.col("low") > pl.col("high"))
         )
-        .then(pl.lit("ohlc_violation"))
+        .then(_code("ohlc_violation"))
         .when(pl.col("start").is_null())
-        .then(pl.lit("not_a_session"))
+        .then(_code("not_a_session"))
         .when((pl.col("ts") < pl.col("start")) | (bar_end > pl.col("end")))
-        .then(pl.lit("outside_session"))
+        .then(_code("outside_session"))
         .when((offset_us % tf_us != 0) | (bar_end > seg_end))
-        .then(pl.lit("off_grid"))
+        .then(_code("off_grid"))
     )
 
 
@@ -231,7 +237,10 @@ def validate_bars(
             {},
         )
 
-    df = raw.with_row_index("_row").with_columns(session_date=session_dates(pl.col("ts")))
+    # The provenance columns (raw JSON text above all) are joined back for rejected rows only.
+    provenance = ["source", "source_file", "source_row", "raw"]
+    df = raw.select(pl.exclude(provenance)).with_row_index("_row")
+    df = df.with_columns(session_date=session_dates(pl.col("ts")))
     if isinstance(calendar, str):
         dates = df["session_date"].drop_nulls()
         cal = sessions_between(calendar, dates.min(), dates.max())  # type: ignore[arg-type]
@@ -239,15 +248,17 @@ def validate_bars(
         cal = calendar
     window = cal.window(session)
     df = df.join(window, on="session_date", how="left")
-    df = df.with_columns(rule=_first_failure(universe, timeframe, session))
+    df = df.with_columns(_code=_first_failure(universe, timeframe, session))
 
     # Duplicates among the rows that passed every other rule.
     value_cols = [c for c in BAR_SCHEMA if c not in ("symbol", "ts")]
-    ok = df.filter(pl.col("rule").is_null())
     key = ["symbol", "ts"]
+    passed = pl.col("_code").is_null()
+    candidates = df.select("_row", *key, *value_cols, "_code").filter(
+        passed & pl.struct(key).is_duplicated().over(passed)
+    )
     dup = (
-        ok.filter(pl.struct(key).is_duplicated())
-        .with_columns(
+        candidates.with_columns(
             _n=pl.len().over(key),
             _distinct=pl.struct(value_cols).n_unique().over(key),
             _first=pl.col("_row").min().over(key),
@@ -255,30 +266,45 @@ def validate_bars(
         .select(
             "_row",
             pl.when(pl.col("_distinct") > 1)
-            .then(pl.lit("duplicate_conflict"))
+            .then(_code("duplicate_conflict"))
             .when(pl.col("_row") != pl.col("_first"))
-            .then(pl.lit("duplicate_exact"))
-            .alias("_dup_rule"),
+            .then(_code("duplicate_exact"))
+            .alias("_dup_code"),
             pl.col("_first").alias("_dup_of"),
             pl.col("_n").alias("_dup_n"),
         )
+        .filter(pl.col("_dup_code").is_not_null())
     )
     if dup.height:
-        df = df.join(dup, on="_row", how="left").with_columns(rule=pl.coalesce("rule", "_dup_rule"))
-    else:
+        # A small mapping, so the wide frame gains a column instead of being joined again.
         df = df.with_columns(
-            _dup_rule=pl.lit(None, pl.String),
-            _dup_of=pl.lit(None, pl.UInt32),
-            _dup_n=pl.lit(None, pl.UInt32),
+            _code=pl.coalesce(
+                "_code",
+                pl.col("_row").replace_strict(
+                    dup["_row"], dup["_dup_code"], default=None, return_dtype=pl.UInt8
+                ),
+            )
         )
 
-    bad = df.filter(pl.col("rule").is_not_null())
+    bad = (
+        df.filter(pl.col("_code").is_not_null())
+        .join(dup, on="_row", how="left")
+        .with_columns(
+            rule=pl.col("_code").replace_strict(
+                list(range(len(RULES))), list(RULES), return_dtype=pl.String
+            )
+        )
+    )
     detail = pl.lit(None, pl.String)
     for r in RULES:
         expr = _detail(r, session)
         if expr is not None:
             detail = pl.when(pl.col("rule") == r).then(expr).otherwise(detail)
-    source_row_of = df.select(pl.col("_row").alias("_dup_of"), pl.col("source_row").alias("_of"))
+    origin = raw.select(provenance).with_row_index("_row")
+    bad = bad.join(origin, on="_row", how="left")
+    source_row_of = origin.select(
+        pl.col("_row").alias("_dup_of"), pl.col("source_row").alias("_of")
+    )
     bad = bad.join(source_row_of, on="_dup_of", how="left").with_columns(
         detail=pl.when(pl.col("rule") == "duplicate_exact")
         .then(pl.format("same values as source row {}", "_of"))
@@ -288,7 +314,12 @@ def validate_bars(
     )
     quarantine = bad.sort("_row").select(pl.col(k).cast(v) for k, v in QUARANTINE_SCHEMA.items())
 
-    good = df.filter(pl.col("rule").is_null()).sort("symbol", "ts")
+    good = (
+        df.select(*BAR_SCHEMA, "early_close", "session_date", "_code")
+        .filter(pl.col("_code").is_null())
+        .drop("_code")
+    )
+    good = good if _sorted_by_symbol_ts(good) else good.sort("symbol", "ts")
     prev = pl.col("close").shift(1).over("symbol")
     if previous_close is not None and previous_close.height:
         good = good.join(previous_close.select("symbol", "prev_close"), on="symbol", how="left")
@@ -303,24 +334,42 @@ def validate_bars(
         ).cast(pl.Int32),
     ).select(pl.col(k).cast(v) for k, v in STORED_BAR_SCHEMA.items())
 
-    gaps = calendar_gaps(bars, timeframe=timeframe, session=session, calendar=cal)
+    gaps = calendar_gaps(
+        bars,
+        timeframe=timeframe,
+        session=session,
+        calendar=cal,
+        session_date=good["session_date"],
+    )
     by_reason = dict(quarantine.group_by("rule").len().sort("rule").iter_rows())
     return ValidationResult(rows_in, bars, quarantine, gaps, by_reason)
 
 
+def _sorted_by_symbol_ts(frame: pl.DataFrame) -> bool:
+    later = (pl.col("symbol") > pl.col("symbol").shift(1)) | (
+        (pl.col("symbol") == pl.col("symbol").shift(1)) & (pl.col("ts") > pl.col("ts").shift(1))
+    )
+    return bool(frame.select(later.slice(1).all()).item()) if frame.height > 1 else True
+
+
 def calendar_gaps(
-    bars: pl.DataFrame, *, timeframe: Timeframe, session: Session, calendar: SessionCalendar
+    bars: pl.DataFrame,
+    *,
+    timeframe: Timeframe,
+    session: Session,
+    calendar: SessionCalendar,
+    session_date: pl.Series | None = None,
 ) -> pl.DataFrame:
     """Per symbol and session inside the symbol's span: bars expected by the calendar, present
-    and missing. Sessions with no bar at all appear with ``present == 0``."""
+    and missing. Sessions with no bar at all appear with ``present == 0``. ``session_date``
+    (the New York date of each bar) saves recomputing it when the caller has it."""
     if bars.height == 0:
         return pl.DataFrame(schema=GAP_SCHEMA)
+    dates = session_dates(pl.col("ts")) if session_date is None else pl.lit(session_date)
     window = calendar.window(session).with_columns(
         expected=((pl.col("end") - pl.col("start")).dt.total_minutes() // timeframe.minutes)
     )
-    present = bars.group_by("symbol", session_date=session_dates(pl.col("ts"))).agg(
-        present=pl.len()
-    )
+    present = bars.group_by("symbol", session_date=dates).agg(present=pl.len())
     spans = present.group_by("symbol").agg(
         first=pl.col("session_date").min(), last=pl.col("session_date").max()
     )
@@ -335,8 +384,3 @@ def calendar_gaps(
         .sort("symbol", "session_date")
         .select(pl.col(k).cast(v) for k, v in GAP_SCHEMA.items())
     )
-
-
-def validate_sessions(calendar: str, first_date: object, last_date: object) -> SessionCalendar:
-    """Convenience for callers that hold dates: the calendar between them."""
-    return sessions_between(calendar, first_date, last_date)  # type: ignore[arg-type]

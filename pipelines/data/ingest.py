@@ -144,6 +144,7 @@ def ingest_window(
             rules=rules,
             previous_close=previous_closes(store, tf.label, req.symbols, req.start),
         )
+        del raw  # the batch can be large; only the validated result is needed from here on
         with store.engine.begin() as conn:
             changed += store.upsert_bars(
                 result.bars, timeframe=tf.label, source=source.name, conn=conn

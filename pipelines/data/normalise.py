@@ -157,21 +157,38 @@ def normalise_frame(
         ),
     }
     sources = {"ts": columns.timestamp, **{k: getattr(columns, k) for k in fields if k != "ts"}}
-    errors = [
-        pl.when(fields[name].is_null() & pl.col(src).is_not_null()).then(
-            pl.format(f"column {src!r} ({name}): cannot parse {{}}", pl.col(src).cast(pl.String))
+    checked = [(name, src) for name, src in sources.items() if src is not None]
+    failed = {name: fields[name].is_null() & pl.col(src).is_not_null() for name, src in checked}
+    base = df.with_row_index("source_row")
+    any_failed = base.select(pl.any_horizontal(failed.values()).arg_true()).to_series()
+    # Messages are built for the failing rows only (usually none), not for every row.
+    messages = (
+        base[any_failed]
+        .select(
+            pl.concat_str(
+                [
+                    pl.when(failed[name]).then(
+                        pl.format(
+                            f"column {src!r} ({name}): cannot parse {{}}",
+                            pl.col(src).cast(pl.String),
+                        )
+                    )
+                    for name, src in checked
+                ],
+                separator="; ",
+                ignore_nulls=True,
+            )
         )
-        for name, src in sources.items()
-        if src is not None
-    ]
-    out = df.with_row_index("source_row").select(
+        .to_series()
+    )
+    parse_error = pl.repeat(None, df.height, dtype=pl.String, eager=True).alias("parse_error")
+    if len(any_failed):
+        parse_error = parse_error.scatter(any_failed, messages)
+    out = base.select(
         *(expr.alias(name) for name, expr in fields.items()),
         pl.lit(source, pl.String).alias("source"),
         pl.lit(source_file, pl.String).alias("source_file"),
         pl.col("source_row").cast(pl.Int64),
         pl.struct(pl.exclude("source_row")).struct.json_encode().alias("raw"),
-        pl.concat_str(errors, separator="; ", ignore_nulls=True)
-        .replace("", None)
-        .alias("parse_error"),
-    )
+    ).with_columns(parse_error)
     return out.select(pl.col(k).cast(v) for k, v in RAW_SCHEMA.items())

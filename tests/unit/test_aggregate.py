@@ -280,3 +280,11 @@ def test_duplicates_and_impossible_targets_raise(bars_15m: pl.DataFrame) -> None
             target=Timeframe.parse("60m"),
             session="regular",
         )
+
+
+def test_bars_outside_every_session_are_refused(bars_15m: pl.DataFrame) -> None:
+    stray = bars_15m.head(3).with_columns(pl.col("ts") + timedelta(hours=8))  # 17:30 ET and later
+    with pytest.raises(AggregationError, match="outside every regular session"):
+        aggregate_bars(
+            stray, source=Timeframe.parse("15m"), target=Timeframe.parse("60m"), session="regular"
+        )

@@ -1,0 +1,87 @@
+"""`make bench [BENCH=part]`: run benchmark parts and merge their figures into
+bench/results/latest.json (a flat JSON object of named figures)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+SHARED = Path(os.environ.get("QUANTDAG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+PG = os.environ.get(
+    "QUANTDAG_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def ingest() -> dict[str, object]:
+    """`ingest.*` on the shared 15-minute set, `ingest_1m.*` on the shared 1-minute set."""
+    out: dict[str, object] = {}
+    for dataset, prefix in (("15m", "ingest"), ("1m", "ingest_1m")):
+        for mode in ("speed", "memory"):
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.ingest",
+                    "--dataset",
+                    dataset,
+                    "--mode",
+                    mode,
+                    "--shared",
+                    str(SHARED),
+                    "--pg",
+                    PG,
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            figures = json.loads(proc.stdout.strip().splitlines()[-1])
+            out |= {f"{prefix}.{k}": v for k, v in figures.items()}
+    return out
+
+
+PARTS = {"ingest": ingest}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="all", help=f"all or one of {', '.join(PARTS)}")
+    args = parser.parse_args()
+    if args.only != "all" and args.only not in PARTS:
+        parser.error(f"unknown benchmark {args.only!r}; choose all or one of {', '.join(PARTS)}")
+    if not SHARED.is_dir():
+        print(
+            f"the benchmarks need the real data in {SHARED} (set QUANTDAG_SHARED_DATA)",
+            file=sys.stderr,
+        )
+        return 2
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name, part in PARTS.items():
+        if args.only in ("all", name):
+            print(f"bench: {name} ...", flush=True)
+            results |= part()
+    results |= {
+        "meta.updated_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "meta.machine": (
+            f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}"
+        ),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
+    for k, v in sorted(results.items()):
+        print(f"  {k} = {v}")
+    print(f"written to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
