@@ -49,7 +49,14 @@ def ingest() -> dict[str, object]:
     return out
 
 
-PARTS = {"ingest": ingest}
+def aggregation() -> dict[str, object]:
+    """IBKR 1-minute aggregated to 5 minutes against IBKR 5-minute (report beside the JSON)."""
+    from bench.aggregation import run
+
+    return run(SHARED, RESULTS.parent)
+
+
+PARTS = {"ingest": ingest, "aggregation": aggregation}
 
 
 def main() -> int:

@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         f"of {project.universe.name}: {', '.join(keys)}"
     )
     for key in keys:
-        result = job.execute_in_process(partition_key=key, instance=instance)
+        result = job.execute_in_process(
+            partition_key=key,
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        print(f"  {key}: run {result.run_id} {'succeeded' if result.success else 'FAILED'}")
         if not result.success:
             print(f"partition {key} failed", file=sys.stderr)
             return 1

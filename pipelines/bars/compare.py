@@ -13,8 +13,10 @@ def compare_bars(ours: pl.DataFrame, reference: pl.DataFrame, *, by: str = "mont
 
     Columns: the group, ``common`` bars, ``only_ours``/``only_reference`` (bars on one side
     only), ``<field>_equal`` (share exactly equal), ``ohlcv_equal`` (all five equal),
-    ``volume_ratio_median`` (ours / reference), and among the bars that differ in a price,
-    ``wider_share`` (ours has the higher high or the lower low).
+    ``volume_ratio_median`` (ours / reference), among the bars that differ in a price
+    ``wider_share`` (ours has the higher high or the lower low), and among the bars whose high
+    (low) differs, ``high_above_share`` (``low_below_share``): the share where ours is higher
+    (lower).
     """
     key = ["symbol", "ts"]
     group = pl.col("ts").dt.strftime("%Y-%m").alias("month") if by == "month" else pl.col("symbol")
@@ -39,6 +41,10 @@ def compare_bars(ours: pl.DataFrame, reference: pl.DataFrame, *, by: str = "mont
             ohlcv_equal=pl.all_horizontal(eq.values()).filter(both).mean(),
             volume_ratio_median=(pl.col("volume") / pl.col("volume_ref")).filter(both).median(),
             wider_share=wider.filter(both & price_differs).mean(),
+            high_above_share=(pl.col("high") > pl.col("high_ref"))
+            .filter(both & ~eq["high"])
+            .mean(),
+            low_below_share=(pl.col("low") < pl.col("low_ref")).filter(both & ~eq["low"]).mean(),
         )
         .sort(by)
     )

@@ -73,3 +73,17 @@ def test_live_is_an_explicit_opt_in() -> None:
         load_project({"QUANTDAG_ENV": "live"})
     project = load_project({"QUANTDAG_ENV": "live", "QUANTDAG_LIVE_CONFIRM": LIVE_CONFIRMATION})
     assert project.environment == "live"
+
+
+def test_docker_compose_points_at_the_same_code_location() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert "-m quantdag.definitions" in services["code"]["command"]
+    workspace_file = services["webserver"]["command"].split("-w ")[1]
+    grpc = yaml.safe_load((ROOT / workspace_file).read_text())["load_from"][0]["grpc_server"]
+    assert grpc["host"] == "code" and str(grpc["port"]) in services["code"]["command"]
+    assert "timescale" in services["db"]["image"]
+    env = compose["x-quantdag"]["environment"]
+    assert "DAGSTER_PG_URL" in env and "QUANTDAG_DATABASE_URL" in env
