@@ -11,7 +11,7 @@ import difflib
 import os
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -209,38 +209,33 @@ def _format_error(path: Path, model: type[BaseModel], err: ValidationError) -> s
     return "\n".join(lines)
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every model inside an annotation: itself, union members, dict values, tuple items."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = model
+    """The keys allowed at ``loc`` (a pydantic error location) below ``model``."""
+    candidates: list[type[BaseModel]] = [model]
     for part in loc:
-        if isinstance(part, int) or current is None:
-            continue
-        fields = getattr(current, "model_fields", None)
-        if fields is None or part not in fields:
-            if isinstance(part, str) and part in ("files", "alpaca"):
-                current = FileSourceConfig if part == "files" else AlpacaSourceConfig
-                continue
-            current = EnvironmentConfig if part in ENVIRONMENTS else None
-            continue
-        current = _model_of(fields[part].annotation)
-    fields = getattr(current, "model_fields", {})
-    return sorted(fields)
-
-
-def _model_of(annotation: Any) -> Any:
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        inner = _model_of_args(candidate)
-        if inner is not None:
-            return inner
-    return None
-
-
-def _model_of_args(annotation: Any) -> Any:
-    for arg in getattr(annotation, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
+        inner = [
+            m
+            for c in candidates
+            if isinstance(part, str) and part in c.model_fields
+            for m in _models_in(c.model_fields[part].annotation)
+        ]
+        if not inner:
+            # A dict key, a list index or a union's tag (``kind``): the tag picks one member.
+            tagged = [
+                c
+                for c in candidates
+                if "kind" in c.model_fields and c.model_fields["kind"].default == part
+            ]
+            inner = tagged or candidates
+        candidates = inner
+    return sorted({k for c in candidates for k in c.model_fields})
 
 
 def load_model[M: BaseModel](path: str | Path, model: type[M]) -> M:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import polars as pl
 
 from pipelines.bars.aggregate import assign_buckets, segment_bounds
 from pipelines.bars.calendar import Session, SessionCalendar, session_dates, sessions_between
+from pipelines.config import ValidationConfig
+from pipelines.data.ingest import IngestReport
 from pipelines.timeframes import Timeframe
 
 
@@ -88,3 +92,102 @@ def volume_balance(
     buckets = assign_buckets(source, target=target, session=session, calendar=calendar)
     expected = float(buckets.filter(pl.col("_e") <= as_of)["volume"].sum())
     return expected - float(aggregated["volume"].sum())
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One check's verdict. ``blocking`` checks are errors; the others are warnings."""
+
+    name: str
+    passed: bool
+    blocking: bool
+    metadata: dict[str, Any]
+
+
+def ingest_check_descriptions(rules: ValidationConfig) -> dict[str, str]:
+    """Names and one-line descriptions of :func:`ingest_checks`, for the asset's check specs."""
+    return {
+        "rows_accounted": "rows in = rows stored + rows quarantined",
+        "bar_integrity": "stored bars: unique keys, positive prices, OHLC consistent",
+        "quarantine_share": f"at most {rules.max_quarantine_share:.0%} of the rows quarantined",
+        "whole_sessions_present": "no symbol misses a whole session inside its span",
+        "price_jumps": (
+            f"no close-to-close |log return| above {rules.max_abs_log_return} "
+            "(such bars are flagged and kept)"
+        ),
+    }
+
+
+def ingest_checks(
+    report: IngestReport, stored: pl.DataFrame, rules: ValidationConfig
+) -> list[CheckOutcome]:
+    """Verdicts on one ingestion (``report``) and the bars now stored for its window."""
+    problems = bar_integrity(stored)
+    share = report.rows_quarantined / report.rows_in if report.rows_in else 0.0
+    return [
+        CheckOutcome(
+            "rows_accounted",
+            report.accounted,
+            True,
+            {
+                "rows_in": report.rows_in,
+                "rows_stored": report.rows_stored,
+                "rows_quarantined": report.rows_quarantined,
+            },
+        ),
+        CheckOutcome("bar_integrity", not problems, True, {"problems": problems or "none"}),
+        CheckOutcome(
+            "quarantine_share",
+            share <= rules.max_quarantine_share,
+            False,
+            {
+                "share": share,
+                "by_reason": dict(report.by_reason),
+            },
+        ),
+        CheckOutcome(
+            "whole_sessions_present",
+            report.missing_sessions == 0,
+            False,
+            {
+                "missing_sessions": report.missing_sessions,
+                "missing_bars": report.missing_bars,
+            },
+        ),
+        CheckOutcome(
+            "price_jumps",
+            report.price_jumps == 0,
+            False,
+            {
+                "flagged_bars": report.price_jumps,
+            },
+        ),
+    ]
+
+
+def aggregate_check_descriptions(source: Timeframe) -> dict[str, str]:
+    """Names and descriptions of :func:`aggregate_checks`."""
+    return {
+        "bar_integrity": "unique keys, OHLC consistent, each bar inside one session segment",
+        "volume_conserved": f"volume equals the {source} volume it was built from",
+    }
+
+
+def aggregate_checks(
+    source_bars: pl.DataFrame,
+    bars: pl.DataFrame,
+    *,
+    target: Timeframe,
+    session: Session,
+    calendar: str | SessionCalendar,
+    as_of: datetime,
+) -> list[CheckOutcome]:
+    """Verdicts on ``bars`` built from ``source_bars``."""
+    problems = bar_integrity(bars, timeframe=target, session=session, calendar=calendar)
+    balance = volume_balance(
+        source_bars, bars, target=target, session=session, calendar=calendar, as_of=as_of
+    )
+    return [
+        CheckOutcome("bar_integrity", not problems, True, {"problems": problems or "none"}),
+        CheckOutcome("volume_conserved", balance == 0.0, True, {"difference_shares": balance}),
+    ]

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from pipelines.bars.calendar import Session, SessionCalendar, session_dates, sessions_between
+from pipelines.bars.calendar import (
+    SESSION_SCHEMA,
+    Session,
+    SessionCalendar,
+    session_dates,
+    sessions_between,
+)
 from pipelines.config import ValidationConfig
 from pipelines.data.schema import (
     BAR_SCHEMA,
@@ -241,11 +247,13 @@ def validate_bars(
     provenance = ["source", "source_file", "source_row", "raw"]
     df = raw.select(pl.exclude(provenance)).with_row_index("_row")
     df = df.with_columns(session_date=session_dates(pl.col("ts")))
-    if isinstance(calendar, str):
-        dates = df["session_date"].drop_nulls()
-        cal = sessions_between(calendar, dates.min(), dates.max())  # type: ignore[arg-type]
-    else:
+    dates = df["session_date"].drop_nulls()
+    if not isinstance(calendar, str):
         cal = calendar
+    elif dates.len():
+        cal = sessions_between(calendar, dates.min(), dates.max())  # type: ignore[arg-type]
+    else:  # no parseable timestamp at all: every row fails before the calendar is needed
+        cal = SessionCalendar(calendar, pl.DataFrame(schema=SESSION_SCHEMA))
     window = cal.window(session)
     df = df.join(window, on="session_date", how="left")
     df = df.with_columns(_code=_first_failure(universe, timeframe, session))

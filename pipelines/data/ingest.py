@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 
 from pipelines.bars.validate import ValidationResult, validate_bars
 from pipelines.config import UniverseConfig, ValidationConfig
+from pipelines.data.schema import BarFlag
 from pipelines.data.sources import BarSource
 from pipelines.data.store import BarStore
 
@@ -95,7 +96,6 @@ def previous_closes(
     lookback_days: int = 10,
 ) -> pl.DataFrame:
     """The last stored close before ``before`` per symbol (for jump flags at a window edge)."""
-    from datetime import timedelta
 
     prior = store.read_bars(
         timeframe=timeframe,
@@ -168,8 +168,6 @@ def _report(
     changed: int,
     added: int,
 ) -> IngestReport:
-    from pipelines.data.schema import BarFlag
-
     by_reason: dict[str, int] = defaultdict(int)
     for r in results:
         for k, v in r.by_reason.items():

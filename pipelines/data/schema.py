@@ -6,8 +6,6 @@ parsed ones, so that a rejected row can be quarantined with exactly what was rec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import polars as pl
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -54,27 +52,5 @@ class BarFlag:
     ZERO_VOLUME = 4
 
 
-@dataclass(frozen=True)
-class RawBatch:
-    """Rows from one fetch of one source, normalised to :data:`RAW_SCHEMA`."""
-
-    frame: pl.DataFrame
-    source: str
-
-    def __post_init__(self) -> None:
-        if dict(self.frame.schema) != RAW_SCHEMA:
-            raise TypeError(
-                f"RawBatch from {self.source} does not have RAW_SCHEMA: {self.frame.schema}"
-            )
-
-    @property
-    def rows(self) -> int:
-        return self.frame.height
-
-
 def empty_raw() -> pl.DataFrame:
     return pl.DataFrame(schema=RAW_SCHEMA)
-
-
-def empty_bars(stored: bool = True) -> pl.DataFrame:
-    return pl.DataFrame(schema=STORED_BAR_SCHEMA if stored else BAR_SCHEMA)

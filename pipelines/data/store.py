@@ -326,9 +326,11 @@ class BarStore:
                 return len(c.execute(ins, records).fetchall())
         return len(conn.execute(ins, records).fetchall())
 
-    def read_quarantine(self, *, start: datetime, end: datetime) -> pl.DataFrame:
-        """Quarantined rows whose (parsed) time lies in ``[start, end)``, or whose time could
-        not be parsed but that were recorded by a batch of that window."""
+    def read_quarantine(
+        self, *, start: datetime, end: datetime, batch: str | None = None
+    ) -> pl.DataFrame:
+        """Quarantined rows whose parsed time lies in ``[start, end)``; with ``batch``, also the
+        rows of that batch whose time could not be parsed."""
         schema: dict[str, pl.DataType] = {
             "batch": pl.String(),
             "source": pl.String(),
@@ -341,10 +343,15 @@ class BarStore:
             "ts": pl.Int64(),
         }
         cols = [c for c in schema if c != "ts"]
+        where = "(ts >= :start AND ts < :end)"
+        params: dict[str, Any] = {}
+        if batch is not None:
+            where += " OR (ts IS NULL AND batch = :batch)"
+            params["batch"] = batch
         return self._read(
             f"SELECT {', '.join(cols)}, {{ts}} AS ts FROM quarantine "
-            "WHERE ts >= :start AND ts < :end ORDER BY source, source_file, source_row",
-            {},
+            f"WHERE {where} ORDER BY source, source_file, source_row",
+            params,
             start,
             end,
             schema,

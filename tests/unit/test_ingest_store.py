@@ -172,3 +172,22 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
     assert fresh.migrate() == "0001"
     fresh.require_schema()
     assert fresh.migrate() == "0001"  # idempotent
+
+
+def test_quarantined_rows_without_a_time_are_found_by_batch(
+    store: BarStore, sample_raw: pl.DataFrame
+) -> None:
+    from pipelines.bars.validate import validate_bars
+    from pipelines.timeframes import Timeframe
+
+    broken = sample_raw.head(4).with_columns(
+        ts=pl.when(pl.int_range(pl.len()) == 0).then(None).otherwise(pl.col("ts")),
+        parse_error=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("column 'timestamp': ?")),
+    )
+    result = validate_bars(
+        broken, universe=["AAPL"], timeframe=Timeframe.parse("15m"), session="regular"
+    )
+    store.add_quarantine(result.quarantine, batch="b1")
+    assert store.read_quarantine(start=JAN[0], end=JAN[1]).height == 0
+    found = store.read_quarantine(start=JAN[0], end=JAN[1], batch="b1")
+    assert found["rule"].to_list() == ["unparseable_value"]

@@ -159,3 +159,11 @@ def test_dst_change_keeps_wall_clock(sample_raw: pl.DataFrame) -> None:
     result = _run(summer, ["AAPL"])
     assert result.rows_quarantined == 0
     assert result.bars["ts"][0].astimezone(UTC).hour == 13
+
+
+def test_batch_without_any_parseable_time(sample_raw: pl.DataFrame) -> None:
+    broken = sample_raw.head(5).with_columns(
+        ts=pl.lit(None, pl.Datetime("us", "UTC")), parse_error=pl.lit("column 'timestamp': ?")
+    )
+    result = _run(broken, ["AAPL"])
+    assert result.by_reason == {"unparseable_value": 5}
