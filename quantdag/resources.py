@@ -24,14 +24,7 @@ def build_resources(project: Project) -> dict[str, Any]:
     source = env.source
     market_data: Any
     if isinstance(source, FileSourceConfig):
-        market_data = FileBarSourceResource(
-            path=source.path,
-            pattern=source.pattern,
-            format=source.format,
-            columns=source.columns.model_dump(exclude_none=True),
-            timezone=source.timezone,
-            label=source.label,
-        )
+        market_data = FileBarSourceResource.from_config(source)
     else:
         assert isinstance(source, AlpacaSourceConfig)
         market_data = AlpacaBarSourceResource(

@@ -30,6 +30,17 @@ class FileBarSourceResource(BarSourceResource):
     timezone: str | None = None
     label: Literal["start", "end"] = "start"
 
+    @classmethod
+    def from_config(cls, config: FileSourceConfig) -> "FileBarSourceResource":
+        return cls(
+            path=config.path,
+            pattern=config.pattern,
+            format=config.format,
+            columns=config.columns.model_dump(exclude_none=True),
+            timezone=config.timezone,
+            label=config.label,
+        )
+
     def config(self) -> FileSourceConfig:
         return FileSourceConfig(
             path=self.path,

@@ -44,6 +44,22 @@ def sample_raw(sample_source: FileBarSource) -> pl.DataFrame:
     return pl.concat(sample_source.read_file(p, s) for p, s in sample_source.files())
 
 
+@pytest.fixture(scope="session")
+def sample_bars(sample_raw: pl.DataFrame) -> pl.DataFrame:
+    """The bundled 15-minute sample validated (every row is clean): stored-bar schema."""
+    from pipelines.bars.validate import validate_bars
+    from pipelines.timeframes import Timeframe
+
+    result = validate_bars(
+        sample_raw,
+        universe=sample_raw["symbol"].unique().to_list(),
+        timeframe=Timeframe.parse("15m"),
+        session="regular",
+    )
+    assert result.rows_quarantined == 0
+    return result.bars
+
+
 def _pg_available() -> bool:
     try:
         with sa.create_engine(PG_ADMIN_URL).connect() as conn:

@@ -24,6 +24,7 @@ import polars as pl
 from pipelines.bars.calendar import (
     Session,
     SessionCalendar,
+    segment_bounds,
     session_dates_within_hours,
     sessions_between,
 )
@@ -33,28 +34,6 @@ from pipelines.timeframes import Timeframe
 
 class AggregationError(ValueError):
     """The requested aggregation cannot be built from the given bars."""
-
-
-def segment_bounds(session: Session) -> tuple[pl.Expr, pl.Expr]:
-    """Start and end of the session segment holding each bar (needs the calendar columns)."""
-    if session == "regular":
-        return pl.col("reg_open"), pl.col("reg_close")
-    ts = pl.col("ts")
-    start = (
-        pl.when(ts < pl.col("reg_open"))
-        .then(pl.col("ext_open"))
-        .when(ts < pl.col("reg_close"))
-        .then(pl.col("reg_open"))
-        .otherwise(pl.col("reg_close"))
-    )
-    end = (
-        pl.when(ts < pl.col("reg_open"))
-        .then(pl.col("reg_open"))
-        .when(ts < pl.col("reg_close"))
-        .then(pl.col("reg_close"))
-        .otherwise(pl.col("ext_close"))
-    )
-    return start, end
 
 
 def assign_buckets(

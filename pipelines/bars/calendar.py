@@ -114,3 +114,27 @@ def session_dates_within_hours(ts: pl.Expr) -> pl.Expr:
     time (every bar of an extended or regular session does): ``ts - 5h`` has the right date in
     both EST (UTC-5) and EDT (UTC-4), without a per-row time-zone conversion."""
     return (ts - pl.duration(hours=5)).dt.date()
+
+
+def segment_bounds(session: Session) -> tuple[pl.Expr, pl.Expr]:
+    """Start and end of the session segment holding each bar, as expressions over ``ts`` and the
+    columns of :meth:`SessionCalendar.window`. Regular session: the regular hours. Extended: the
+    pre-market, the regular session or the post-market, whichever holds the bar."""
+    if session == "regular":
+        return pl.col("reg_open"), pl.col("reg_close")
+    ts = pl.col("ts")
+    start = (
+        pl.when(ts < pl.col("reg_open"))
+        .then(pl.col("ext_open"))
+        .when(ts < pl.col("reg_close"))
+        .then(pl.col("reg_open"))
+        .otherwise(pl.col("reg_close"))
+    )
+    end = (
+        pl.when(ts < pl.col("reg_open"))
+        .then(pl.col("reg_open"))
+        .when(ts < pl.col("reg_close"))
+        .then(pl.col("reg_close"))
+        .otherwise(pl.col("ext_close"))
+    )
+    return start, end

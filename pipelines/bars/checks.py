@@ -8,8 +8,14 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.bars.aggregate import assign_buckets, segment_bounds
-from pipelines.bars.calendar import Session, SessionCalendar, session_dates, sessions_between
+from pipelines.bars.aggregate import assign_buckets
+from pipelines.bars.calendar import (
+    Session,
+    SessionCalendar,
+    segment_bounds,
+    session_dates,
+    sessions_between,
+)
 from pipelines.config import ValidationConfig
 from pipelines.data.ingest import IngestReport
 from pipelines.timeframes import Timeframe

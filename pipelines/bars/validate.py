@@ -33,6 +33,7 @@ from pipelines.bars.calendar import (
     SESSION_SCHEMA,
     Session,
     SessionCalendar,
+    segment_bounds,
     session_dates,
     sessions_between,
 )
@@ -135,24 +136,7 @@ def _code(rule: str) -> pl.Expr:
 def _first_failure(universe: Iterable[str], tf: Timeframe, session: Session) -> pl.Expr:
     prices = [pl.col(c) for c in PRICE_COLUMNS]
     tf_us = tf.micros
-    seg_start = (
-        pl.col("start")
-        if session == "regular"
-        else pl.when(pl.col("ts") < pl.col("reg_open"))
-        .then(pl.col("ext_open"))
-        .when(pl.col("ts") < pl.col("reg_close"))
-        .then(pl.col("reg_open"))
-        .otherwise(pl.col("reg_close"))
-    )
-    seg_end = (
-        pl.col("end")
-        if session == "regular"
-        else pl.when(pl.col("ts") < pl.col("reg_open"))
-        .then(pl.col("reg_open"))
-        .when(pl.col("ts") < pl.col("reg_close"))
-        .then(pl.col("reg_close"))
-        .otherwise(pl.col("ext_close"))
-    )
+    seg_start, seg_end = segment_bounds(session)
     bar_end = pl.col("ts") + pl.duration(minutes=tf.minutes)
     offset_us = (pl.col("ts") - seg_start).dt.total_microseconds()
     return (

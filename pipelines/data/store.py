@@ -268,22 +268,17 @@ class BarStore:
 
     def bar_counts(self) -> pl.DataFrame:
         """Stored bars per symbol and timeframe: columns ``symbol``, ``timeframe``, ``bars``."""
-        stmt = sa.select(
-            bars_table.c.symbol, bars_table.c.timeframe, sa.func.count().label("bars")
-        ).group_by(bars_table.c.symbol, bars_table.c.timeframe)
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).fetchall()
-        schema = {"symbol": pl.String(), "timeframe": pl.String(), "bars": pl.Int64()}
-        return pl.DataFrame(rows, schema=schema, orient="row")
+        return self._counts(bars_table.c.symbol, bars_table.c.timeframe, label="bars")
 
     def quarantine_counts(self) -> pl.DataFrame:
         """Quarantined rows per symbol and rule: columns ``symbol``, ``rule``, ``rows``."""
-        stmt = sa.select(
-            quarantine.c.symbol, quarantine.c.rule, sa.func.count().label("rows")
-        ).group_by(quarantine.c.symbol, quarantine.c.rule)
+        return self._counts(quarantine.c.symbol, quarantine.c.rule, label="rows")
+
+    def _counts(self, *columns: sa.Column[Any], label: str) -> pl.DataFrame:
+        stmt = sa.select(*columns, sa.func.count().label(label)).group_by(*columns)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).fetchall()
-        schema = {"symbol": pl.String(), "rule": pl.String(), "rows": pl.Int64()}
+        schema = {**{c.name: pl.String() for c in columns}, label: pl.Int64()}
         return pl.DataFrame(rows, schema=schema, orient="row")
 
     # -- quarantine ------------------------------------------------------------------------

@@ -27,13 +27,8 @@ def pg_store(pg_database: str) -> BarStore:
     return store
 
 
-def test_bars_table_is_partitioned_by_month(pg_store: BarStore, sample_raw: pl.DataFrame) -> None:
-    bars = validate_bars(
-        sample_raw,
-        universe=sample_raw["symbol"].unique().to_list(),
-        timeframe=Timeframe.parse("15m"),
-        session="regular",
-    ).bars
+def test_bars_table_is_partitioned_by_month(pg_store: BarStore, sample_bars: pl.DataFrame) -> None:
+    bars = sample_bars
     assert pg_store.upsert_bars(bars, timeframe="15m", source="t") == bars.height == 18_518
     with pg_store.engine.connect() as conn:
         kind = conn.execute(sa.text("SELECT relkind FROM pg_class WHERE relname = 'bars'")).scalar()
@@ -52,14 +47,9 @@ def test_bars_table_is_partitioned_by_month(pg_store: BarStore, sample_raw: pl.D
 
 
 def test_prices_read_back_exactly_and_upsert_is_idempotent(
-    pg_store: BarStore, sample_raw: pl.DataFrame
+    pg_store: BarStore, sample_bars: pl.DataFrame
 ) -> None:
-    bars = validate_bars(
-        sample_raw,
-        universe=sample_raw["symbol"].unique().to_list(),
-        timeframe=Timeframe.parse("15m"),
-        session="regular",
-    ).bars
+    bars = sample_bars
     odd = bars.with_columns(
         close=pl.col("close") + 1e-9 / 3,
         vwap=pl.col("close") / 3,
