@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 BENCH ?= all
 
-.PHONY: help env run test dev bench lint
+.PHONY: help env dagster-home run test dev bench lint
 
 help:
 	@echo "make run    materialize the whole asset graph on the bundled sample"
@@ -29,11 +29,13 @@ $(UV):
 	$(UV) sync --frozen
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml deploy/dagster.postgres.yaml
+# Rewritten on every call, so setting or unsetting DAGSTER_PG_URL takes effect at once.
+dagster-home:
 	mkdir -p $(DAGSTER_HOME)
-	if [ -n "$${DAGSTER_PG_URL:-}" ]; then cp deploy/dagster.postgres.yaml $@; else cp deploy/dagster.yaml $@; fi
+	if [ -n "$${DAGSTER_PG_URL:-}" ]; then src=deploy/dagster.postgres.yaml; else src=deploy/dagster.yaml; fi; \
+	cmp -s $$src $(DAGSTER_HOME)/dagster.yaml || cp $$src $(DAGSTER_HOME)/dagster.yaml
 
-env: .venv/.synced $(DAGSTER_HOME)/dagster.yaml
+env: .venv/.synced dagster-home
 
 run: env
 	$(PY) -m quantdag.run
