@@ -91,8 +91,10 @@ def aggregate_bars(
     session: Session,
     calendar: str | SessionCalendar = "XNYS",
     as_of: datetime | None = None,
+    with_end: bool = False,
 ) -> pl.DataFrame:
     """Build ``target`` bars from validated ``source`` bars (stored schema, UTC bar starts).
+    ``with_end`` adds each bar's ``end`` (earlier than start + target where a segment ends).
 
     ``as_of`` (UTC) is the time up to which the input is complete; buckets ending after it are
     left out. Example: ``aggregate_bars(bars_1m, source=Timeframe.parse("1m"),
@@ -100,8 +102,9 @@ def aggregate_bars(
     """
     if not source.divides(target) and source != target:
         raise AggregationError(f"{target} bars cannot be built from {source} bars")
+    empty = {**STORED_BAR_SCHEMA, **({"end": pl.Datetime("us", "UTC")} if with_end else {})}
     if bars.height == 0:
-        return pl.DataFrame(schema=STORED_BAR_SCHEMA)
+        return pl.DataFrame(schema=empty)
     df = assign_buckets(bars, target=target, session=session, calendar=calendar)
     repeated = (pl.col("symbol") == pl.col("symbol").shift(1)) & (
         pl.col("ts") == pl.col("ts").shift(1)
@@ -109,7 +112,7 @@ def aggregate_bars(
     if df.select(repeated.any()).item():
         raise AggregationError("the input has duplicate (symbol, ts) rows; validate it first")
     if df.height == 0:
-        return pl.DataFrame(schema=STORED_BAR_SCHEMA)
+        return pl.DataFrame(schema=empty)
     if as_of is None:
         as_of = df.select(pl.col("ts").max() + source.duration).item()
     vol = pl.col("volume")
@@ -156,4 +159,7 @@ def aggregate_bars(
             ),
         )
     )
-    return out.select(pl.col(k).cast(v) for k, v in STORED_BAR_SCHEMA.items()).sort("symbol", "ts")
+    columns = [pl.col(k).cast(v) for k, v in STORED_BAR_SCHEMA.items()]
+    if with_end:
+        columns.append(pl.col("_e").alias("end"))
+    return out.select(columns).sort("symbol", "ts")

@@ -1,0 +1,409 @@
+"""Build the feature matrix from validated bars, in batch or for the newest bar (live).
+
+Stages: prepare (sort, check, helper columns, path-dependent kernels, session columns) -> the
+per-symbol features of the registry -> multi-timeframe context from 60-minute and daily bars
+that had closed -> cross-sectional ranks and z-scores across the universe at each timestamp.
+Every stage reads only bars at or before each row's time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from pipelines.bars.aggregate import aggregate_bars
+from pipelines.bars.calendar import Session, session_dates_within_hours, sessions_between
+from pipelines.features import kernels
+from pipelines.features.library import (
+    S,
+    atr,
+    build_registry,
+    div,
+    lag,
+    position,
+    rmax,
+    rmin,
+    rsi_of,
+    sma,
+)
+from pipelines.features.registry import FeatureRegistry, FeatureSpec
+from pipelines.timeframes import Timeframe
+
+XS_BASES = ("statistical_ret_1", "statistical_ret_20", "momentum_rsi_14", "volume_ratio_20")
+OPENING_RANGE_MINUTES = 30
+
+
+class FeatureInputError(ValueError):
+    """The bars given to the feature builder are not usable; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """What the features are built on: the bars' timeframe, session and exchange calendar."""
+
+    timeframe: Timeframe
+    session: Session = "regular"
+    calendar: str = "XNYS"
+
+    @property
+    def bars_per_session(self) -> int:
+        minutes = 390 if self.session == "regular" else 16 * 60
+        return math.ceil(minutes / self.timeframe.minutes)
+
+
+def feature_registry(config: FeatureConfig) -> FeatureRegistry:
+    """Every feature for ``config``: the per-symbol library, multi-timeframe, cross-sectional."""
+    reg = build_registry()
+    per_day = config.bars_per_session
+    hourly = 60 // config.timeframe.minutes if 60 % config.timeframe.minutes == 0 else 0
+    if hourly:
+        per_day_60 = math.ceil((390 if config.session == "regular" else 16 * 60) / 60)
+
+        def warm60(k: int) -> int:
+            return math.ceil((k / per_day_60 + 1) * per_day)
+
+        for name, k, desc in (
+            ("mtf_60m_ret_1", 1, "return of the last closed 60-minute bar"),
+            ("mtf_60m_ret_4", 4, "return over the last 4 closed 60-minute bars"),
+            ("mtf_60m_rsi_7", 140, "RSI(7) of closed 60-minute bars"),
+            ("mtf_60m_atr_7", 140, "ATR(7) of closed 60-minute bars / close"),
+            ("mtf_60m_pos_4", 4, "close's position in the range of the last 4 closed 60m bars"),
+        ):
+            reg.add(_column_spec(name, "mtf", warm60(k), desc, "open,high,low,close"))
+    for name, k, desc in (
+        ("mtf_1d_ret_1", 2, "return of the last closed session (close to close)"),
+        ("mtf_1d_pos_1", 1, "close's position in the last closed session's range"),
+        ("mtf_1d_sma_5", 5, "close / SMA(5) of closed sessions' closes - 1"),
+        ("mtf_1d_atr_5", 6, "mean true range of the last 5 closed sessions / close"),
+    ):
+        reg.add(_column_spec(name, "mtf", (k + 1) * per_day, desc, "high,low,close"))
+    for base in XS_BASES:
+        warm = reg[base].warmup
+        reg.add(
+            _column_spec(
+                f"xs_rank_1_{base}",
+                "xs",
+                warm,
+                f"percentile rank of {base} across the universe (0..1)",
+                "close",
+            )
+        )
+        reg.add(
+            _column_spec(
+                f"xs_zscore_1_{base}", "xs", warm, f"z-score of {base} across the universe", "close"
+            )
+        )
+    reg.add(
+        _column_spec(
+            "xs_relstrength_20",
+            "xs",
+            20,
+            "20-bar return minus the equal-weight universe's",
+            "close",
+        )
+    )
+    reg.add(
+        _column_spec(
+            "xs_beta_60",
+            "xs",
+            61,
+            "rolling 60-bar beta to the index proxy (SPY if in the universe, "
+            "else the equal-weight universe)",
+            "close",
+        )
+    )
+    return reg
+
+
+def _column_spec(
+    name: str, category: str, warmup: int, description: str, inputs: str
+) -> FeatureSpec:
+    """A feature computed by a later stage (multi-timeframe, cross-sectional) into its column."""
+
+    def column() -> pl.Expr:
+        return pl.col(name)
+
+    return FeatureSpec(
+        name=name,
+        category=category,
+        inputs=tuple(inputs.split(",")),
+        warmup=warmup,
+        description=description,
+        expr=column,
+    )
+
+
+def _starts(symbols: pl.Series) -> npt.NDArray[np.int64]:
+    changed = (symbols != symbols.shift(1)).fill_null(True)
+    return np.flatnonzero(changed.to_numpy()).astype(np.int64)
+
+
+def prepare(bars: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
+    """Sorted bars with the helper columns the feature expressions read."""
+    required = {"symbol", "ts", "open", "high", "low", "close", "volume"}
+    missing = required - set(bars.columns)
+    if missing:
+        raise FeatureInputError(f"bars lack column(s) {sorted(missing)}")
+    if bars.height == 0:
+        raise FeatureInputError("no bars to build features from")
+    df = bars.select([col for col in bars.columns if col in required]).sort(S, "ts")
+    dup = df.filter(pl.struct(S, "ts").is_duplicated())
+    if dup.height:
+        first = dup.row(0, named=True)
+        raise FeatureInputError(
+            f"duplicate bars reached the feature layer ({dup.height} rows, first: "
+            f"{first['symbol']} at {first['ts']}); this is a bug upstream: validation must "
+            "quarantine duplicates before features are built"
+        )
+    nan = df.filter(
+        pl.any_horizontal(
+            pl.col(c).is_null() | pl.col(c).is_nan()
+            for c in ("open", "high", "low", "close", "volume")
+        )
+    )
+    if nan.height:
+        first = nan.row(0, named=True)
+        raise FeatureInputError(
+            f"{nan.height} bars have a missing or NaN price or volume (first: {first['symbol']} "
+            f"at {first['ts']}); validation quarantines such bars, build features from "
+            "validated bars"
+        )
+    starts = _starts(df[S])
+    hi, low_, close = (df[c].to_numpy() for c in ("high", "low", "close"))
+    psar, psar_dir = kernels.psar(hi, low_, close, starts, 0.02, 0.2)
+    atr10 = df.select(atr(10)).to_series().to_numpy()
+    st, st_dir = kernels.supertrend(hi, low_, close, atr10, starts, 3.0)
+    log_ret = df.select((pl.col("close") / lag(pl.col("close"))).log()).to_series()
+    df = df.with_columns(
+        _i=pl.int_range(pl.len()).over(S),
+        _kama_10=pl.Series(kernels.kama(close, starts, 10, 2, 30)),
+        _psar=pl.Series(psar),
+        _psar_dir=pl.Series(psar_dir),
+        _supertrend=pl.Series(st),
+        _supertrend_dir=pl.Series(st_dir),
+        _aroon_high_25=pl.Series(kernels.bars_since_extreme(hi, starts, 25, True)),
+        _aroon_low_25=pl.Series(kernels.bars_since_extreme(low_, starts, 25, False)),
+        _cci_md_20=pl.Series(
+            kernels.mean_abs_deviation(
+                df.select((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0)
+                .to_series()
+                .to_numpy(),
+                starts,
+                20,
+            )
+        ),
+        _hurst_128=pl.Series(kernels.hurst_rs(log_ret.fill_null(0.0).to_numpy(), starts, 128)),
+    )
+    return _session_columns(df, config)
+
+
+def _session_columns(df: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
+    tf = config.timeframe
+    df = df.with_columns(session_date=session_dates_within_hours(pl.col("ts")))
+    cal = sessions_between(config.calendar, df["session_date"].min(), df["session_date"].max())  # type: ignore[arg-type]
+    df = df.join(cal.window(config.session), on="session_date", how="left")
+    if df["start"].null_count():
+        bad = df.filter(pl.col("start").is_null()).row(0, named=True)
+        raise FeatureInputError(
+            f"{bad['symbol']} has a bar at {bad['ts']} on no session of {config.calendar}; "
+            "build features from validated bars"
+        )
+    day = [S, "session_date"]
+    span = (pl.col("end") - pl.col("start")).dt.total_minutes()
+    or_end = pl.col("reg_open") + pl.duration(minutes=OPENING_RANGE_MINUTES)
+    in_or = (pl.col("ts") >= pl.col("reg_open")) & (pl.col("ts") < or_end)
+    # Inside the opening range: the range so far; after it: the whole opening range.
+    or_high = (
+        pl.when(in_or)
+        .then(pl.col("high").cum_max().over(day))
+        .otherwise(pl.col("high").filter(in_or).max().over(day))
+    )
+    or_low = (
+        pl.when(in_or)
+        .then(pl.col("low").cum_min().over(day))
+        .otherwise(pl.col("low").filter(in_or).min().over(day))
+    )
+    tp = (pl.col("high") + pl.col("low") + pl.col("close")) / 3.0
+    cum_v = pl.col("volume").cum_sum().over(day)
+    vwap = pl.when(cum_v > 0).then((tp * pl.col("volume")).cum_sum().over(day) / cum_v)
+    last_close = (
+        df.group_by(day)
+        .agg(pl.col("close").last().alias("_prev_session_close"))
+        .sort(day)
+        .with_columns(pl.col("_prev_session_close").shift(1).over(S))
+    )
+    df = df.join(last_close, on=day, how="left")
+    bar_end = pl.col("ts") + pl.duration(minutes=tf.minutes)
+    return df.with_columns(
+        _tod_frac=(pl.col("ts") - pl.col("start")).dt.total_minutes() / span,
+        _bars_since_open=((pl.col("ts") - pl.col("start")).dt.total_minutes() // tf.minutes).cast(
+            pl.Float64
+        ),
+        _bars_to_close=((pl.col("end") - bar_end).dt.total_minutes() // tf.minutes).cast(
+            pl.Float64
+        ),
+        _or_pos=position(pl.col("close"), or_low, or_high),
+        _gap=div(pl.col("open").first().over(day), pl.col("_prev_session_close"), None) - 1.0,
+        _vwap_dist=div(pl.col("close"), vwap.fill_null(tp), None) - 1.0,
+    )
+
+
+def _mtf(df: pl.DataFrame, config: FeatureConfig, reg: FeatureRegistry) -> pl.DataFrame:
+    """Join the context of the last closed 60-minute and daily bars to each base bar."""
+    bars = df.select(S, "ts", "open", "high", "low", "close", "volume").with_columns(
+        vwap=pl.lit(None, pl.Float64),
+        trade_count=pl.lit(None, pl.Int64),
+        bar_count=pl.lit(1, pl.Int32),
+        flags=pl.lit(0, pl.Int32),
+    )
+    c, h, lo = pl.col("close"), pl.col("high"), pl.col("low")
+    base = df.with_columns(_bar_end=pl.col("ts") + pl.duration(minutes=config.timeframe.minutes))
+    contexts: list[tuple[pl.DataFrame, list[str]]] = []
+    if "mtf_60m_ret_1" in reg.names:
+        hour = aggregate_bars(
+            bars,
+            source=config.timeframe,
+            target=Timeframe.parse("60m"),
+            session=config.session,
+            calendar=config.calendar,
+            with_end=True,
+        )
+        k = pl.int_range(pl.len()).over(S)
+        hour = hour.sort(S, "ts").with_columns(
+            mtf_60m_ret_1=pl.when(k >= 1).then(c / lag(c) - 1.0),
+            mtf_60m_ret_4=pl.when(k >= 4).then(c / lag(c, 4) - 1.0),
+            mtf_60m_rsi_7=pl.when(k >= 140).then(rsi_of(c, 7)),
+            mtf_60m_atr_7=pl.when(k >= 140).then(div(atr(7), c)),
+            _h4=pl.when(k >= 3).then(rmax(h, 4)),
+            _l4=pl.when(k >= 3).then(rmin(lo, 4)),
+        )
+        contexts.append(
+            (
+                hour,
+                ["mtf_60m_ret_1", "mtf_60m_ret_4", "mtf_60m_rsi_7", "mtf_60m_atr_7", "_h4", "_l4"],
+            )
+        )
+    day = aggregate_bars(
+        bars,
+        source=config.timeframe,
+        target=Timeframe.parse("1d"),
+        session=config.session,
+        calendar=config.calendar,
+        with_end=True,
+    )
+    k = pl.int_range(pl.len()).over(S)
+    prev_close = lag(c)
+    tr = pl.max_horizontal(h, prev_close) - pl.min_horizontal(lo, prev_close)
+    day = day.sort(S, "ts").with_columns(
+        mtf_1d_ret_1=pl.when(k >= 1).then(c / prev_close - 1.0),
+        _dh=h,
+        _dl=lo,
+        _dsma5=pl.when(k >= 4).then(sma(c, 5)),
+        mtf_1d_atr_5=pl.when(k >= 5).then(div(sma(tr, 5), c)),
+    )
+    contexts.append((day, ["mtf_1d_ret_1", "_dh", "_dl", "_dsma5", "mtf_1d_atr_5"]))
+    out = base.sort("_bar_end")
+    for frame, cols in contexts:
+        right = frame.select(S, pl.col("end").alias("_ctx_end"), *cols).sort("_ctx_end")
+        out = out.join_asof(
+            right,
+            left_on="_bar_end",
+            right_on="_ctx_end",
+            by=S,
+            strategy="backward",
+            check_sortedness=False,
+        ).drop("_ctx_end")
+    close = pl.col("close")
+    extra = [
+        position(close, pl.col("_dl"), pl.col("_dh")).alias("mtf_1d_pos_1"),
+        (div(close, pl.col("_dsma5"), None) - 1.0).alias("mtf_1d_sma_5"),
+    ]
+    if "mtf_60m_ret_1" in reg.names:
+        extra.append(position(close, pl.col("_l4"), pl.col("_h4")).alias("mtf_60m_pos_4"))
+    return out.with_columns(extra).sort(S, "ts")
+
+
+def _xs(df: pl.DataFrame) -> pl.DataFrame:
+    """Cross-sectional features at each timestamp (defined for a universe of one, too)."""
+    cols = []
+    for base in XS_BASES:
+        x = pl.col(base)
+        n = x.count().over("ts")
+        rank = (x.rank("average").over("ts") - 1.0) / (n - 1)
+        cols.append(
+            pl.when(x.is_null())
+            .then(None)
+            .when(n > 1)
+            .then(rank)
+            .otherwise(0.5)
+            .alias(f"xs_rank_1_{base}")
+        )
+        sd = x.std().over("ts")
+        cols.append(
+            pl.when(x.is_null())
+            .then(None)
+            .when(sd > 0)
+            .then((x - x.mean().over("ts")) / sd)
+            .otherwise(0.0)
+            .alias(f"xs_zscore_1_{base}")
+        )
+    r20 = pl.col("statistical_ret_20")
+    cols.append((r20 - r20.mean().over("ts")).alias("xs_relstrength_20"))
+    symbols = set(df[S].unique())
+    r1 = pl.col("close") / lag(pl.col("close")) - 1.0
+    df = df.with_columns(_r1=r1)
+    if "SPY" in symbols:
+        index = df.filter(pl.col(S) == "SPY").select("ts", pl.col("_r1").alias("_idx"))
+    else:
+        index = df.group_by("ts").agg(pl.col("_r1").mean().alias("_idx"))
+    df = df.join(index, on="ts", how="left").sort(S, "ts")
+    a, b = pl.col("_r1"), pl.col("_idx")
+    window = 60
+    cov = sma(a * b, window) - sma(a, window) * sma(b, window)
+    var = sma(b * b, window) - sma(b, window) ** 2
+    return df.with_columns(cols).with_columns(
+        xs_beta_60=pl.when(pl.col("_i") >= 61).then(div(cov, var, None))
+    )
+
+
+def build_features(
+    bars: pl.DataFrame, config: FeatureConfig, registry: FeatureRegistry | None = None
+) -> pl.DataFrame:
+    """The feature matrix: ``symbol``, ``ts`` and one column per registered feature, sorted by
+    symbol and time. Features are null during their warm-up.
+
+    Example: ``build_features(bars_15m, FeatureConfig(Timeframe.parse("15m")))``.
+    """
+    reg = registry or feature_registry(config)
+    df = prepare(bars, config)
+    per_symbol = [s for s in reg if s.category not in ("mtf", "xs")]
+    df = df.with_columns(
+        pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
+    )
+    df = _mtf(df, config, reg)
+    df = _xs(df)
+    names = reg.names
+    masked = [
+        pl.when(pl.col("_i") >= reg[n].warmup).then(pl.col(n)).alias(n)
+        if reg[n].category in ("mtf", "xs")
+        else pl.col(n)
+        for n in names
+    ]
+    return df.select(S, "ts", *masked).sort(S, "ts")
+
+
+def latest_features(
+    recent_bars: pl.DataFrame, config: FeatureConfig, registry: FeatureRegistry | None = None
+) -> pl.DataFrame:
+    """Features of the newest bar of each symbol from its recent bars (the live path).
+
+    ``recent_bars`` must hold ``registry.history_bars`` bars per symbol for every feature to be
+    defined; the result then equals the batch matrix's row for that bar, to 1e-9 relative, for
+    every feature that is not ``stateful`` (see the registry).
+    """
+    matrix = build_features(recent_bars, config, registry)
+    return matrix.group_by(S, maintain_order=True).last()
