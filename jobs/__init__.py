@@ -13,4 +13,9 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         selection=dg.AssetSelection.groups(MARKET_DATA_GROUP),
         description="Ingest, validate and aggregate the bars of one month.",
     )
-    return [market_data_job]
+    all_assets_job = dg.define_asset_job(
+        "all_assets_job",
+        selection=dg.AssetSelection.all(),
+        description="Everything for one month: bars, aggregates, features and labels.",
+    )
+    return [market_data_job, all_assets_job]

@@ -178,6 +178,20 @@ class ValidationConfig(_Frozen):
     max_quarantine_share: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
+class LabelSettings(_Frozen):
+    """Triple-barrier labels (see :class:`pipelines.labels.BarrierConfig`) and the sample-weight
+    time decay. Example: ``profit_take: 2.0`` with ATR(14)/close = 0.4% puts the profit-take
+    0.8% above a long entry; ``max_holding_bars: 16`` on 15-minute bars is four hours."""
+
+    profit_take: Annotated[float, Field(gt=0)] = 2.0
+    stop_loss: Annotated[float, Field(gt=0)] = 2.0
+    max_holding_bars: Annotated[int, Field(ge=1)] = 16
+    volatility: Literal["atr", "std"] = "atr"
+    volatility_window: Annotated[int, Field(ge=2)] = 14
+    cut_at_session_close: bool = True
+    decay: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
 class EnvironmentConfig(_Frozen):
     """One complete resource set, chosen by ``QUANTDAG_ENV``."""
 
@@ -186,11 +200,14 @@ class EnvironmentConfig(_Frozen):
 
 
 class Settings(_Frozen):
-    """The settings file: the universe to load, validation rules and one section per
-    environment (``local``, ``paper``, ``live``)."""
+    """The settings file: the universe to load, validation rules, label settings, where large
+    frames (Parquet) are kept, and one section per environment (``local``, ``paper``,
+    ``live``)."""
 
     universe: str
     validation: ValidationConfig = ValidationConfig()
+    labels: LabelSettings = LabelSettings()
+    data_dir: str = ".quantdag"
     environments: dict[Environment, EnvironmentConfig]
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from pipelines.config import AlpacaSourceConfig, FileSourceConfig
 from quantdag.project import PROJECT_ROOT, Project
-from resources import AlpacaBarSourceResource, FileBarSourceResource, TradingDatabaseResource
+from resources import (
+    AlpacaBarSourceResource,
+    FileBarSourceResource,
+    PolarsParquetIOManager,
+    TradingDatabaseResource,
+)
 
 
 def build_resources(project: Project) -> dict[str, Any]:
@@ -36,7 +42,13 @@ def build_resources(project: Project) -> dict[str, Any]:
             chunk_days=source.chunk_days,
             max_retries=source.max_retries,
         )
-    return {"market_data": market_data, "trading_db": TradingDatabaseResource(url=url)}
+    return {
+        "market_data": market_data,
+        "trading_db": TradingDatabaseResource(url=url),
+        "parquet_io_manager": PolarsParquetIOManager(
+            base_dir=str(Path(project.settings.data_dir) / "parquet")
+        ),
+    }
 
 
 def _anchored(url: str) -> str:

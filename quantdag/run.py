@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     project = load_project()
     defs = build_definitions(project)
-    job = defs.resolve_job_def("market_data_job")
+    job = defs.resolve_job_def("all_assets_job")
     keys = args.partition or partition_keys(project)
     instance = dg.DagsterInstance.get()
     print(

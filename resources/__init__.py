@@ -5,11 +5,13 @@ from resources.market_data import (
     BarSourceResource,
     FileBarSourceResource,
 )
+from resources.parquet_io_manager import PolarsParquetIOManager
 from resources.trading_database import TradingDatabaseResource
 
 __all__ = [
     "AlpacaBarSourceResource",
     "BarSourceResource",
     "FileBarSourceResource",
+    "PolarsParquetIOManager",
     "TradingDatabaseResource",
 ]

@@ -19,13 +19,15 @@ def test_definitions_module_loads() -> None:
     from quantdag.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"bars_15m", "bars_60m", "bars_1d"}
+    assert keys == {"bars_15m", "bars_60m", "bars_1d", "feature_matrix", "triple_barrier_labels"}
     checks = {
         (c.asset_key.to_user_string(), c.name) for c in defs.resolve_asset_graph().asset_check_keys
     }
     assert ("bars_15m", "rows_accounted") in checks
     assert ("bars_60m", "volume_conserved") in checks
     assert defs.resolve_job_def("market_data_job") is not None
+    assert defs.resolve_job_def("all_assets_job") is not None
+    assert ("feature_matrix", "point_in_time") in checks
     bars = defs.resolve_assets_def("bars_15m")
     assert isinstance(bars.partitions_def, dg.MonthlyPartitionsDefinition)
     assert bars.descriptions_by_key[dg.AssetKey("bars_15m")]
@@ -46,7 +48,15 @@ def test_one_minute_universe_builds_every_timeframe() -> None:
     project = load_project({"QUANTDAG_SETTINGS": str(ROOT / "config" / "settings.1m.yaml")})
     defs = build_definitions(project)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"bars_1m", "bars_5m", "bars_15m", "bars_60m", "bars_1d"}
+    assert keys == {
+        "bars_1m",
+        "bars_5m",
+        "bars_15m",
+        "bars_60m",
+        "bars_1d",
+        "feature_matrix",
+        "triple_barrier_labels",
+    }
 
 
 def test_local_environment_uses_files() -> None:

@@ -85,3 +85,39 @@ def test_source_asset_by_direct_invocation(project_1m, tmp_path: Path) -> None: 
     result = asset(context=context, config=IngestConfig(), **resources)
     assert result.metadata["rows_stored"] == 43_164
     assert {c.check_name for c in result.check_results} >= {"rows_accounted", "bar_integrity"}
+
+
+def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
+    from assets.research import build_research_assets
+    from resources import PolarsParquetIOManager
+
+    project = load_project({})
+    bar_assets = build_bar_assets(project.universe, project.settings.validation)
+    research = build_research_assets(project.universe, project.settings)
+    resources = {
+        **_resources(project, f"sqlite:///{tmp_path / 'trading.db'}"),
+        "parquet_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "parquet")),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    for key in ("2019-01-01", "2019-02-01"):
+        assert dg.materialize(
+            bar_assets[:1], partition_key=key, resources=resources, instance=instance
+        ).success
+    result = dg.materialize(
+        [*bar_assets[:1], *research],
+        partition_key="2019-02-01",
+        resources=resources,
+        instance=instance,
+        selection=["feature_matrix", "triple_barrier_labels"],
+    )
+    assert result.success
+    checks = _checks(result)
+    assert checks[("feature_matrix", "point_in_time")]
+    assert checks[("feature_matrix", "finite_after_warmup")]
+    assert checks[("triple_barrier_labels", "within_vertical_barrier")]
+    meta = result.asset_materializations_for_node("feature_matrix")[0].metadata
+    assert meta["features"].value >= 150 and meta["rows"].value > 0
+    stored = tmp_path / "parquet" / "feature_matrix" / "2019-02-01.parquet"
+    assert stored.exists()
+    labels = result.asset_materializations_for_node("triple_barrier_labels")[0].metadata
+    assert labels["rows"].value > 0 and set(labels["label_distribution"].value) <= {"-1", "0", "1"}

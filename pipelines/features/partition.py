@@ -1,0 +1,79 @@
+"""One partition of the feature matrix, with the checks that go with it."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from pipelines.features.build import FeatureConfig, build_features
+from pipelines.features.checks import (
+    constant_features,
+    lookahead_violations,
+    missing_after_warmup,
+)
+from pipelines.features.registry import FeatureRegistry
+
+
+def history_days(registry: FeatureRegistry, config: FeatureConfig) -> int:
+    """Calendar days of bars to load before a window so that every feature is warm in it."""
+    sessions = math.ceil(registry.history_bars / config.bars_per_session) + 1
+    return sessions * 7 // 5 + 10
+
+
+@dataclass(frozen=True)
+class FeaturePartition:
+    """``matrix`` (rows with ``ts`` in the window) and its check results."""
+
+    matrix: pl.DataFrame
+    null_share: dict[str, float]
+    nonfinite: dict[str, int]
+    constant: list[str]
+    lookahead: list[str]
+    cuts: list[datetime]
+
+
+def cut_times(matrix: pl.DataFrame, key: str, n: int) -> list[datetime]:
+    """``n`` bar times of ``matrix`` chosen from ``key`` (stable: the same key, the same cuts)."""
+    times = matrix["ts"].unique().sort()
+    if times.len() == 0:
+        return []
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return sorted({times[(seed + 7919 * i) % times.len()] for i in range(n)})
+
+
+def build_feature_partition(
+    bars: pl.DataFrame,
+    window: tuple[datetime, datetime],
+    config: FeatureConfig,
+    registry: FeatureRegistry,
+    *,
+    key: str,
+    lookahead_cuts: int = 2,
+) -> FeaturePartition:
+    """Features for bars with ``ts`` in ``window`` from ``bars`` that also hold the history
+    before it; the look-ahead check rebuilds on data cut at ``lookahead_cuts`` times chosen
+    from ``key``."""
+    full = build_features(bars, config, registry)
+    inside = pl.col("ts").is_between(window[0], window[1], closed="left")
+    matrix = full.filter(inside)
+    cuts = cut_times(matrix, key, lookahead_cuts)
+    lookahead = lookahead_violations(bars, config, cuts, registry, full=full)
+    null_share, nonfinite = missing_after_warmup(full, registry)
+    return FeaturePartition(
+        matrix=matrix,
+        null_share=null_share,
+        nonfinite=nonfinite,
+        constant=constant_features(matrix, registry),
+        lookahead=lookahead,
+        cuts=cuts,
+    )
+
+
+def padded_window(
+    window: tuple[datetime, datetime], before_days: int, after_days: int = 0
+) -> tuple[datetime, datetime]:
+    return window[0] - timedelta(days=before_days), window[1] + timedelta(days=after_days)

@@ -1,0 +1,58 @@
+"""One partition of triple-barrier labels with their weights."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+
+from pipelines.config import LabelSettings
+from pipelines.labels.triple_barrier import BarrierConfig, label_triple_barrier
+from pipelines.labels.weights import sample_weights
+
+
+def barrier_config(settings: LabelSettings) -> BarrierConfig:
+    return BarrierConfig(
+        profit_take=settings.profit_take,
+        stop_loss=settings.stop_loss,
+        max_holding_bars=settings.max_holding_bars,
+        volatility=settings.volatility,
+        volatility_window=settings.volatility_window,
+        cut_at_session_close=settings.cut_at_session_close,
+    )
+
+
+def label_padding_days(settings: LabelSettings, bars_per_session: int) -> tuple[int, int]:
+    """Calendar days of bars to load before (volatility warm-up) and after (horizon) a window."""
+    warm = 20 * settings.volatility_window
+    before = (math.ceil(warm / bars_per_session) + 1) * 7 // 5 + 7
+    after = (math.ceil(settings.max_holding_bars / bars_per_session) + 1) * 7 // 5 + 5
+    return before, after
+
+
+@dataclass(frozen=True)
+class LabelPartition:
+    labels: pl.DataFrame
+    unlabelled: int
+    distribution: dict[str, int]
+    max_bars_held: int
+
+
+def build_label_partition(
+    bars: pl.DataFrame, window: tuple[datetime, datetime], settings: LabelSettings
+) -> LabelPartition:
+    """Labels and sample weights of the events (every bar, long side) with ``ts`` in
+    ``window``; ``bars`` also hold the history and horizon around it. Weights are computed among
+    the window's labels."""
+    config = barrier_config(settings)
+    events = bars.filter(pl.col("ts").is_between(window[0], window[1], closed="left")).select(
+        "symbol", "ts"
+    )
+    result = label_triple_barrier(bars, config, events=events)
+    weighted = sample_weights(result.labels, bars, decay=settings.decay)
+    counts = weighted["label"].value_counts()
+    distribution = {str(k): int(v) for k, v in counts.iter_rows()}
+    held = int(weighted["bars_held"].max() or 0) if weighted.height else 0  # type: ignore[arg-type]
+    return LabelPartition(weighted, result.unlabelled, distribution, held)
