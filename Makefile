@@ -46,7 +46,13 @@ test: env
 dev: env
 	.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-bench: env
+# Peers we benchmark against live in their own environment, never in the project's.
+bench/.venv/.synced: bench/requirements.txt | $(UV)
+	$(UV) venv --quiet --python 3.12 bench/.venv
+	$(UV) pip install --quiet --python bench/.venv/bin/python -r bench/requirements.txt
+	touch $@
+
+bench: env bench/.venv/.synced
 	$(PY) -m bench.run --only $(BENCH)
 
 lint: env

@@ -56,7 +56,46 @@ def aggregation() -> dict[str, object]:
     return run(SHARED, RESULTS.parent)
 
 
-PARTS = {"ingest": ingest, "aggregation": aggregation}
+def _json(args: list[str], python: str = sys.executable) -> dict[str, object]:
+    proc = subprocess.run([python, *args], cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def features() -> dict[str, object]:
+    """`features.*` and `labels.*`; TA-Lib runs in the benchmark environment (bench/.venv)."""
+    out = _json(["-m", "bench.features", "--mode", "full", "--shared", str(SHARED)])
+    bars = RESULTS.parent / "features_bars.tmp"
+    compare = _json(
+        [
+            "-m",
+            "bench.features",
+            "--mode",
+            "compare",
+            "--shared",
+            str(SHARED),
+            "--bars-out",
+            str(bars),
+        ]
+    )
+    ours = float(compare.pop("_ours_subset_s"))  # type: ignore[arg-type]
+    talib = _json(
+        [str(ROOT / "bench" / "peers" / "talib_features.py"), str(bars), "5"],
+        python=str(BENCH_PYTHON),
+    )
+    bars.unlink()
+    return (
+        out
+        | compare
+        | {
+            "features.talib_subset_s": round(float(talib["talib_s"]), 4),  # type: ignore[arg-type]
+            "features.ratio_vs_talib": round(ours / float(talib["talib_s"]), 2),  # type: ignore[arg-type]
+            "features.talib_version": talib["talib_version"],
+        }
+    )
+
+
+BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
+PARTS = {"ingest": ingest, "aggregation": aggregation, "features": features}
 
 
 def main() -> int:

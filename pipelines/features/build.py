@@ -37,6 +37,11 @@ XS_BASES = ("statistical_ret_1", "statistical_ret_20", "momentum_rsi_14", "volum
 OPENING_RANGE_MINUTES = 30
 
 
+SESSION_HELPERS = frozenset(
+    {"_tod_frac", "_bars_since_open", "_bars_to_close", "_or_pos", "_gap", "_vwap_dist"}
+)
+
+
 class FeatureInputError(ValueError):
     """The bars given to the feature builder are not usable; the message says why and where."""
 
@@ -142,16 +147,25 @@ def _starts(symbols: pl.Series) -> npt.NDArray[np.int64]:
     return np.flatnonzero(changed.to_numpy()).astype(np.int64)
 
 
-def prepare(bars: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
-    """Sorted bars with the helper columns the feature expressions read."""
+def prepare(
+    bars: pl.DataFrame, config: FeatureConfig, registry: FeatureRegistry | None = None
+) -> pl.DataFrame:
+    """Sorted bars with the helper columns the feature expressions read (those ``registry``
+    needs, or all)."""
     required = {"symbol", "ts", "open", "high", "low", "close", "volume"}
     missing = required - set(bars.columns)
     if missing:
         raise FeatureInputError(f"bars lack column(s) {sorted(missing)}")
     if bars.height == 0:
         raise FeatureInputError("no bars to build features from")
-    df = bars.select([col for col in bars.columns if col in required]).sort(S, "ts")
-    dup = df.filter(pl.struct(S, "ts").is_duplicated())
+    df = bars.select([col for col in bars.columns if col in required])
+    later = (pl.col(S) > pl.col(S).shift(1)) | (
+        (pl.col(S) == pl.col(S).shift(1)) & (pl.col("ts") > pl.col("ts").shift(1))
+    )
+    if not df.select(later.slice(1).all()).item():
+        df = df.sort(S, "ts")
+    same = (pl.col(S) == pl.col(S).shift(1)) & (pl.col("ts") == pl.col("ts").shift(1))
+    dup = df.filter(same.fill_null(False))
     if dup.height:
         first = dup.row(0, named=True)
         raise FeatureInputError(
@@ -172,33 +186,50 @@ def prepare(bars: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
             f"at {first['ts']}); validation quarantines such bars, build features from "
             "validated bars"
         )
+    needed = _helper_columns(registry) if registry is not None else None
+    df = _kernel_columns(df, needed)
+    if needed is None or needed & SESSION_HELPERS:
+        df = _session_columns(df, config)
+    return df
+
+
+def _helper_columns(registry: FeatureRegistry) -> set[str]:
+    """The helper columns (``_...``) that the registry's expressions read."""
+    return {
+        name for spec in registry for name in spec.expr().meta.root_names() if name.startswith("_")
+    }
+
+
+def _kernel_columns(df: pl.DataFrame, needed: set[str] | None) -> pl.DataFrame:
+    """Path-dependent indicators from the numba kernels; only those ``needed`` (all if None)."""
+
+    def want(*names: str) -> bool:
+        return needed is None or any(n in needed for n in names)
+
     starts = _starts(df[S])
     hi, low_, close = (df[c].to_numpy() for c in ("high", "low", "close"))
-    psar, psar_dir = kernels.psar(hi, low_, close, starts, 0.02, 0.2)
-    atr10 = df.select(atr(10)).to_series().to_numpy()
-    st, st_dir = kernels.supertrend(hi, low_, close, atr10, starts, 3.0)
-    log_ret = df.select((pl.col("close") / lag(pl.col("close"))).log()).to_series()
-    df = df.with_columns(
-        _i=pl.int_range(pl.len()).over(S),
-        _kama_10=pl.Series(kernels.kama(close, starts, 10, 2, 30)),
-        _psar=pl.Series(psar),
-        _psar_dir=pl.Series(psar_dir),
-        _supertrend=pl.Series(st),
-        _supertrend_dir=pl.Series(st_dir),
-        _aroon_high_25=pl.Series(kernels.bars_since_extreme(hi, starts, 25, True)),
-        _aroon_low_25=pl.Series(kernels.bars_since_extreme(low_, starts, 25, False)),
-        _cci_md_20=pl.Series(
-            kernels.mean_abs_deviation(
-                df.select((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0)
-                .to_series()
-                .to_numpy(),
-                starts,
-                20,
-            )
-        ),
-        _hurst_128=pl.Series(kernels.hurst_rs(log_ret.fill_null(0.0).to_numpy(), starts, 128)),
-    )
-    return _session_columns(df, config)
+    cols: dict[str, pl.Series] = {}
+    if want("_kama_10"):
+        cols["_kama_10"] = pl.Series(kernels.kama(close, starts, 10, 2, 30))
+    if want("_psar", "_psar_dir"):
+        psar, psar_dir = kernels.psar(hi, low_, close, starts, 0.02, 0.2)
+        cols |= {"_psar": pl.Series(psar), "_psar_dir": pl.Series(psar_dir)}
+    if want("_supertrend", "_supertrend_dir"):
+        atr10 = df.select(atr(10)).to_series().to_numpy()
+        st, st_dir = kernels.supertrend(hi, low_, close, atr10, starts, 3.0)
+        cols |= {"_supertrend": pl.Series(st), "_supertrend_dir": pl.Series(st_dir)}
+    if want("_aroon_high_25", "_aroon_low_25"):
+        cols["_aroon_high_25"] = pl.Series(kernels.bars_since_extreme(hi, starts, 25, True))
+        cols["_aroon_low_25"] = pl.Series(kernels.bars_since_extreme(low_, starts, 25, False))
+    if want("_cci_md_20"):
+        tp = df.select((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0).to_series()
+        cols["_cci_md_20"] = pl.Series(kernels.mean_abs_deviation(tp.to_numpy(), starts, 20))
+    if want("_hurst_128"):
+        log_ret = df.select((pl.col("close") / lag(pl.col("close"))).log()).to_series()
+        cols["_hurst_128"] = pl.Series(
+            kernels.hurst_rs(log_ret.fill_null(0.0).to_numpy(), starts, 128)
+        )
+    return df.with_columns(_i=pl.int_range(pl.len()).over(S), **cols)
 
 
 def _session_columns(df: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
@@ -379,13 +410,20 @@ def build_features(
     Example: ``build_features(bars_15m, FeatureConfig(Timeframe.parse("15m")))``.
     """
     reg = registry or feature_registry(config)
-    df = prepare(bars, config)
+    df = prepare(bars, config, reg)
     per_symbol = [s for s in reg if s.category not in ("mtf", "xs")]
-    df = df.with_columns(
-        pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
+    # Lazily, so that polars computes shared sub-expressions (an ATR, an EMA) once.
+    df = (
+        df.lazy()
+        .with_columns(
+            pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
+        )
+        .collect()
     )
-    df = _mtf(df, config, reg)
-    df = _xs(df)
+    if reg.in_category("mtf"):
+        df = _mtf(df, config, reg)
+    if reg.in_category("xs"):
+        df = _xs(df)
     names = reg.names
     masked = [
         pl.when(pl.col("_i") >= reg[n].warmup).then(pl.col(n)).alias(n)
