@@ -19,6 +19,7 @@ from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.calendar import Session, session_dates_within_hours, sessions_between
 from pipelines.features import kernels
 from pipelines.features.library import (
+    STAGED,
     S,
     atr,
     build_registry,
@@ -229,7 +230,23 @@ def _kernel_columns(df: pl.DataFrame, needed: set[str] | None) -> pl.DataFrame:
         cols["_hurst_128"] = pl.Series(
             kernels.hurst_rs(log_ret.fill_null(0.0).to_numpy(), starts, 128)
         )
-    return df.with_columns(_i=pl.int_range(pl.len()).over(S), **cols)
+    df = df.with_columns(_i=pl.int_range(pl.len()).over(S), **cols)
+    for stage in _needed_stages(needed):
+        df = df.lazy().with_columns(**stage).collect()
+    return df
+
+
+def _needed_stages(needed: set[str] | None) -> list[dict[str, pl.Expr]]:
+    """The staged helper columns to compute: those needed and those they read."""
+    if needed is None:
+        return list(STAGED)
+    wanted = set(needed)
+    for stage in reversed(STAGED):
+        for name, expr in stage.items():
+            if name in wanted:
+                wanted |= {n for n in expr.meta.root_names() if n.startswith("_")}
+    stages = [{k: e for k, e in stage.items() if k in wanted} for stage in STAGED]
+    return [s for s in stages if s]
 
 
 def _session_columns(df: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:

@@ -138,16 +138,22 @@ def supertrend(
 @njit(cache=True)
 def bars_since_extreme(x: F64, starts: I64, n: int, highest: bool) -> F64:
     """Bars since the highest (lowest) value within the last ``n + 1`` bars (Aroon's input);
-    the most recent extreme wins ties, as in TA-Lib and pandas-ta."""
+    the most recent extreme wins ties, as in TA-Lib and pandas-ta. The previous extreme is kept
+    while it stays in the window, so the window is rescanned only when it drops out."""
     out = np.full(x.shape[0], np.nan)
     ends = np.append(starts[1:], x.shape[0])
     for g in range(starts.shape[0]):
         a, b = starts[g], ends[g]
+        best = -1
         for i in range(a + n, b):
-            best = i
-            for j in range(i, i - n - 1, -1):
-                if (x[j] > x[best]) if highest else (x[j] < x[best]):
-                    best = j
+            if best >= i - n:
+                if (x[i] >= x[best]) if highest else (x[i] <= x[best]):
+                    best = i
+            else:
+                best = i
+                for j in range(i, i - n - 1, -1):
+                    if (x[j] > x[best]) if highest else (x[j] < x[best]):
+                        best = j
             out[i] = i - best
     return out
 

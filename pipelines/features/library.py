@@ -122,11 +122,6 @@ def di(dm: pl.Expr, n: int) -> pl.Expr:
     return div(100.0 * rma(dm.fill_null(0.0), n), atr(n))
 
 
-def dx(n: int) -> pl.Expr:
-    p, m = di(dm_plus(), n), di(dm_minus(), n)
-    return div(100.0 * (p - m).abs(), p + m)
-
-
 def position(e: pl.Expr, low_: pl.Expr, high_: pl.Expr) -> pl.Expr:
     """Where ``e`` lies between ``low_`` (0) and ``high_`` (1); 0.5 on a flat range."""
     return pl.when(high_ == low_).then(0.5).otherwise((e - low_) / (high_ - low_))
@@ -141,6 +136,17 @@ def norm_cdf(x: pl.Expr) -> pl.Expr:
     )
     erf = 1.0 - poly * (-(z * z)).exp()
     return pl.when(x >= 0).then(0.5 * (1.0 + erf)).otherwise(0.5 * (1.0 - erf))
+
+
+STAGED: tuple[dict[str, pl.Expr], ...] = (
+    {"_atr_14": atr(14), "_stoch_14": stoch_k(c, h, lo, 14)},
+    {
+        "_dip_14": div(100.0 * rma(dm_plus().fill_null(0.0), 14), pl.col("_atr_14")),
+        "_dim_14": div(100.0 * rma(dm_minus().fill_null(0.0), 14), pl.col("_atr_14")),
+    },
+)
+"""Intermediate columns that several features share, computed once, stage by stage, before
+the features (a later stage may read an earlier one)."""
 
 
 def _add(
@@ -226,9 +232,19 @@ def register_trend(reg: FeatureRegistry) -> None:
         rel(pl.col("_kama_10")),
         stateful=True,
     )
-    _add(reg, "trend_adx_14", "high,low,close", 560, "ADX(14), Wilder", rma(dx(14), 14))
-    _add(reg, "trend_dip_14", "high,low,close", 280, "+DI(14), Wilder", di(dm_plus(), 14))
-    _add(reg, "trend_dim_14", "high,low,close", 280, "-DI(14), Wilder", di(dm_minus(), 14))
+    # The DI lines are staged helper columns (see STAGED): ADX reads them instead of
+    # recomputing two nested Wilder chains.
+    dip, dim = pl.col("_dip_14"), pl.col("_dim_14")
+    _add(
+        reg,
+        "trend_adx_14",
+        "high,low,close",
+        560,
+        "ADX(14), Wilder",
+        rma(div(100.0 * (dip - dim).abs(), dip + dim), 14),
+    )
+    _add(reg, "trend_dip_14", "high,low,close", 280, "+DI(14), Wilder", dip)
+    _add(reg, "trend_dim_14", "high,low,close", 280, "-DI(14), Wilder", dim)
     up = 100.0 * (25 - pl.col("_aroon_high_25")) / 25
     down = 100.0 * (25 - pl.col("_aroon_low_25")) / 25
     _add(reg, "trend_aroon_25_up", "high", 25, "Aroon up(25)", up)
@@ -309,7 +325,7 @@ def register_trend(reg: FeatureRegistry) -> None:
 def register_momentum(reg: FeatureRegistry) -> None:
     for n in (7, 14, 21):
         _add(reg, f"momentum_rsi_{n}", "close", 20 * n, f"RSI({n}), Wilder", rsi_of(c, n))
-    k = sma(stoch_k(c, h, lo, 14), 3)
+    k = sma(pl.col("_stoch_14"), 3)
     _add(reg, "momentum_stoch_14_k", "high,low,close", 16, "slow stochastic %K(14, 3)", k)
     _add(
         reg, "momentum_stoch_14_d", "high,low,close", 18, "slow stochastic %D(14, 3, 3)", sma(k, 3)
@@ -423,7 +439,7 @@ def register_volatility(reg: FeatureRegistry) -> None:
             "high,low,close",
             20 * n,
             f"ATR({n}), Wilder / close",
-            div(atr(n), c),
+            div(pl.col("_atr_14") if n == 14 else atr(n), c),
         )
     _add(
         reg,
@@ -431,7 +447,7 @@ def register_volatility(reg: FeatureRegistry) -> None:
         "high,low,close",
         280,
         "normalised ATR(14), percent",
-        div(100.0 * atr(14), c),
+        div(100.0 * pl.col("_atr_14"), c),
     )
     mid, sd = sma(c, 20), rstd(c, 20, ddof=0)
     upper, lower = mid + 2.0 * sd, mid - 2.0 * sd
