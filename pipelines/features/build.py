@@ -230,10 +230,7 @@ def _kernel_columns(df: pl.DataFrame, needed: set[str] | None) -> pl.DataFrame:
         cols["_hurst_128"] = pl.Series(
             kernels.hurst_rs(log_ret.fill_null(0.0).to_numpy(), starts, 128)
         )
-    df = df.with_columns(_i=pl.int_range(pl.len()).over(S), **cols)
-    for stage in _needed_stages(needed):
-        df = df.lazy().with_columns(**stage).collect()
-    return df
+    return df.with_columns(_i=pl.int_range(pl.len()).over(S), **cols)
 
 
 def _needed_stages(needed: set[str] | None) -> list[dict[str, pl.Expr]]:
@@ -429,14 +426,14 @@ def build_features(
     reg = registry or feature_registry(config)
     df = prepare(bars, config, reg)
     per_symbol = [s for s in reg if s.category not in ("mtf", "xs")]
-    # Lazily, so that polars computes shared sub-expressions (an ATR, an EMA) once.
-    df = (
-        df.lazy()
-        .with_columns(
-            pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
-        )
-        .collect()
-    )
+    # One lazy query: the shared intermediates stage by stage, then every feature, so that
+    # polars plans them together and computes common sub-expressions once.
+    lf = df.lazy()
+    for stage in _needed_stages(_helper_columns(reg)):
+        lf = lf.with_columns(**stage)
+    df = lf.with_columns(
+        pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
+    ).collect()
     if reg.in_category("mtf"):
         df = _mtf(df, config, reg)
     if reg.in_category("xs"):
