@@ -3,12 +3,11 @@
 from datetime import UTC, datetime
 
 import dagster as dg
-import polars as pl
 
+from assets.common import check_results, check_specs, markdown_table, partition_window
 from assets.partitions import monthly_partitions
 from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.checks import (
-    CheckOutcome,
     aggregate_check_descriptions,
     aggregate_checks,
     ingest_check_descriptions,
@@ -20,35 +19,6 @@ from pipelines.timeframes import Timeframe
 from resources import BarSourceResource, TradingDatabaseResource
 
 GROUP = "market_data"
-
-
-def _window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
-    tw = context.partition_time_window
-    return tw.start.astimezone(UTC), tw.end.astimezone(UTC)
-
-
-def _specs(asset: str, descriptions: dict[str, str]) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(n, asset=asset, description=d) for n, d in descriptions.items()]
-
-
-def _results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:
-    return [
-        dg.AssetCheckResult(
-            check_name=o.name,
-            passed=o.passed,
-            severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
-            metadata=o.metadata,
-        )
-        for o in outcomes
-    ]
-
-
-def _markdown(frame: pl.DataFrame) -> dg.MetadataValue:
-    if frame.height == 0:
-        return dg.MetadataValue.md("(no rows)")
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.iter_rows()]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 class IngestConfig(dg.Config):  # type: ignore[misc]
@@ -68,7 +38,7 @@ def build_source_bars_asset(
         name=name,
         group_name=GROUP,
         partitions_def=monthly_partitions(universe),
-        check_specs=_specs(name, ingest_check_descriptions(rules)),
+        check_specs=check_specs(name, ingest_check_descriptions(rules)),
         kinds={"polars", "sql"},
         description=f"Validated {tf} bars of the universe from the market-data source, UTC "
         "bar starts; rejected rows go to the quarantine table with their reason.",
@@ -80,7 +50,7 @@ def build_source_bars_asset(
         trading_db: TradingDatabaseResource,
     ) -> dg.MaterializeResult:
         store = trading_db.store()
-        window = _window(context)
+        window = partition_window(context)
         report = ingest_window(
             market_data.source(universe),
             store,
@@ -102,7 +72,7 @@ def build_source_bars_asset(
                 "rows_stored": report.rows_stored,
                 "rows_quarantined": report.rows_quarantined,
                 "quarantined_by_reason": dict(report.by_reason),
-                "by_symbol": _markdown(report.by_symbol),
+                "by_symbol": markdown_table(report.by_symbol),
                 "bars_changed": report.bars_changed,
                 "bars_in_partition": stored.height,
                 "symbols": stored["symbol"].n_unique(),
@@ -112,7 +82,7 @@ def build_source_bars_asset(
                 "half_day_bars": report.half_day_bars,
                 "zero_volume_bars": report.zero_volume_bars,
             },
-            check_results=_results(ingest_checks(report, stored, rules)),
+            check_results=check_results(ingest_checks(report, stored, rules)),
         )
 
     return source_bars
@@ -127,7 +97,7 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
         group_name=GROUP,
         partitions_def=monthly_partitions(universe),
         deps=[f"bars_{base}"],
-        check_specs=_specs(name, aggregate_check_descriptions(base)),
+        check_specs=check_specs(name, aggregate_check_descriptions(base)),
         kinds={"polars", "sql"},
         description=f"{target} bars aggregated from {base} bars, session-aware; a bar is "
         "written once its window has closed.",
@@ -136,7 +106,7 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
         context: dg.AssetExecutionContext, trading_db: TradingDatabaseResource
     ) -> dg.MaterializeResult:
         store = trading_db.store()
-        start, end = _window(context)
+        start, end = partition_window(context)
         source = store.read_bars(timeframe=base.label, start=start, end=end)
         as_of = min(end, datetime.now(UTC))
         bars = aggregate_bars(
@@ -163,7 +133,7 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
                 "source_bars": source.height,
                 "symbols": bars["symbol"].n_unique(),
             },
-            check_results=_results(outcomes),
+            check_results=check_results(outcomes),
         )
 
     return aggregated_bars

@@ -60,6 +60,33 @@ def sample_bars(sample_raw: pl.DataFrame) -> pl.DataFrame:
     return result.bars
 
 
+def shared_av_bars(symbols: list[str], before: str | None = None) -> pl.DataFrame | None:
+    """Validated regular-session bars of ``symbols`` from the shared 15-minute set (bar starts
+    before the ISO date ``before``), or None where the set is absent."""
+    from datetime import datetime
+
+    from pipelines.bars.validate import validate_bars
+    from pipelines.config import ColumnMap
+    from pipelines.timeframes import Timeframe
+
+    path = SHARED / "us_equities_15min_2020_2022_av.parquet"
+    if not path.exists():
+        return None
+    tf = Timeframe.parse("15m")
+    cfg = FileSourceConfig(
+        path=str(path.parent),
+        pattern=path.name,
+        format="parquet",
+        columns=ColumnMap(symbol="symbol"),
+        label="end",
+    )
+    raw = FileBarSource(cfg, tf).read_file(path, None).filter(pl.col("symbol").is_in(symbols))
+    bars = validate_bars(raw, universe=symbols, timeframe=tf, session="regular").bars
+    if before is not None:
+        bars = bars.filter(pl.col("ts") < datetime.fromisoformat(before + "T00:00:00+00:00"))
+    return bars
+
+
 def _pg_available() -> bool:
     try:
         with sa.create_engine(PG_ADMIN_URL).connect() as conn:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import polars as pl
 
@@ -16,6 +14,7 @@ from pipelines.bars.calendar import (
     session_dates,
     sessions_between,
 )
+from pipelines.checks import CheckOutcome
 from pipelines.config import ValidationConfig
 from pipelines.data.ingest import IngestReport
 from pipelines.timeframes import Timeframe
@@ -98,16 +97,6 @@ def volume_balance(
     buckets = assign_buckets(source, target=target, session=session, calendar=calendar)
     expected = float(buckets.filter(pl.col("_e") <= as_of)["volume"].sum())
     return expected - float(aggregated["volume"].sum())
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    """One check's verdict. ``blocking`` checks are errors; the others are warnings."""
-
-    name: str
-    passed: bool
-    blocking: bool
-    metadata: dict[str, Any]
 
 
 def ingest_check_descriptions(rules: ValidationConfig) -> dict[str, str]:

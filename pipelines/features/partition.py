@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 
+from pipelines.checks import CheckOutcome
 from pipelines.features.build import FeatureConfig, build_features
 from pipelines.features.checks import (
     constant_features,
@@ -73,7 +74,39 @@ def build_feature_partition(
     )
 
 
-def padded_window(
-    window: tuple[datetime, datetime], before_days: int, after_days: int = 0
-) -> tuple[datetime, datetime]:
-    return window[0] - timedelta(days=before_days), window[1] + timedelta(days=after_days)
+def feature_check_descriptions(max_missing_share: float) -> dict[str, str]:
+    return {
+        "finite_after_warmup": "no NaN or infinite value after warm-up",
+        "missing_after_warmup": (
+            f"at most {max_missing_share:.0%} undefined (null) per feature after warm-up"
+        ),
+        "constant_columns": "no feature is constant over the partition",
+        "point_in_time": "rebuilding on data cut at sampled times changes nothing before the cut",
+    }
+
+
+def feature_checks(part: FeaturePartition, max_missing_share: float) -> list[CheckOutcome]:
+    worst = dict(sorted(part.null_share.items(), key=lambda kv: -kv[1])[:5])
+    return [
+        CheckOutcome(
+            "finite_after_warmup", not part.nonfinite, True, {"nonfinite": part.nonfinite or "none"}
+        ),
+        CheckOutcome(
+            "missing_after_warmup",
+            all(v <= max_missing_share for v in worst.values()),
+            False,
+            {"worst": worst},
+        ),
+        CheckOutcome(
+            "constant_columns", not part.constant, False, {"constant": part.constant or "none"}
+        ),
+        CheckOutcome(
+            "point_in_time",
+            not part.lookahead,
+            True,
+            {
+                "cuts": [c.isoformat() for c in part.cuts],
+                "violations": part.lookahead[:10] or "none",
+            },
+        ),
+    ]

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import polars as pl
 
+from pipelines.checks import CheckOutcome
 from pipelines.config import LabelSettings
 from pipelines.labels.triple_barrier import BarrierConfig, label_triple_barrier
 from pipelines.labels.weights import sample_weights
@@ -56,3 +57,28 @@ def build_label_partition(
     distribution = {str(k): int(v) for k, v in counts.iter_rows()}
     held = int(weighted["bars_held"].max() or 0) if weighted.height else 0  # type: ignore[arg-type]
     return LabelPartition(weighted, result.unlabelled, distribution, held)
+
+
+LABEL_CHECKS = {
+    "label_balance": "each of the -1 and +1 labels holds at least 10%",
+    "within_vertical_barrier": "no label is held past its vertical barrier",
+}
+
+
+def label_checks(part: LabelPartition, settings: LabelSettings) -> list[CheckOutcome]:
+    total = max(part.labels.height, 1)
+    shares = {k: v / total for k, v in part.distribution.items()}
+    return [
+        CheckOutcome(
+            "label_balance",
+            min(shares.get("-1", 0.0), shares.get("1", 0.0)) >= 0.10,
+            False,
+            {"shares": shares},
+        ),
+        CheckOutcome(
+            "within_vertical_barrier",
+            part.max_bars_held <= settings.max_holding_bars,
+            True,
+            {"max_bars_held": part.max_bars_held, "max_holding_bars": settings.max_holding_bars},
+        ),
+    ]

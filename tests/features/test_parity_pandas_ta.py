@@ -17,12 +17,9 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from pipelines.bars.validate import validate_bars
-from pipelines.config import ColumnMap, FileSourceConfig
-from pipelines.data.sources import FileBarSource
 from pipelines.features import FeatureConfig, build_features, feature_registry
 from pipelines.timeframes import Timeframe
-from tests.conftest import SHARED
+from tests.conftest import shared_av_bars
 
 ta = pytest.importorskip("pandas_ta")
 pytestmark = pytest.mark.unit
@@ -34,19 +31,8 @@ WINDOWED, RECURSIVE = 1e-9, 1e-6
 
 @pytest.fixture(scope="module")
 def frames(sample_bars: pl.DataFrame) -> tuple[pl.DataFrame, pd.DataFrame]:
-    path = SHARED / "us_equities_15min_2020_2022_av.parquet"
-    if path.exists():
-        cfg = FileSourceConfig(
-            path=str(path.parent),
-            pattern=path.name,
-            format="parquet",
-            columns=ColumnMap(symbol="symbol"),
-            label="end",
-        )
-        raw = FileBarSource(cfg, TF).read_file(path, None).filter(pl.col("symbol") == "JPM")
-        bars = validate_bars(raw, universe=["JPM"], timeframe=TF, session="regular").bars
-        bars = bars.filter(pl.col("ts") < pl.datetime(2021, 4, 1, time_zone="UTC"))
-    else:
+    bars = shared_av_bars(["JPM"], before="2021-04-01")
+    if bars is None:
         bars = sample_bars.filter(pl.col("symbol") == "AAPL")
     ours = build_features(bars, CONFIG)
     return ours, bars.to_pandas()

@@ -7,36 +7,22 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.bars.validate import validate_bars
-from pipelines.config import ColumnMap, FileSourceConfig
-from pipelines.data.sources import FileBarSource
 from pipelines.features import FeatureConfig, feature_registry
 from pipelines.features.checks import lookahead_violations
 from pipelines.timeframes import Timeframe
-from tests.conftest import SHARED
+from tests.conftest import shared_av_bars
 
 pytestmark = pytest.mark.unit
-TF = Timeframe.parse("15m")
-CONFIG = FeatureConfig(TF)
+CONFIG = FeatureConfig(Timeframe.parse("15m"))
 
 
 @pytest.fixture(scope="module")
 def universe_bars(sample_bars: pl.DataFrame) -> pl.DataFrame:
     """Real bars of several symbols: a slice of the shared 15-minute set, or the sample."""
-    path = SHARED / "us_equities_15min_2020_2022_av.parquet"
-    if not path.exists():
+    bars = shared_av_bars(["AAPL", "MSFT", "JPM", "XOM", "TSM", "ENPH"], before="2021-01-15")
+    if bars is None:
         return sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT", "SPY", "JPM", "VIX"]))
-    cfg = FileSourceConfig(
-        path=str(path.parent),
-        pattern=path.name,
-        format="parquet",
-        columns=ColumnMap(symbol="symbol"),
-        label="end",
-    )
-    symbols = ["AAPL", "MSFT", "JPM", "XOM", "TSM", "ENPH"]
-    raw = FileBarSource(cfg, TF).read_file(path, None).filter(pl.col("symbol").is_in(symbols))
-    bars = validate_bars(raw, universe=symbols, timeframe=TF, session="regular").bars
-    return bars.filter(pl.col("ts") < pl.datetime(2021, 1, 15, time_zone="UTC"))
+    return bars
 
 
 def test_truncation_changes_nothing_before_the_cut(universe_bars: pl.DataFrame) -> None:
