@@ -308,15 +308,20 @@ def _mtf(df: pl.DataFrame, config: FeatureConfig, reg: FeatureRegistry) -> pl.Da
     c, h, lo = pl.col("close"), pl.col("high"), pl.col("low")
     base = df.with_columns(_bar_end=pl.col("ts") + pl.duration(minutes=config.timeframe.minutes))
     contexts: list[tuple[pl.DataFrame, list[str]]] = []
-    if "mtf_60m_ret_1" in reg.names:
-        hour = aggregate_bars(
+
+    def higher(target: Timeframe) -> pl.DataFrame:
+        # Only buckets whose window had closed by the last bar are built (aggregate_bars).
+        return aggregate_bars(
             bars,
             source=config.timeframe,
-            target=Timeframe.parse("60m"),
+            target=target,
             session=config.session,
             calendar=config.calendar,
             with_end=True,
         )
+
+    if "mtf_60m_ret_1" in reg.names:
+        hour = higher(Timeframe.parse("60m"))
         k = pl.int_range(pl.len()).over(S)
         hour = hour.sort(S, "ts").with_columns(
             mtf_60m_ret_1=pl.when(k >= 1).then(c / lag(c) - 1.0),
@@ -332,14 +337,7 @@ def _mtf(df: pl.DataFrame, config: FeatureConfig, reg: FeatureRegistry) -> pl.Da
                 ["mtf_60m_ret_1", "mtf_60m_ret_4", "mtf_60m_rsi_7", "mtf_60m_atr_7", "_h4", "_l4"],
             )
         )
-    day = aggregate_bars(
-        bars,
-        source=config.timeframe,
-        target=Timeframe.parse("1d"),
-        session=config.session,
-        calendar=config.calendar,
-        with_end=True,
-    )
+    day = higher(Timeframe.parse("1d"))
     k = pl.int_range(pl.len()).over(S)
     prev_close = lag(c)
     tr = pl.max_horizontal(h, prev_close) - pl.min_horizontal(lo, prev_close)

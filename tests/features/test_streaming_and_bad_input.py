@@ -13,6 +13,7 @@ from pipelines.features import (
     feature_registry,
     latest_features,
 )
+from pipelines.features.registry import CATEGORIES
 from pipelines.timeframes import Timeframe
 
 pytestmark = pytest.mark.unit
@@ -25,17 +26,7 @@ def test_registry_is_complete_and_documented() -> None:
     assert len(REGISTRY) >= 150
     table = REGISTRY.describe()
     assert table["description"].str.len_chars().min() > 5  # type: ignore[operator]
-    assert set(table["category"]) == {
-        "trend",
-        "momentum",
-        "volatility",
-        "volume",
-        "statistical",
-        "micro",
-        "intraday",
-        "mtf",
-        "xs",
-    }
+    assert set(table["category"]) == set(CATEGORIES)
     for spec in REGISTRY:
         assert spec.name.split("_")[0] == spec.category
 
