@@ -443,7 +443,7 @@ def build_features(
         else pl.col(n)
         for n in names
     ]
-    return df.select(S, "ts", *masked).sort(S, "ts")
+    return df.select(S, "ts", *masked)  # every stage keeps the (symbol, ts) order
 
 
 def latest_features(
