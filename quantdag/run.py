@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for ev in result.get_asset_check_evaluations():
             if not ev.passed:
+                detail = {k: v.value for k, v in ev.metadata.items()}
                 print(
                     f"  check {ev.asset_key.to_user_string()}:{ev.check_name} "
-                    f"did not pass ({ev.severity.value}) for {key}"
+                    f"did not pass ({ev.severity.value}) for {key}: {str(detail)[:200]}"
                 )
     table = summary(project)
     with pl.Config(

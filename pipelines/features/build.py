@@ -63,7 +63,7 @@ class FeatureConfig:
 
 def feature_registry(config: FeatureConfig) -> FeatureRegistry:
     """Every feature for ``config``: the per-symbol library, multi-timeframe, cross-sectional."""
-    reg = build_registry()
+    reg = build_registry(config.bars_per_session)
     per_day = config.bars_per_session
     hourly = 60 // config.timeframe.minutes if 60 % config.timeframe.minutes == 0 else 0
     if hourly:

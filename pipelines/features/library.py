@@ -761,7 +761,7 @@ def register_micro(reg: FeatureRegistry) -> None:
     )
 
 
-def register_intraday(reg: FeatureRegistry) -> None:
+def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
     _add(
         reg,
         "intraday_tod_1_frac",
@@ -806,7 +806,7 @@ def register_intraday(reg: FeatureRegistry) -> None:
         reg,
         "intraday_gap_1_overnight",
         "open,close",
-        0,
+        bars_per_session,  # defined from a symbol's second session on
         "session's first open / previous session's last close - 1",
         pl.col("_gap"),
     )
@@ -820,9 +820,10 @@ def register_intraday(reg: FeatureRegistry) -> None:
     )
 
 
-def build_registry() -> FeatureRegistry:
+def build_registry(bars_per_session: int = 1) -> FeatureRegistry:
     """The per-symbol part of the registry (the multi-timeframe and cross-sectional features
-    are added by :mod:`pipelines.features.build`)."""
+    are added by :mod:`pipelines.features.build`); ``bars_per_session`` sets the warm-up of
+    the features that need a previous session."""
     reg = FeatureRegistry()
     for register in (
         register_trend,
@@ -831,7 +832,7 @@ def build_registry() -> FeatureRegistry:
         register_volume,
         register_statistical,
         register_micro,
-        register_intraday,
     ):
         register(reg)
+    register_intraday(reg, bars_per_session)
     return reg
