@@ -1,0 +1,118 @@
+"""Models on real features and labels: seeds, early stopping, native formats, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.features import FeatureConfig, build_features, feature_registry
+from pipelines.labels import BarrierConfig, label_triple_barrier
+from pipelines.models.estimators import FittedModel, ModelConfig, ModelError, train_classifier
+from pipelines.timeframes import Timeframe
+
+pytestmark = pytest.mark.unit
+CONFIG = FeatureConfig(Timeframe.parse("15m"))
+FEATURES = [n for n in feature_registry(CONFIG).names if not n.startswith(("mtf_", "xs_"))][:60]
+
+
+@pytest.fixture(scope="module")
+def dataset(sample_bars: pl.DataFrame) -> pl.DataFrame:
+    matrix = build_features(sample_bars, CONFIG)
+    labels = label_triple_barrier(sample_bars, BarrierConfig()).labels
+    data = matrix.join(labels.select("symbol", "ts", "label"), on=["symbol", "ts"])
+    return (
+        data.filter(pl.col("trend_sma_200").is_not_null())
+        .with_columns(y=(pl.col("label") == 1).cast(pl.Int8))
+        .sort("ts")
+    )
+
+
+def _split(data: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    n = data.height
+    return data[: n * 6 // 10], data[n * 6 // 10 : n * 8 // 10], data[n * 8 // 10 :]
+
+
+@pytest.mark.parametrize("kind", ["lightgbm", "catboost", "logistic"])
+def test_same_seed_same_model_and_native_round_trip(
+    dataset: pl.DataFrame, kind: str, tmp_path: Path
+) -> None:
+    train, val, test = _split(dataset)
+    config = ModelConfig(
+        kind,
+        {"learning_rate": 0.05} if kind != "logistic" else {},
+        seed=11,  # type: ignore[arg-type]
+        num_boost_round=60,
+        early_stopping_rounds=10,
+    )
+    kw = {"features": FEATURES, "validation": val, "y_validation": val["y"].to_numpy()}
+    a = train_classifier(config, train, train["y"].to_numpy(), **kw)  # type: ignore[arg-type]
+    b = train_classifier(config, train, train["y"].to_numpy(), **kw)  # type: ignore[arg-type]
+    pa, pb = a.predict_proba(test), b.predict_proba(test)
+    assert np.array_equal(pa, pb)
+    assert ((pa > 0) & (pa < 1)).all()
+    digest = a.save(tmp_path / kind)
+    loaded = FittedModel.load(tmp_path / kind)
+    np.testing.assert_allclose(loaded.predict_proba(test), pa, rtol=1e-12)
+    assert len(digest) == 64 and loaded.features == tuple(FEATURES)
+
+
+def test_early_stopping_watches_the_validation_set_only(dataset: pl.DataFrame) -> None:
+    train, val, _ = _split(dataset)
+    config = ModelConfig(
+        "lightgbm",
+        {"learning_rate": 0.3, "num_leaves": 63},
+        seed=1,
+        num_boost_round=400,
+        early_stopping_rounds=5,
+    )
+    model = train_classifier(
+        config,
+        train,
+        train["y"].to_numpy(),
+        features=FEATURES,
+        validation=val,
+        y_validation=val["y"].to_numpy(),
+    )
+    assert model.best_iteration is not None and model.best_iteration < 400
+    no_val = train_classifier(config, train, train["y"].to_numpy(), features=FEATURES)
+    assert no_val.best_iteration is None
+
+
+def test_sample_weights_change_the_model(dataset: pl.DataFrame) -> None:
+    train, _, test = _split(dataset)
+    config = ModelConfig("lightgbm", seed=3, num_boost_round=40)
+    w = np.linspace(0.1, 2.0, train.height)
+    plain = train_classifier(config, train, train["y"].to_numpy(), features=FEATURES)
+    weighted = train_classifier(config, train, train["y"].to_numpy(), features=FEATURES, weight=w)
+    assert not np.array_equal(plain.predict_proba(test), weighted.predict_proba(test))
+
+
+def test_refusals(dataset: pl.DataFrame, tmp_path: Path) -> None:
+    train, _, test = _split(dataset)
+    config = ModelConfig("lightgbm", seed=3, num_boost_round=20)
+    model = train_classifier(config, train, train["y"].to_numpy(), features=FEATURES)
+    reordered = test.select("symbol", "ts", FEATURES[1], FEATURES[0], *FEATURES[2:])
+    with pytest.raises(ModelError, match="another order"):
+        model.predict_proba(reordered)
+    with pytest.raises(ModelError, match="missing"):
+        model.predict_proba(test.drop(FEATURES[3]))
+    with pytest.raises(ModelError, match="only class"):
+        train_classifier(config, train, np.zeros(train.height), features=FEATURES)
+    model.save(tmp_path / "m")
+    native = tmp_path / "m" / "model.txt"
+    native.write_text(native.read_text().replace("num_leaves", "num_leaves ", 1))
+    with pytest.raises(ModelError, match="checksum"):
+        FittedModel.load(tmp_path / "m")
+
+
+def test_missing_values_follow_the_stated_policy(dataset: pl.DataFrame) -> None:
+    train, _, test = _split(dataset)
+    holed = test.with_columns(pl.lit(None, pl.Float64).alias(FEATURES[0]))
+    for kind in ("lightgbm", "logistic"):
+        config = ModelConfig(kind, seed=2, num_boost_round=20)  # type: ignore[arg-type]
+        model = train_classifier(config, train, train["y"].to_numpy(), features=FEATURES)
+        p = model.predict_proba(holed)
+        assert np.isfinite(p).all()
