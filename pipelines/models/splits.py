@@ -99,47 +99,63 @@ def walk_forward(
     anchored: bool = False,
     embargo: timedelta = timedelta(0),
 ) -> list[Fold]:
-    """Consecutive test windows of ``test``, each after a training window of ``train`` (rolling)
-    or everything since the start (``anchored``), and an optional ``validation`` window between
-    them (for early stopping and calibration). Windows move by ``step`` (default: ``test``).
-    Training and validation samples are purged against the later windows they precede.
+    """Consecutive test windows of ``test``; before each, a ``validation`` window (for early
+    stopping and calibration; may be 0) and a training window of ``train`` (rolling) or
+    everything since the start (``anchored``). Test windows start every ``step`` (default:
+    ``test``, so they tile the time axis; a shorter step would predict a bar twice and is
+    refused). Training and validation samples are purged against the windows they precede.
 
     Example: ``walk_forward(labels, train=timedelta(days=60), validation=timedelta(days=10),
     test=timedelta(days=10))``.
     """
     t0, t1 = _times(samples)
     unique = np.unique(t0)
+    n = unique.size
     step = test if step is None else step
-    folds: list[Fold] = []
-    pos = 0
+    if _shorter(step, test):
+        raise SplitError(
+            f"step {step} is shorter than the test window {test}: test windows "
+            "would overlap and predict some bars twice"
+        )
+    emb = int(embargo.total_seconds() * 1e6)
     rows = np.arange(samples.height, dtype=np.int64)
-    while True:
-        train_end = _boundaries(unique, pos, train)
-        val_end = _boundaries(unique, train_end, validation) if validation else train_end
-        if val_end >= unique.size:
-            break
-        test_end = min(_boundaries(unique, val_end, test), unique.size)
-        lo = unique[0] if anchored else unique[pos]
-        in_train = (t0 >= lo) & (t0 < unique[train_end])
-        in_val = (t0 >= unique[train_end]) & (t0 < unique[val_end])
-        test_hi = unique[test_end] if test_end < unique.size else np.iinfo(np.int64).max
-        in_test = (t0 >= unique[val_end]) & (t0 < test_hi)
+    folds: list[Fold] = []
+    start = _boundaries(unique, 0, train) if train else 0
+    start = _boundaries(unique, start, validation) if validation and start < n else start
+    while start < n:
+        end = min(_boundaries(unique, start, test), n)
+        val_start = _back(unique, start, validation)
+        train_start = 0 if anchored else _back(unique, val_start, train)
+        in_test = (t0 >= unique[start]) & (t0 < (unique[end] if end < n else np.inf))
+        in_val = (t0 >= unique[val_start]) & (t0 < unique[start])
+        in_train = (t0 >= unique[train_start]) & (t0 < unique[val_start])
         test_rows = rows[in_test]
-        emb = int(embargo.total_seconds() * 1e6)
         val_rows = purge(rows[in_val], test_rows, t0, t1, emb)
         train_rows = purge(purge(rows[in_train], test_rows, t0, t1, emb), val_rows, t0, t1, emb)
         folds.append(_fold(len(folds), train_rows, val_rows, test_rows, t0))
-        if test_end >= unique.size:
-            break
-        pos = _boundaries(unique, pos, step)
-        if pos >= unique.size:
-            break
+        start = _boundaries(unique, start, step)
     if not folds:
         raise SplitError(
-            f"the samples span {unique.size} bar times: too few for train={train}, "
+            f"the samples span {n} bar times: too few for train={train}, "
             f"validation={validation}, test={test}"
         )
     return folds
+
+
+def _shorter(a: Size, b: Size) -> bool:
+    if isinstance(a, int) and isinstance(b, int):
+        return a < b
+    if isinstance(a, timedelta) and isinstance(b, timedelta):
+        return a < b
+    raise SplitError("give step and test in the same unit (both bars or both durations)")
+
+
+def _back(unique_us: npt.NDArray[np.int64], pos: int, size: Size) -> int:
+    """The position where a window of ``size`` ending just before ``pos`` starts."""
+    if isinstance(size, int):
+        return max(pos - size, 0)
+    limit = unique_us[pos] - int(size.total_seconds() * 1_000_000)
+    return int(np.searchsorted(unique_us, limit, side="left"))
 
 
 def _fold(
