@@ -75,7 +75,9 @@ def fold_metrics(y: npt.NDArray[Any], p: F64, ret: F64 | None = None) -> dict[st
         "positive_share": float(np.mean(y)),
     }
     if ret is not None:
-        out["ic"] = float(spearmanr(p, ret).statistic)
+        # Undefined (NaN, not a made-up number) when either side is constant.
+        flat = np.ptp(p) == 0 or np.ptp(ret) == 0
+        out["ic"] = float("nan") if flat else float(spearmanr(p, ret).statistic)
     return out
 
 

@@ -1,0 +1,195 @@
+"""MLflow tracking and the model registry: champion and challenger by rule.
+
+A training run logs its parameters, the metrics of every fold (as steps) and overall, the
+feature-set version and data range, and as artifacts the final model in its native format with
+its checksum, the ordered feature list, the calibration and feature importances (gain, and mean
+absolute SHAP values from LightGBM's ``pred_contrib``). The model is then registered as the
+``challenger``; it becomes the ``champion`` only if its out-of-sample metric beats the current
+champion's by ``margin``. The decision and its reason are logged on the run and the version.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipelines.models.estimators import FittedModel, ModelConfig, ModelError
+from pipelines.models.walk_forward import Calibrator, WalkForwardResult
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """Promote when the challenger's ``metric`` beats the champion's by at least ``margin``.
+    Example: ``PromotionRule("log_loss", lower_is_better=True, margin=0.001)``."""
+
+    metric: str = "log_loss"
+    lower_is_better: bool = True
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class RegistryDecision:
+    run_id: str
+    version: str
+    promoted: bool
+    reason: str
+    challenger_value: float
+    champion_version: str | None
+    champion_value: float | None
+
+
+def feature_importance(model: FittedModel, sample: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """Gain importance and mean |SHAP| (LightGBM ``pred_contrib``) per feature."""
+    if model.kind != "lightgbm":
+        return {}
+    gain = model.model.feature_importance(importance_type="gain")
+    x = sample.select(model.features).to_numpy().astype(np.float64)
+    contrib = model.model.predict(x, num_iteration=model.best_iteration, pred_contrib=True)
+    shap = np.abs(contrib[:, :-1]).mean(axis=0)
+    return {
+        name: {"gain": float(g), "mean_abs_shap": float(s)}
+        for name, g, s in zip(model.features, gain, shap, strict=True)
+    }
+
+
+def _client(tracking_uri: str) -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri)
+
+
+def log_and_register(
+    result: WalkForwardResult,
+    *,
+    config: ModelConfig,
+    tracking_uri: str,
+    experiment: str,
+    model_name: str,
+    feature_set_version: str,
+    data_range: tuple[str, str],
+    rule: PromotionRule,
+    importance_sample: pl.DataFrame | None = None,
+    extra_artifacts: dict[str, str] | None = None,
+) -> RegistryDecision:
+    """Log the walk-forward run, register its final (most recent) model as challenger, and
+    promote it to champion by ``rule``. Raises before registering if anything fails to log."""
+    import mlflow
+
+    if not result.models:
+        raise ModelError("no fold produced a model: nothing to register")
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    final, calibrator = result.models[-1], result.calibrators[-1]
+    overall = result.overall()
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        mlflow.log_params(
+            {
+                "kind": config.kind,
+                "seed": config.seed,
+                "num_boost_round": config.num_boost_round,
+                "early_stopping_rounds": config.early_stopping_rounds,
+                **{f"param.{k}": v for k, v in config.params.items()},
+            }
+        )
+        mlflow.set_tags(
+            {
+                "feature_set_version": feature_set_version,
+                "data_start": data_range[0],
+                "data_end": data_range[1],
+                "folds": str(len(result.metrics)),
+                "skipped_folds": json.dumps(result.skipped),
+            }
+        )
+        for m in result.metrics:
+            step = int(m["fold"])
+            mlflow.log_metrics({f"fold.{k}": v for k, v in m.items() if k != "fold"}, step=step)
+        mlflow.log_metrics({f"oos.{k}": v for k, v in overall.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "model"
+            digest = final.save(model_dir)
+            (model_dir / "features.json").write_text(json.dumps(list(final.features)))
+            (model_dir / "calibration.json").write_text(
+                json.dumps({"method": calibrator.method, "params": calibrator.params})
+            )
+            for name, text in (extra_artifacts or {}).items():
+                (model_dir / name).write_text(text)
+            if importance_sample is not None:
+                (model_dir / "importance.json").write_text(
+                    json.dumps(feature_importance(final, importance_sample), indent=1)
+                )
+            mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        mlflow.set_tag("model_sha256", digest)
+        run_id = run.info.run_id
+        source = f"{run.info.artifact_uri}/model"
+    return _register(client, model_name, run_id, source, overall[rule.metric], rule)
+
+
+def _register(
+    client: Any, name: str, run_id: str, source: str, value: float, rule: PromotionRule
+) -> RegistryDecision:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=source, run_id=run_id).version
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    champion_value = None
+    if champion is None:
+        promoted, reason = True, "no champion yet"
+    else:
+        champion_run = client.get_run(champion.run_id)
+        champion_value = champion_run.data.metrics.get(f"oos.{rule.metric}")
+        if champion_value is None:
+            promoted, reason = True, f"the champion has no oos.{rule.metric}"
+        else:
+            gain = (champion_value - value) if rule.lower_is_better else (value - champion_value)
+            promoted = gain >= rule.margin
+            reason = (
+                f"oos.{rule.metric} {value:.6f} vs champion v{champion.version} "
+                f"{champion_value:.6f}: improvement {gain:+.6f} "
+                f"{'>=' if promoted else '<'} margin {rule.margin}"
+            )
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_tag(run_id, "registry.decision", "promoted" if promoted else "kept challenger")
+    client.set_tag(run_id, "registry.reason", reason)
+    client.set_model_version_tag(name, version, "decision_reason", reason)
+    return RegistryDecision(
+        run_id,
+        str(version),
+        promoted,
+        reason,
+        float(value),
+        None if champion is None else str(champion.version),
+        champion_value,
+    )
+
+
+def load_champion(tracking_uri: str, model_name: str, into: Path) -> tuple[FittedModel, Calibrator]:
+    """Download the champion's artifacts into ``into`` and load them (checksum verified)."""
+    import mlflow
+
+    client = _client(tracking_uri)
+    version = client.get_model_version_by_alias(model_name, CHAMPION)
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(into))
+    )
+    model = FittedModel.load(local)
+    cal = json.loads((local / "calibration.json").read_text())
+    return model, Calibrator(cal["method"], cal["params"])
