@@ -5,6 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.bars import GROUP as MARKET_DATA_GROUP
+from assets.research import GROUP as RESEARCH_GROUP
+from assets.training import GROUP as TRAINING_GROUP
 
 
 def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
@@ -15,7 +17,13 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
     )
     all_assets_job = dg.define_asset_job(
         "all_assets_job",
-        selection=dg.AssetSelection.all(),
-        description="Everything for one month: bars, aggregates, features and labels.",
+        selection=dg.AssetSelection.groups(MARKET_DATA_GROUP, RESEARCH_GROUP),
+        description="Everything of one month: bars, aggregates, features and labels.",
     )
-    return [market_data_job, all_assets_job]
+    training_job = dg.define_asset_job(
+        "training_job",
+        selection=dg.AssetSelection.groups(TRAINING_GROUP),
+        description="Training set, purged walk-forward models, out-of-sample predictions and "
+        "the champion decision (run config: mode quick or full).",
+    )
+    return [market_data_job, all_assets_job, training_job]

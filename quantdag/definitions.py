@@ -6,18 +6,24 @@ import dagster as dg
 
 from assets.bars import build_bar_assets
 from assets.research import build_research_assets
+from assets.training import training_set, walk_forward_models
 from jobs import build_jobs
+from jobs.schedules import build_nightly_retraining_schedule
 from quantdag.project import Project, load_project
 from quantdag.resources import build_resources
 
 
 def build_definitions(project: Project) -> dg.Definitions:
+    jobs = build_jobs()
     return dg.Definitions(
         assets=[
             *build_bar_assets(project.universe, project.settings.validation),
             *build_research_assets(project.universe, project.settings),
+            training_set,
+            walk_forward_models,
         ],
-        jobs=build_jobs(),
+        jobs=jobs,
+        schedules=[build_nightly_retraining_schedule(jobs[2], project.universe.calendar)],
         resources=build_resources(project),
     )
 

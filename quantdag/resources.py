@@ -13,6 +13,7 @@ from quantdag.project import PROJECT_ROOT, Project
 from resources import (
     AlpacaBarSourceResource,
     FileBarSourceResource,
+    MlflowResource,
     PolarsParquetIOManager,
     TradingDatabaseResource,
 )
@@ -47,6 +48,13 @@ def build_resources(project: Project) -> dict[str, Any]:
         "trading_db": TradingDatabaseResource(url=url),
         "parquet_io_manager": PolarsParquetIOManager(
             base_dir=str(Path(project.settings.data_dir) / "parquet")
+        ),
+        "mlflow": MlflowResource(
+            tracking_uri=dg.EnvVar("QUANTDAG_MLFLOW_URI")
+            if os.environ.get("QUANTDAG_MLFLOW_URI")
+            else _anchored(f"sqlite:///{project.settings.data_dir}/mlflow.db"),
+            experiment=project.universe.name,
+            model_name=project.universe.name,
         ),
     }
 

@@ -80,6 +80,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"  check {ev.asset_key.to_user_string()}:{ev.check_name} "
                     f"did not pass ({ev.severity.value}) for {key}: {str(detail)[:200]}"
                 )
+    training = defs.resolve_job_def("training_job").execute_in_process(
+        instance=instance,
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            "ops": {"walk_forward_models": {"config": {"mode": "quick"}}},
+        },
+    )
+    if not training.success:
+        print("training failed", file=sys.stderr)
+        return 1
+    oos = training.asset_materializations_for_node("walk_forward_models")
+    by_key = {m.asset_key.to_user_string(): m.metadata for m in oos}
+    decision, quality = by_key["champion_model"], by_key["oos_predictions"]
     table = summary(project)
     with pl.Config(
         tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True
@@ -92,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         else project.env.database_url
     )
     print(f"\nTrading database: {where}")
+    print(
+        f"Training (quick mode): {quality['folds'].value} walk-forward folds, out-of-sample "
+        f"AUC {quality['oos_auc'].value:.3f}, log loss {quality['oos_log_loss'].value:.3f} "
+        f"on {quality['rows'].value} bars; model version {decision['version'].value}: "
+        f"{'promoted to champion' if decision['promoted'].value else 'kept as challenger'} "
+        f"({decision['reason'].value})"
+    )
     print("Open the Dagster UI with `make dev` to see assets, partitions and checks.")
     return 0
 

@@ -5,6 +5,7 @@ from resources.market_data import (
     BarSourceResource,
     FileBarSourceResource,
 )
+from resources.mlflow_resource import MlflowResource
 from resources.parquet_io_manager import PolarsParquetIOManager
 from resources.trading_database import TradingDatabaseResource
 
@@ -12,6 +13,7 @@ __all__ = [
     "AlpacaBarSourceResource",
     "BarSourceResource",
     "FileBarSourceResource",
+    "MlflowResource",
     "PolarsParquetIOManager",
     "TradingDatabaseResource",
 ]

@@ -32,12 +32,24 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):  # type: ignore[misc]
         context.add_output_metadata({"path": str(path), "rows": obj.height})
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        """All requested partitions. An input with ``allow_missing_partitions`` metadata (an
+        unpartitioned consumer of every partition) skips partitions never materialized and
+        logs which; otherwise a missing partition is an error."""
         keys = context.asset_partition_keys if context.has_asset_partitions else [None]
         paths = [self._path(context.asset_key, k) for k in keys]
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing:
+        missing = [p for p in paths if not p.exists()]
+        name = context.asset_key.to_user_string()
+        if missing and not (context.definition_metadata or {}).get("allow_missing_partitions"):
             raise FileNotFoundError(
-                f"{context.asset_key.to_user_string()}: no stored frame at {missing[:3]}; "
+                f"{name}: no stored frame at {[str(p) for p in missing[:3]]}; "
                 "materialize those partitions first"
             )
-        return pl.concat([pl.read_parquet(p) for p in paths], how="vertical")
+        present = [p for p in paths if p.exists()]
+        if missing:
+            context.log.info(
+                f"{name}: {len(present)} partitions stored, "
+                f"{len(missing)} never materialized and left out"
+            )
+        if not present:
+            raise FileNotFoundError(f"{name}: no partition has been materialized yet")
+        return pl.concat([pl.read_parquet(p) for p in present], how="vertical")

@@ -19,7 +19,16 @@ def test_definitions_module_loads() -> None:
     from quantdag.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"bars_15m", "bars_60m", "bars_1d", "feature_matrix", "triple_barrier_labels"}
+    assert keys == {
+        "bars_15m",
+        "bars_60m",
+        "bars_1d",
+        "feature_matrix",
+        "triple_barrier_labels",
+        "training_set",
+        "oos_predictions",
+        "champion_model",
+    }
     checks = {
         (c.asset_key.to_user_string(), c.name) for c in defs.resolve_asset_graph().asset_check_keys
     }
@@ -56,6 +65,9 @@ def test_one_minute_universe_builds_every_timeframe() -> None:
         "bars_1d",
         "feature_matrix",
         "triple_barrier_labels",
+        "training_set",
+        "oos_predictions",
+        "champion_model",
     }
 
 
@@ -97,3 +109,23 @@ def test_docker_compose_points_at_the_same_code_location() -> None:
     assert "timescale" in services["db"]["image"]
     env = compose["x-quantdag"]["environment"]
     assert "DAGSTER_PG_URL" in env and "QUANTDAG_DATABASE_URL" in env
+
+
+def test_nightly_retraining_follows_the_exchange_calendar() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from quantdag.definitions import defs
+
+    schedule = defs.resolve_schedule_def("nightly_retraining_schedule")
+    ny = ZoneInfo("America/New_York")
+    session = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2019, 2, 14, 18, 30, tzinfo=ny)
+    )
+    requests = list(schedule.evaluate_tick(session).run_requests or [])
+    assert len(requests) == 1 and requests[0].run_key == "retrain-2019-02-14"
+    holiday = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2019, 2, 18, 18, 30, tzinfo=ny)
+    )
+    result = schedule.evaluate_tick(holiday)  # Presidents' Day
+    assert not result.run_requests and "not a XNYS session" in (result.skip_message or "")

@@ -121,3 +121,27 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     assert stored.exists()
     labels = result.asset_materializations_for_node("triple_barrier_labels")[0].metadata
     assert labels["rows"].value > 0 and set(labels["label_distribution"].value) <= {"-1", "0", "1"}
+
+    # Training on what is stored (one month): quick mode, registry in a temporary MLflow store.
+    from assets.training import training_set, walk_forward_models
+    from resources import MlflowResource
+
+    resources["mlflow"] = MlflowResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="t"
+    )
+    trained = dg.materialize(
+        [*research, training_set, walk_forward_models],
+        resources=resources,
+        instance=instance,
+        selection=["training_set", "oos_predictions", "champion_model"],
+        run_config={"ops": {"walk_forward_models": {"config": {"mode": "quick"}}}},
+    )
+    assert trained.success
+    meta = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in trained.asset_materializations_for_node("walk_forward_models")
+    }
+    assert meta["champion_model"]["promoted"].value is True
+    assert meta["oos_predictions"]["rows"].value > 0
+    assert 0.0 <= meta["oos_predictions"]["oos_auc"].value <= 1.0
+    assert (tmp_path / "parquet" / "oos_predictions" / "all.parquet").exists()

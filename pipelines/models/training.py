@@ -1,0 +1,91 @@
+"""The training recipe the assets run: the training set, the folds and the model per mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal, cast
+
+import polars as pl
+
+from pipelines.models.estimators import Kind, ModelConfig
+from pipelines.models.splits import Fold, walk_forward
+from pipelines.models.walk_forward import Calibration, WalkForwardResult, run_walk_forward
+
+Mode = Literal["quick", "full"]
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """``quick`` trains a small model on few folds (for ``make run`` and tests); ``full`` the
+    nightly one. Fold sizes follow the data: ``test_windows`` test blocks, each preceded by a
+    validation block of the same length and a training window ``train_multiple`` times as long;
+    an embargo of ``embargo`` after each held-out block."""
+
+    mode: Mode
+    model: ModelConfig
+    test_windows: int
+    train_multiple: int = 3
+    calibration: Calibration = "isotonic"
+    embargo: timedelta = field(default_factory=lambda: timedelta(hours=4))
+
+
+def plan_for(mode: Mode, kind: Kind = "lightgbm", seed: int = 0) -> TrainingPlan:
+    if mode == "quick":
+        model = ModelConfig(
+            kind,
+            {"num_leaves": 15, "learning_rate": 0.1, "min_data_in_leaf": 50}
+            if kind == "lightgbm"
+            else {},
+            seed=seed,
+            num_boost_round=100,
+            early_stopping_rounds=10,
+        )
+        return TrainingPlan("quick", model, test_windows=3)
+    model = ModelConfig(
+        kind,
+        {
+            "num_leaves": 31,
+            "learning_rate": 0.03,
+            "min_data_in_leaf": 200,
+            "feature_fraction": 0.7,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+        }
+        if kind == "lightgbm"
+        else {},
+        seed=seed,
+        num_boost_round=2000,
+        early_stopping_rounds=100,
+    )
+    return TrainingPlan("full", model, test_windows=12)
+
+
+def build_training_set(features: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """Features joined to their labels (inner: a row needs both), target ``y`` = label is +1,
+    sorted by time then symbol."""
+    keep = [c for c in ("symbol", "ts", "t1", "label", "ret", "weight") if c in labels.columns]
+    data = features.join(labels.select(keep), on=["symbol", "ts"], how="inner")
+    return data.with_columns(y=(pl.col("label") == 1).cast(pl.Int8)).sort("ts", "symbol")
+
+
+def folds_for(data: pl.DataFrame, plan: TrainingPlan) -> list[Fold]:
+    first, last = cast(datetime, data["ts"].min()), cast(datetime, data["ts"].max())
+    block = (last - first) / (plan.test_windows + 1 + plan.train_multiple)
+    return walk_forward(
+        data, train=block * plan.train_multiple, validation=block, test=block, embargo=plan.embargo
+    )
+
+
+def train_walk_forward(
+    data: pl.DataFrame, plan: TrainingPlan, features: list[str]
+) -> WalkForwardResult:
+    weight = "weight" if "weight" in data.columns else None
+    return run_walk_forward(
+        data,
+        folds_for(data, plan),
+        plan.model,
+        features=features,
+        weight=weight,
+        calibration=plan.calibration,
+    )

@@ -1,0 +1,15 @@
+"""MLflow tracking and model registry (a local SQLite store by default)."""
+
+import dagster as dg
+
+
+class MlflowResource(dg.ConfigurableResource):  # type: ignore[misc]
+    """Where runs and registered models go. Give a Postgres-backed URI through
+    ``dg.EnvVar("QUANTDAG_MLFLOW_URI")`` so credentials never show in the UI."""
+
+    tracking_uri: str
+    experiment: str = "quantdag"
+    model_name: str = "quantdag"
+
+    def run_link(self, run_id: str) -> str:
+        return f"{self.tracking_uri} run {run_id} (mlflow ui --backend-store-uri <uri>)"
