@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines.features.registry import CATEGORIES
-
 FORMAT = "quantdag.feature_transform/1"
 
 
@@ -75,18 +73,15 @@ class FeatureTransform:
         return cls(tuple(columns), lower, upper, mean, std, lower_q, upper_q)
 
     def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` with its feature columns winsorised and standardised; other columns kept.
-        The frame's feature columns must be exactly the fitted ones, in the same order."""
-        prefixes = tuple(f"{c}_" for c in CATEGORIES)
-        present = [c for c in frame.columns if c in self.columns or c.startswith(prefixes)]
-        if tuple(present) != self.columns:
-            extra = sorted(set(present) - set(self.columns))
-            missing = sorted(set(self.columns) - set(present))
+        """``frame`` with the fitted feature columns winsorised and standardised; other columns
+        are kept as they are. Every fitted column must be present, in the fitted order."""
+        fitted = set(self.columns)
+        present = tuple(c for c in frame.columns if c in fitted)
+        if present != self.columns:
+            missing = [c for c in self.columns if c not in frame.columns]
             raise TransformError(
                 "feature columns differ from the fitted list"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; unexpected {extra}" if extra else "")
-                + ("; same names in another order" if not extra and not missing else "")
+                + (f"; missing {missing}" if missing else "; same names in another order")
             )
         return frame.with_columns(
             ((pl.col(c).clip(lo, hi) - m) / s).alias(c)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipelines.features.transform import FeatureTransform
 from pipelines.models.estimators import FittedModel, ModelConfig, ModelError
 from pipelines.models.walk_forward import Calibrator, WalkForwardResult
 
@@ -121,11 +122,15 @@ def log_and_register(
             (model_dir / "calibration.json").write_text(
                 json.dumps({"method": calibrator.method, "params": calibrator.params})
             )
+            transform = result.transforms[-1] if result.transforms else None
+            if transform is not None:
+                (model_dir / "transform.json").write_text(transform.to_json())
             for name, text in (extra_artifacts or {}).items():
                 (model_dir / name).write_text(text)
             if importance_sample is not None:
+                sample = transform.apply(importance_sample) if transform else importance_sample
                 (model_dir / "importance.json").write_text(
-                    json.dumps(feature_importance(final, importance_sample), indent=1)
+                    json.dumps(feature_importance(final, sample), indent=1)
                 )
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
         mlflow.set_tag("model_sha256", digest)
@@ -192,4 +197,6 @@ def load_champion(tracking_uri: str, model_name: str, into: Path) -> tuple[Fitte
     )
     model = FittedModel.load(local)
     cal = json.loads((local / "calibration.json").read_text())
-    return model, Calibrator(cal["method"], cal["params"])
+    path = local / "transform.json"
+    transform = FeatureTransform.from_json(path.read_text()) if path.exists() else None
+    return model, Calibrator(cal["method"], cal["params"]), transform

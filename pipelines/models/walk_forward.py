@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from pipelines.features.transform import FeatureTransform
 from pipelines.models.estimators import FittedModel, ModelConfig, ModelError, train_classifier
 from pipelines.models.splits import Fold
 
@@ -91,6 +92,7 @@ class WalkForwardResult:
     skipped: list[str] = field(default_factory=list)
     models: list[FittedModel] = field(default_factory=list)
     calibrators: list[Calibrator] = field(default_factory=list)
+    transforms: list[FeatureTransform | None] = field(default_factory=list)
 
     def overall(self) -> dict[str, float]:
         p = self.predictions
@@ -110,16 +112,24 @@ def run_walk_forward(
     target: str = "y",
     weight: str | None = None,
     calibration: Calibration = "isotonic",
+    winsorise: bool = True,
 ) -> WalkForwardResult:
     """Train ``config`` on every fold of ``data`` (rows in the order the folds index) and
-    predict each test block out of sample. A fold whose training or validation rows hold a
-    single class is skipped, with the reason recorded, never silently."""
+    predict each test block out of sample. With ``winsorise``, a :class:`FeatureTransform` is
+    fitted on each fold's training rows only and applied to its validation and test rows. A
+    fold whose training or validation rows hold a single class is skipped, with the reason
+    recorded, never silently."""
     y = data[target].to_numpy()
     w = data[weight].to_numpy() if weight else None
     preds, metrics, skipped, models, calibrators = [], [], [], [], []
+    transforms: list[FeatureTransform | None] = []
     for fold in folds:
         train, test = data[fold.train], data[fold.test]
         val = data[fold.validation] if fold.validation.size else None
+        transform = FeatureTransform.fit(train, features) if winsorise and train.height else None
+        if transform is not None:
+            train, test = transform.apply(train), transform.apply(test)
+            val = None if val is None else transform.apply(val)
         try:
             model = train_classifier(
                 config,
@@ -163,6 +173,7 @@ def run_walk_forward(
             )
         models.append(model)
         calibrators.append(cal)
+        transforms.append(transform)
     if not preds:
         raise ModelError(f"every fold was skipped: {skipped}")
-    return WalkForwardResult(pl.concat(preds), metrics, skipped, models, calibrators)
+    return WalkForwardResult(pl.concat(preds), metrics, skipped, models, calibrators, transforms)

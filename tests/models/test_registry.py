@@ -76,8 +76,9 @@ def test_first_model_becomes_champion_then_rule_decides(trained, tmp_path: Path)
     assert "oos.auc" in run.data.metrics and run.data.tags["feature_set_version"] == "1"
     history = client.get_metric_history(second.run_id, "fold.auc")
     assert len(history) == len(result.metrics)
-    model, calibrator = load_champion(uri, "quantdag-test", tmp_path / "dl")
-    test = data.tail(50)
+    model, calibrator, transform = load_champion(uri, "quantdag-test", tmp_path / "dl")
+    assert transform is not None and transform == result.transforms[-1]
+    test = transform.apply(data.tail(50).select("symbol", "ts", *FEATURES))
     np.testing.assert_allclose(model.predict_proba(test), result.models[-1].predict_proba(test))
     assert calibrator == result.calibrators[-1]
     arts = {p.name for p in (tmp_path / "dl").rglob("*") if p.is_file()}
@@ -92,6 +93,6 @@ def test_first_model_becomes_champion_then_rule_decides(trained, tmp_path: Path)
 
 def test_nothing_to_register_is_an_error(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result, data = trained
-    empty = WalkForwardResult(result.predictions, [], ["all skipped"], [], [])
+    empty = WalkForwardResult(result.predictions, [], ["all skipped"], [], [], [])
     with pytest.raises(ModelError, match="nothing to register"):
         _log(empty, data, f"sqlite:///{tmp_path / 'm.db'}", PromotionRule())
