@@ -186,8 +186,12 @@ def _register(
     )
 
 
-def load_champion(tracking_uri: str, model_name: str, into: Path) -> tuple[FittedModel, Calibrator]:
-    """Download the champion's artifacts into ``into`` and load them (checksum verified)."""
+def load_champion(
+    tracking_uri: str, model_name: str, into: Path
+) -> tuple[FittedModel, Calibrator, FeatureTransform | None]:
+    """Download the champion's artifacts into ``into`` and load them (checksums verified): the
+    model, its calibration and the feature transform fitted in training (applied, never
+    refitted, at inference)."""
     import mlflow
 
     client = _client(tracking_uri)
