@@ -67,10 +67,13 @@ def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
     return optuna.storages.RDBStorage(url)
 
 
+def _direction(config: TuningConfig) -> Literal["minimize", "maximize"]:
+    return "minimize" if config.metric == "log_loss" else "maximize"
+
+
 def prepare_study(config: TuningConfig) -> None:
     """Create the study's tables and the study itself once, before several workers join it
     (workers racing to create the schema of an empty database would collide)."""
-    direction = "minimize" if config.metric == "log_loss" else "maximize"
     optuna.create_study(
         study_name=config.study_name,
         storage=_storage(config.storage),
@@ -90,7 +93,7 @@ def tune(
     """Run trials (joining the study if it exists) and return the study."""
     folds = purged_kfold(data, n_splits=config.n_splits, embargo=config.embargo)
     y = data["y"].to_numpy()
-    direction = "minimize" if config.metric == "log_loss" else "maximize"
+    direction = _direction(config)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)
