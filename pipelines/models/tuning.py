@@ -78,7 +78,7 @@ def prepare_study(config: TuningConfig) -> None:
         study_name=config.study_name,
         storage=_storage(config.storage),
         load_if_exists=True,
-        direction=direction,
+        direction=_direction(config),
     )
 
 
