@@ -94,8 +94,14 @@ def features() -> dict[str, object]:
     )
 
 
+def training() -> dict[str, object]:
+    """`training.*` (full walk-forward) and `predict.*` (one bar of 50 symbols)."""
+    wf = _json(["-m", "bench.training", "--mode", "walk_forward", "--shared", str(SHARED)])
+    return wf | _json(["-m", "bench.training", "--mode", "predict", "--shared", str(SHARED)])
+
+
 BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
-PARTS = {"ingest": ingest, "aggregation": aggregation, "features": features}
+PARTS = {"ingest": ingest, "aggregation": aggregation, "features": features, "training": training}
 
 
 def main() -> int:

@@ -15,6 +15,8 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 FORMAT = "quantdag.feature_transform/1"
@@ -89,6 +91,14 @@ class FeatureTransform:
                 self.columns, self.lower, self.upper, self.mean, self.std, strict=True
             )
         )
+
+    def apply_array(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """The same transform on a matrix whose columns are the fitted ones, in order (the
+        live path's fast route; NaN stays NaN)."""
+        if x.shape[1] != len(self.columns):
+            raise TransformError(f"{x.shape[1]} columns given, {len(self.columns)} fitted")
+        clipped = np.clip(x, np.asarray(self.lower), np.asarray(self.upper))
+        return (clipped - np.asarray(self.mean)) / np.asarray(self.std)
 
     def to_json(self) -> str:
         body = {

@@ -81,9 +81,20 @@ class FittedModel:
 
     def predict_proba(self, frame: pl.DataFrame) -> F64:
         """Probability of the positive class for each row of ``frame``."""
-        x = _matrix(frame, self.features)
+        return self.predict_matrix(_matrix(frame, self.features))
+
+    def matrix(self, frame: pl.DataFrame) -> F64:
+        """``frame``'s feature columns as a matrix in the model's order (checked)."""
+        return _matrix(frame, self.features)
+
+    def predict_matrix(self, x: F64) -> F64:
+        """Probability of the positive class for a matrix already in the model's column order."""
         if self.kind == "lightgbm":
-            return np.asarray(self.model.predict(x, num_iteration=self.best_iteration))
+            # A few rows (the live path) are faster on one thread than waking a pool.
+            threads = 1 if x.shape[0] < 1000 else 0
+            return np.asarray(
+                self.model.predict(x, num_iteration=self.best_iteration, num_threads=threads)
+            )
         if self.kind == "catboost":
             return np.asarray(self.model.predict_proba(x)[:, 1])
         return _logistic_predict(self.model, x)

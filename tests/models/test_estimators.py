@@ -116,3 +116,24 @@ def test_missing_values_follow_the_stated_policy(dataset: pl.DataFrame) -> None:
         model = train_classifier(config, train, train["y"].to_numpy(), features=FEATURES)
         p = model.predict_proba(holed)
         assert np.isfinite(p).all()
+
+
+def test_live_prediction_equals_the_batch_path(dataset: pl.DataFrame) -> None:
+    from pipelines.features.transform import FeatureTransform
+    from pipelines.models.inference import predict_bar
+    from pipelines.models.walk_forward import Calibrator
+
+    train, val, test = _split(dataset)
+    transform = FeatureTransform.fit(train, FEATURES)
+    config = ModelConfig("lightgbm", seed=4, num_boost_round=30)
+    model = train_classifier(
+        config, transform.apply(train), train["y"].to_numpy(), features=FEATURES
+    )
+    cal = Calibrator.fit("isotonic", model.predict_proba(transform.apply(val)), val["y"].to_numpy())
+    bar = test.group_by("symbol").last()
+    live = predict_bar(model, bar, transform=transform, calibrator=cal)
+    batch = cal.apply(model.predict_proba(transform.apply(bar)))
+    np.testing.assert_allclose(live, batch, rtol=1e-12)
+    other = FeatureTransform.fit(train, FEATURES[:-1])
+    with pytest.raises(ModelError, match="other features"):
+        predict_bar(model, bar, transform=other)
