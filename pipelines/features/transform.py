@@ -98,7 +98,8 @@ class FeatureTransform:
         if x.shape[1] != len(self.columns):
             raise TransformError(f"{x.shape[1]} columns given, {len(self.columns)} fitted")
         clipped = np.clip(x, np.asarray(self.lower), np.asarray(self.upper))
-        return (clipped - np.asarray(self.mean)) / np.asarray(self.std)
+        out: npt.NDArray[np.float64] = (clipped - np.asarray(self.mean)) / np.asarray(self.std)
+        return out
 
     def to_json(self) -> str:
         body = {
