@@ -62,10 +62,39 @@ def feature_importance(model: FittedModel, sample: pl.DataFrame) -> dict[str, di
 
 
 def _client(tracking_uri: str) -> Any:
+    """A client for ``tracking_uri``, after checking the store answers (so that a store that
+    is down fails here, before anything is logged or registered)."""
     import mlflow
+    import sqlalchemy as sa
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient(tracking_uri)
+    try:
+        if tracking_uri.startswith(("postgresql", "mysql", "mssql")):
+            # One quick try: MLflow itself retries a dead database for about 100 seconds.
+            engine = sa.create_engine(tracking_uri)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+        mlflow.set_tracking_uri(tracking_uri)
+        client = mlflow.MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        raise ModelError(
+            f"the MLflow store at {_redact(tracking_uri)} does not answer ({type(exc).__name__}); "
+            "start it or point QUANTDAG_MLFLOW_URI elsewhere; nothing was logged or registered"
+        ) from None
+    return client
+
+
+def _redact(uri: str) -> str:
+    """The URI without a password."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
 
 
 def log_and_register(

@@ -16,12 +16,17 @@ from typing import Any, Literal
 import numpy as np
 import optuna
 import polars as pl
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.models.estimators import Kind, ModelConfig, ModelError, train_classifier
 from pipelines.models.splits import purged_kfold
 from pipelines.models.walk_forward import fold_metrics
 
 Metric = Literal["log_loss", "auc"]
+
+
+class TuningError(RuntimeError):
+    """The search cannot run; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -60,11 +65,19 @@ def _params(trial: optuna.Trial, kind: Kind) -> dict[str, Any]:
 
 
 def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """The study storage; a database that does not answer is a clear error (no password)."""
     if url is None:
         return None
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return optuna.storages.RDBStorage(url)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except SQLAlchemyError as exc:
+        where = url.split("@", 1)[-1] if "@" in url else url
+        raise TuningError(
+            f"the Optuna study storage at {where} does not answer ({type(exc).__name__}); "
+            "start it or choose another storage"
+        ) from None
 
 
 def _direction(config: TuningConfig) -> Literal["minimize", "maximize"]:

@@ -1,0 +1,98 @@
+"""Tracking and study stores: a store that is down is a clear error and leaves nothing behind;
+MLflow and Optuna on the real local PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines.features import FeatureConfig, build_features, feature_registry
+from pipelines.labels import BarrierConfig, label_triple_barrier
+from pipelines.models.estimators import ModelConfig, ModelError
+from pipelines.models.registry import PromotionRule, log_and_register
+from pipelines.models.splits import walk_forward
+from pipelines.models.walk_forward import WalkForwardResult, run_walk_forward
+from pipelines.timeframes import Timeframe
+
+CONFIG = FeatureConfig(Timeframe.parse("15m"))
+FEATURES = [n for n in feature_registry(CONFIG).names if not n.startswith("mtf_")][:30]
+DOWN = "postgresql+psycopg://quantdag:secret@127.0.0.1:1/none"
+
+
+@pytest.fixture(scope="module")
+def result(sample_bars: pl.DataFrame) -> WalkForwardResult:
+    bars = sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT", "SPY", "JPM"]))
+    matrix = build_features(bars, CONFIG)
+    labels = label_triple_barrier(bars, BarrierConfig()).labels
+    data = matrix.join(labels.select("symbol", "ts", "t1", "label"), on=["symbol", "ts"])
+    data = (
+        data.filter(pl.col("trend_sma_100").is_not_null())
+        .with_columns(y=(pl.col("label") == 1).cast(pl.Int8))
+        .sort("ts", "symbol")
+    )
+    folds = walk_forward(
+        data, train=timedelta(days=8), validation=timedelta(days=2), test=timedelta(days=3)
+    )
+    return run_walk_forward(
+        data, folds, ModelConfig("lightgbm", seed=1, num_boost_round=20), features=FEATURES
+    )
+
+
+def _register(result: WalkForwardResult, uri: str):  # type: ignore[no-untyped-def]
+    return log_and_register(
+        result,
+        config=ModelConfig("lightgbm"),
+        tracking_uri=uri,
+        experiment="e",
+        model_name="m",
+        feature_set_version="1",
+        data_range=("a", "b"),
+        rule=PromotionRule(),
+    )
+
+
+@pytest.mark.unit
+def test_mlflow_store_down_is_a_clear_error(result: WalkForwardResult) -> None:
+    with pytest.raises(ModelError, match=r"does not answer.*nothing was logged") as err:
+        _register(result, DOWN)
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.unit
+def test_optuna_store_down_is_a_clear_error(result: WalkForwardResult) -> None:
+    from pipelines.models.tuning import TuningConfig, TuningError, prepare_study
+
+    with pytest.raises(TuningError, match=r"127\.0\.0\.1:1/none does not answer") as err:
+        prepare_study(TuningConfig(storage=DOWN))
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.unit
+def test_a_fold_with_one_class_is_skipped_with_its_reason(
+    result: WalkForwardResult, sample_bars: pl.DataFrame
+) -> None:
+    preds = result.predictions
+    assert preds.height > 0
+    data = pl.DataFrame(
+        {
+            "ts": preds["ts"],
+            "t1": preds["ts"],
+            "symbol": preds["symbol"],
+            "f": preds["prob_raw"],
+            "y": pl.Series("y", [0] * preds.height, pl.Int8),
+        }
+    )
+    folds = walk_forward(data.sort("ts"), train=20, validation=5, test=5)
+    with pytest.raises(ModelError, match="every fold was skipped.*only class"):
+        run_walk_forward(
+            data.sort("ts"), folds, ModelConfig("lightgbm", num_boost_round=5), features=["f"]
+        )
+
+
+@pytest.mark.integration
+def test_mlflow_on_postgres(result: WalkForwardResult, pg_database: str, tmp_path: Path) -> None:
+    decision = _register(result, pg_database)
+    assert decision.promoted and decision.version == "1"
