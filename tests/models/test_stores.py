@@ -86,7 +86,7 @@ def test_a_fold_with_one_class_is_skipped_with_its_reason(
         }
     )
     folds = walk_forward(data.sort("ts"), train=20, validation=5, test=5)
-    with pytest.raises(ModelError, match="every fold was skipped.*only class"):
+    with pytest.raises(ModelError, match=r"every fold was skipped.*only class"):
         run_walk_forward(
             data.sort("ts"), folds, ModelConfig("lightgbm", num_boost_round=5), features=["f"]
         )
