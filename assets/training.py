@@ -1,5 +1,6 @@
 """Training assets: the training set, out-of-sample predictions and the champion model."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -11,7 +12,8 @@ from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.registry import CATEGORIES
 from pipelines.models.registry import PromotionRule, log_and_register
 from pipelines.models.training import build_training_set, plan_for, train_walk_forward
-from resources import MlflowResource
+from pipelines.models.tuning import TuningConfig, best_params, trials_taken, tune
+from resources import MlflowResource, OptunaResource
 
 GROUP = "training"
 
@@ -24,6 +26,8 @@ class TrainingConfig(dg.Config):  # type: ignore[misc]
     seed: int = 0
     promote_metric: str = "log_loss"
     promote_margin: float = 0.0
+    tune_trials: int = 20
+    """Optuna trials before training in full mode (0: use the plan's parameters as they are)."""
 
 
 @dg.asset(
@@ -76,11 +80,25 @@ def walk_forward_models(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     mlflow: MlflowResource,
+    optuna: OptunaResource,
     training_set: pl.DataFrame,
 ):  # type: ignore[no-untyped-def]
     """Purged walk-forward training, MLflow tracking and the champion/challenger decision."""
     features = [c for c in training_set.columns if c.split("_", 1)[0] in CATEGORIES]
     plan = plan_for(config.mode, config.kind, config.seed)
+    trials = 0
+    if config.mode == "full" and config.tune_trials > 0:
+        end = str(training_set["ts"].max())[:10]
+        tuning = TuningConfig(
+            study_name=f"{mlflow.model_name}-{config.kind}-{end}",
+            n_trials=config.tune_trials,
+            storage=optuna.storage,
+            seed=config.seed,
+        )
+        study = tune(training_set, features=features, kind=config.kind, config=tuning)
+        trials = trials_taken(study)
+        params = {**plan.model.params, **best_params(study)}
+        plan = replace(plan, model=replace(plan.model, params=params))
     result = train_walk_forward(training_set, plan, features)
     decision = log_and_register(
         result,
@@ -94,6 +112,7 @@ def walk_forward_models(
             config.promote_metric, config.promote_metric != "auc", config.promote_margin
         ),
         importance_sample=training_set.tail(2000),
+        tags={"optuna.trials": str(trials), "mode": config.mode},
     )
     overall = result.overall()
     predictions = result.predictions.with_columns(
@@ -106,6 +125,7 @@ def walk_forward_models(
             "rows": predictions.height,
             "folds": len(result.metrics),
             "skipped_folds": result.skipped or "none",
+            "optuna_trials": trials,
             **{f"oos_{k}": v for k, v in overall.items()},
             "per_fold": markdown_table(pl.DataFrame(result.metrics)),
         },

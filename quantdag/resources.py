@@ -14,6 +14,7 @@ from resources import (
     AlpacaBarSourceResource,
     FileBarSourceResource,
     MlflowResource,
+    OptunaResource,
     PolarsParquetIOManager,
     TradingDatabaseResource,
 )
@@ -55,6 +56,11 @@ def build_resources(project: Project) -> dict[str, Any]:
             else _anchored(f"sqlite:///{project.settings.data_dir}/mlflow.db"),
             experiment=project.universe.name,
             model_name=project.universe.name,
+        ),
+        "optuna": OptunaResource(
+            storage=dg.EnvVar("QUANTDAG_OPTUNA_URI")
+            if os.environ.get("QUANTDAG_OPTUNA_URI")
+            else _anchored(f"sqlite:///{project.settings.data_dir}/optuna.db"),
         ),
     }
 

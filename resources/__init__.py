@@ -5,7 +5,7 @@ from resources.market_data import (
     BarSourceResource,
     FileBarSourceResource,
 )
-from resources.mlflow_resource import MlflowResource
+from resources.mlflow_resource import MlflowResource, OptunaResource
 from resources.parquet_io_manager import PolarsParquetIOManager
 from resources.trading_database import TradingDatabaseResource
 
@@ -14,6 +14,7 @@ __all__ = [
     "BarSourceResource",
     "FileBarSourceResource",
     "MlflowResource",
+    "OptunaResource",
     "PolarsParquetIOManager",
     "TradingDatabaseResource",
 ]

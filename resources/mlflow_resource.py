@@ -13,3 +13,10 @@ class MlflowResource(dg.ConfigurableResource):  # type: ignore[misc]
 
     def run_link(self, run_id: str) -> str:
         return f"{self.tracking_uri} run {run_id} (mlflow ui --backend-store-uri <uri>)"
+
+
+class OptunaResource(dg.ConfigurableResource):  # type: ignore[misc]
+    """Where hyper-parameter studies live (SQLite by default; Postgres through
+    ``dg.EnvVar("QUANTDAG_OPTUNA_URI")`` so that several workers share one study)."""
+
+    storage: str

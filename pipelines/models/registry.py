@@ -109,6 +109,7 @@ def log_and_register(
     rule: PromotionRule,
     importance_sample: pl.DataFrame | None = None,
     extra_artifacts: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RegistryDecision:
     """Log the walk-forward run, register its final (most recent) model as challenger, and
     promote it to champion by ``rule``. Raises before registering if anything fails to log."""
@@ -138,6 +139,7 @@ def log_and_register(
                 "data_end": data_range[1],
                 "folds": str(len(result.metrics)),
                 "skipped_folds": json.dumps(result.skipped),
+                **(tags or {}),
             }
         )
         for m in result.metrics:

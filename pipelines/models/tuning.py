@@ -151,5 +151,11 @@ def trials_taken(study: optuna.Study) -> int:
 
 
 def best_params(study: optuna.Study) -> dict[str, Any]:
+    """The best trial's model parameters. The number of boosting rounds is left out: walk-forward
+    training picks it by early stopping on each fold's validation window."""
     best = study.best_trial.params
-    return {k: v for k, v in best.items() if not (isinstance(v, float) and math.isnan(v))}
+    return {
+        k: v
+        for k, v in best.items()
+        if k != "num_boost_round" and not (isinstance(v, float) and math.isnan(v))
+    }

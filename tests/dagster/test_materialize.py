@@ -124,11 +124,12 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
 
     # Training on what is stored (one month): quick mode, registry in a temporary MLflow store.
     from assets.training import training_set, walk_forward_models
-    from resources import MlflowResource
+    from resources import MlflowResource, OptunaResource
 
     resources["mlflow"] = MlflowResource(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="t"
     )
+    resources["optuna"] = OptunaResource(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     trained = dg.materialize(
         [*research, training_set, walk_forward_models],
         resources=resources,
@@ -145,3 +146,39 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     assert meta["oos_predictions"]["rows"].value > 0
     assert 0.0 <= meta["oos_predictions"]["oos_auc"].value <= 1.0
     assert (tmp_path / "parquet" / "oos_predictions" / "all.parquet").exists()
+
+
+def test_full_mode_tunes_before_training(tmp_path: Path) -> None:
+    """Full mode runs an Optuna study first and logs how many trials it took."""
+    from assets.research import build_research_assets
+    from assets.training import training_set, walk_forward_models
+    from resources import MlflowResource, OptunaResource, PolarsParquetIOManager
+
+    project = load_project({})
+    bar_assets = build_bar_assets(project.universe, project.settings.validation)
+    research = build_research_assets(project.universe, project.settings)
+    resources = {
+        **_resources(project, f"sqlite:///{tmp_path / 'trading.db'}"),
+        "parquet_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "parquet")),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        "optuna": OptunaResource(storage=f"sqlite:///{tmp_path / 'optuna.db'}"),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    for key in ("2019-01-01", "2019-02-01"):
+        assert dg.materialize(
+            [*bar_assets[:1], *research], partition_key=key, resources=resources, instance=instance
+        ).success
+    trained = dg.materialize(
+        [*research, training_set, walk_forward_models],
+        resources=resources,
+        instance=instance,
+        selection=["training_set", "oos_predictions", "champion_model"],
+        run_config={"ops": {"walk_forward_models": {"config": {"mode": "full", "tune_trials": 2}}}},
+    )
+    assert trained.success
+    meta = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in trained.asset_materializations_for_node("walk_forward_models")
+    }
+    assert meta["oos_predictions"]["optuna_trials"].value == 2
+    assert meta["oos_predictions"]["folds"].value >= 6
