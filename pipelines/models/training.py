@@ -89,3 +89,21 @@ def train_walk_forward(
         weight=weight,
         calibration=plan.calibration,
     )
+
+
+def build_meta_training_set(
+    features: pl.DataFrame, meta: pl.DataFrame, primary_side: str = "side"
+) -> pl.DataFrame:
+    """Features joined to meta-labels (:func:`pipelines.labels.meta_labels` of side-aware
+    labels): target ``y`` = the primary model's bet made money, and the primary ``side`` kept
+    as a feature, so the meta model learns when to act on the primary model's call."""
+    keep = [
+        c
+        for c in ("symbol", "ts", "t1", "ret", "weight", "meta_label", primary_side)
+        if c in meta.columns
+    ]
+    data = features.join(meta.select(keep), on=["symbol", "ts"], how="inner")
+    return data.with_columns(
+        y=pl.col("meta_label").cast(pl.Int8),
+        primary_side=pl.col(primary_side).cast(pl.Float64),
+    ).sort("ts", "symbol")

@@ -137,3 +137,28 @@ def test_live_prediction_equals_the_batch_path(dataset: pl.DataFrame) -> None:
     other = FeatureTransform.fit(train, FEATURES[:-1])
     with pytest.raises(ModelError, match="other features"):
         predict_bar(model, bar, transform=other)
+
+
+def test_meta_label_model_on_a_primary_side(sample_bars: pl.DataFrame) -> None:
+    from pipelines.labels import meta_labels
+    from pipelines.models.training import build_meta_training_set
+
+    matrix = build_features(sample_bars, CONFIG)
+    # A primary model: follow the 5-bar momentum.
+    events = matrix.filter(pl.col("momentum_roc_5").is_not_null() & (pl.col("momentum_roc_5") != 0))
+    events = events.select("symbol", "ts", side=pl.col("momentum_roc_5").sign().cast(pl.Int8))
+    labels = label_triple_barrier(sample_bars, BarrierConfig(), events=events).labels
+    data = build_meta_training_set(matrix, meta_labels(labels))
+    assert set(data["primary_side"].unique()) == {-1.0, 1.0}
+    assert ((data["y"] == 1) == (data["ret"] > 0)).all()
+    cut = data["ts"].sort()[data.height * 3 // 4]
+    train, test = data.filter(pl.col("ts") < cut), data.filter(pl.col("ts") >= cut)
+    cols = [*FEATURES, "primary_side"]
+    model = train_classifier(
+        ModelConfig("lightgbm", seed=1, num_boost_round=30),
+        train,
+        train["y"].to_numpy(),
+        features=cols,
+    )
+    p = model.predict_proba(test)
+    assert ((p > 0) & (p < 1)).all() and len(p) == test.height
