@@ -164,6 +164,16 @@ def log_and_register(
                     json.dumps(feature_importance(final, sample), indent=1)
                 )
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
+            if importance_sample is not None:
+                folds_dir = Path(tmp) / "importance"
+                folds_dir.mkdir()
+                transforms = result.transforms or [None] * len(result.models)
+                for k, (model, tf) in enumerate(zip(result.models, transforms, strict=True)):
+                    sample = tf.apply(importance_sample) if tf else importance_sample
+                    (folds_dir / f"fold_{k}.json").write_text(
+                        json.dumps(feature_importance(model, sample), indent=1)
+                    )
+                mlflow.log_artifacts(str(folds_dir), artifact_path="importance")
         mlflow.set_tag("model_sha256", digest)
         run_id = run.info.run_id
         source = f"{run.info.artifact_uri}/model"

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import optuna
 import polars as pl
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +23,7 @@ from pipelines.models.estimators import Kind, ModelConfig, ModelError, train_cla
 from pipelines.models.splits import purged_kfold
 from pipelines.models.walk_forward import fold_metrics
 
-Metric = Literal["log_loss", "auc"]
+Metric = Literal["log_loss", "auc", "trade_return"]
 
 
 class TuningError(RuntimeError):
@@ -80,6 +81,11 @@ def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
         ) from None
 
 
+def trade_return(p: npt.NDArray[np.float64], ret: npt.NDArray[np.float64]) -> float:
+    """Mean return per bar of taking each labelled trade where ``p >= 0.5`` (flat elsewhere)."""
+    return float(np.where(p >= 0.5, ret, 0.0).mean())
+
+
 def _direction(config: TuningConfig) -> Literal["minimize", "maximize"]:
     return "minimize" if config.metric == "log_loss" else "maximize"
 
@@ -106,6 +112,9 @@ def tune(
     """Run trials (joining the study if it exists) and return the study."""
     folds = purged_kfold(data, n_splits=config.n_splits, embargo=config.embargo)
     y = data["y"].to_numpy()
+    if config.metric == "trade_return" and "ret" not in data.columns:
+        raise TuningError("the trade_return metric needs the labels' `ret` column")
+    ret = data["ret"].to_numpy() if "ret" in data.columns else np.zeros(data.height)
     direction = _direction(config)
 
     def objective(trial: optuna.Trial) -> float:
@@ -123,8 +132,11 @@ def tune(
                 )
             except ModelError as exc:
                 raise optuna.TrialPruned(f"fold {fold.index}: {exc}") from None
-            score = fold_metrics(y[fold.test], model.predict_proba(data[fold.test]))
-            scores.append(score[config.metric])
+            p = model.predict_proba(data[fold.test])
+            if config.metric == "trade_return":
+                scores.append(trade_return(p, ret[fold.test]))
+            else:
+                scores.append(fold_metrics(y[fold.test], p)[config.metric])
             trial.report(float(np.mean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()

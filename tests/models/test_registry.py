@@ -74,6 +74,8 @@ def test_first_model_becomes_champion_then_rule_decides(trained, tmp_path: Path)
     run = client.get_run(second.run_id)
     assert run.data.tags["registry.decision"] == "kept challenger"
     assert "oos.auc" in run.data.metrics and run.data.tags["feature_set_version"] == "1"
+    per_fold = client.list_artifacts(second.run_id, "importance")
+    assert len(per_fold) == len(result.models)  # gain and SHAP of every fold's model
     history = client.get_metric_history(second.run_id, "fold.auc")
     assert len(history) == len(result.metrics)
     model, calibrator, transform = load_champion(uri, "quantdag-test", tmp_path / "dl")

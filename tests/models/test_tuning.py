@@ -79,3 +79,17 @@ def test_two_workers_share_one_study_on_postgres(
     study = optuna.load_study(study_name="shared", storage=storage)
     assert len(study.trials) == 6
     assert {t.user_attrs["worker"] for t in study.trials} == {"1", "2"}
+
+
+@pytest.mark.unit
+def test_trading_metric_is_maximised(data: pl.DataFrame, sample_bars: pl.DataFrame) -> None:
+    labels = label_triple_barrier(sample_bars, BarrierConfig()).labels.select("symbol", "ts", "ret")
+    with_ret = data.join(labels, on=["symbol", "ts"])
+    study = tune(
+        with_ret,
+        features=FEATURES,
+        kind="lightgbm",
+        config=TuningConfig(n_trials=3, n_splits=3, max_rounds=40, metric="trade_return"),
+    )
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert abs(study.best_value) < 0.05
