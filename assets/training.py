@@ -11,7 +11,13 @@ from assets.common import markdown_table
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.registry import CATEGORIES
 from pipelines.models.registry import PromotionRule, log_and_register
-from pipelines.models.training import build_training_set, plan_for, train_walk_forward
+from pipelines.models.stacking import stack_out_of_fold
+from pipelines.models.training import (
+    build_training_set,
+    folds_for,
+    plan_for,
+    train_walk_forward,
+)
 from pipelines.models.tuning import TuningConfig, best_params, trials_taken, tune
 from resources import MlflowResource, OptunaResource
 
@@ -28,6 +34,8 @@ class TrainingConfig(dg.Config):  # type: ignore[misc]
     promote_margin: float = 0.0
     tune_trials: int = 20
     """Optuna trials before training in full mode (0: use the plan's parameters as they are)."""
+    stack: bool = False
+    """Also train CatBoost and a stacker on out-of-fold predictions (column prob_stacked)."""
 
 
 @dg.asset(
@@ -118,6 +126,21 @@ def walk_forward_models(
     predictions = result.predictions.with_columns(
         model_version=pl.lit(decision.version), run_id=pl.lit(decision.run_id)
     )
+    stacked_meta: dict[str, float] = {}
+    if config.stack:
+        catboost = plan_for(config.mode, "catboost", config.seed).model
+        stacked = stack_out_of_fold(
+            training_set,
+            folds_for(training_set, plan),
+            {"lightgbm": plan.model, "catboost": catboost},
+            features=features,
+        )
+        predictions = predictions.join(
+            stacked.predictions.select("symbol", "ts", "fold", prob_stacked=pl.col("prob")),
+            on=["symbol", "ts", "fold"],
+            how="left",
+        )
+        stacked_meta = {f"stacked_{k}": v for k, v in stacked.metrics().items()}
     yield dg.Output(
         predictions,
         output_name="oos_predictions",
@@ -126,6 +149,7 @@ def walk_forward_models(
             "folds": len(result.metrics),
             "skipped_folds": result.skipped or "none",
             "optuna_trials": trials,
+            **stacked_meta,
             **{f"oos_{k}": v for k, v in overall.items()},
             "per_fold": markdown_table(pl.DataFrame(result.metrics)),
         },

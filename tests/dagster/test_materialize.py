@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from assets.bars import build_bar_assets
@@ -135,7 +136,7 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
         resources=resources,
         instance=instance,
         selection=["training_set", "oos_predictions", "champion_model"],
-        run_config={"ops": {"walk_forward_models": {"config": {"mode": "quick"}}}},
+        run_config={"ops": {"walk_forward_models": {"config": {"mode": "quick", "stack": True}}}},
     )
     assert trained.success
     meta = {
@@ -145,7 +146,10 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     assert meta["champion_model"]["promoted"].value is True
     assert meta["oos_predictions"]["rows"].value > 0
     assert 0.0 <= meta["oos_predictions"]["oos_auc"].value <= 1.0
-    assert (tmp_path / "parquet" / "oos_predictions" / "all.parquet").exists()
+    stored = pl.read_parquet(tmp_path / "parquet" / "oos_predictions" / "all.parquet")
+    assert {"prob", "prob_raw", "fold", "model_version", "prob_stacked"} <= set(stored.columns)
+    assert stored["prob_stacked"].drop_nulls().len() > 0
+    assert 0.0 <= meta["oos_predictions"]["stacked_auc"].value <= 1.0
 
 
 def test_full_mode_tunes_before_training(tmp_path: Path) -> None:
