@@ -19,15 +19,8 @@ FEATURES = [n for n in feature_registry(CONFIG).names if not n.startswith(("mtf_
 
 
 @pytest.fixture(scope="module")
-def dataset(sample_bars: pl.DataFrame) -> pl.DataFrame:
-    matrix = build_features(sample_bars, CONFIG)
-    labels = label_triple_barrier(sample_bars, BarrierConfig()).labels
-    data = matrix.join(labels.select("symbol", "ts", "label"), on=["symbol", "ts"])
-    return (
-        data.filter(pl.col("trend_sma_200").is_not_null())
-        .with_columns(y=(pl.col("label") == 1).cast(pl.Int8))
-        .sort("ts")
-    )
+def dataset(sample_data: pl.DataFrame) -> pl.DataFrame:
+    return sample_data.filter(pl.col("trend_sma_200").is_not_null())
 
 
 def _split(data: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:

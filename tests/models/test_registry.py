@@ -9,8 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.features import FeatureConfig, build_features, feature_registry
-from pipelines.labels import BarrierConfig, label_triple_barrier
+from pipelines.features import FeatureConfig, feature_registry
 from pipelines.models.estimators import ModelConfig, ModelError
 from pipelines.models.registry import PromotionRule, load_champion, log_and_register
 from pipelines.models.splits import walk_forward
@@ -23,13 +22,8 @@ FEATURES = [n for n in feature_registry(CONFIG).names if not n.startswith("mtf_"
 
 
 @pytest.fixture(scope="module")
-def trained(sample_bars: pl.DataFrame) -> tuple[WalkForwardResult, pl.DataFrame]:
-    matrix = build_features(sample_bars, CONFIG)
-    labels = label_triple_barrier(sample_bars, BarrierConfig()).labels
-    data = matrix.join(
-        labels.select("symbol", "ts", "t1", "label", "ret"), on=["symbol", "ts"]
-    ).filter(pl.col("trend_sma_100").is_not_null())
-    data = data.with_columns(y=(pl.col("label") == 1).cast(pl.Int8)).sort("ts", "symbol")
+def trained(sample_data: pl.DataFrame) -> tuple[WalkForwardResult, pl.DataFrame]:
+    data = sample_data
     folds = walk_forward(
         data, train=timedelta(days=10), validation=timedelta(days=3), test=timedelta(days=3)
     )

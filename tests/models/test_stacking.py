@@ -7,8 +7,7 @@ from datetime import timedelta
 import polars as pl
 import pytest
 
-from pipelines.features import FeatureConfig, build_features, feature_registry
-from pipelines.labels import BarrierConfig, label_triple_barrier
+from pipelines.features import FeatureConfig, feature_registry
 from pipelines.models.estimators import ModelConfig
 from pipelines.models.splits import walk_forward
 from pipelines.models.stacking import stack_out_of_fold
@@ -19,15 +18,8 @@ CONFIG = FeatureConfig(Timeframe.parse("15m"))
 FEATURES = [n for n in feature_registry(CONFIG).names if not n.startswith("mtf_")][:50]
 
 
-def test_stack_uses_only_earlier_windows(sample_bars: pl.DataFrame) -> None:
-    matrix = build_features(sample_bars, CONFIG)
-    labels = label_triple_barrier(sample_bars, BarrierConfig()).labels
-    data = matrix.join(labels.select("symbol", "ts", "t1", "label"), on=["symbol", "ts"])
-    data = (
-        data.filter(pl.col("trend_sma_100").is_not_null())
-        .with_columns(y=(pl.col("label") == 1).cast(pl.Int8))
-        .sort("ts", "symbol")
-    )
+def test_stack_uses_only_earlier_windows(sample_data: pl.DataFrame) -> None:
+    data = sample_data
     folds = walk_forward(
         data, train=timedelta(days=8), validation=timedelta(days=2), test=timedelta(days=2)
     )

@@ -9,8 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.features import FeatureConfig, build_features, feature_registry
-from pipelines.labels import BarrierConfig, label_triple_barrier
+from pipelines.features import FeatureConfig, feature_registry
 from pipelines.models.estimators import ModelConfig, ModelError
 from pipelines.models.registry import PromotionRule, log_and_register
 from pipelines.models.splits import walk_forward
@@ -23,16 +22,8 @@ DOWN = "postgresql+psycopg://quantdag:secret@127.0.0.1:1/none"
 
 
 @pytest.fixture(scope="module")
-def result(sample_bars: pl.DataFrame) -> WalkForwardResult:
-    bars = sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT", "SPY", "JPM"]))
-    matrix = build_features(bars, CONFIG)
-    labels = label_triple_barrier(bars, BarrierConfig()).labels
-    data = matrix.join(labels.select("symbol", "ts", "t1", "label"), on=["symbol", "ts"])
-    data = (
-        data.filter(pl.col("trend_sma_100").is_not_null())
-        .with_columns(y=(pl.col("label") == 1).cast(pl.Int8))
-        .sort("ts", "symbol")
-    )
+def result(sample_data: pl.DataFrame) -> WalkForwardResult:
+    data = sample_data.filter(pl.col("symbol").is_in(["AAPL", "MSFT", "SPY", "JPM"]))
     folds = walk_forward(
         data, train=timedelta(days=8), validation=timedelta(days=2), test=timedelta(days=3)
     )

@@ -11,8 +11,7 @@ import optuna
 import polars as pl
 import pytest
 
-from pipelines.features import FeatureConfig, build_features, feature_registry
-from pipelines.labels import BarrierConfig, label_triple_barrier
+from pipelines.features import FeatureConfig, feature_registry
 from pipelines.models.tuning import TuningConfig, prepare_study, trials_taken, tune
 from pipelines.timeframes import Timeframe
 
@@ -22,15 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def data(sample_bars: pl.DataFrame) -> pl.DataFrame:
-    matrix = build_features(sample_bars, CONFIG)
-    labels = label_triple_barrier(sample_bars, BarrierConfig()).labels
-    out = matrix.join(labels.select("symbol", "ts", "t1", "label"), on=["symbol", "ts"])
-    return (
-        out.filter(pl.col("trend_sma_100").is_not_null())
-        .with_columns(y=(pl.col("label") == 1).cast(pl.Int8))
-        .sort("ts", "symbol")
-    )
+def data(sample_data: pl.DataFrame) -> pl.DataFrame:
+    return sample_data
 
 
 @pytest.mark.unit
@@ -82,11 +74,9 @@ def test_two_workers_share_one_study_on_postgres(
 
 
 @pytest.mark.unit
-def test_trading_metric_is_maximised(data: pl.DataFrame, sample_bars: pl.DataFrame) -> None:
-    labels = label_triple_barrier(sample_bars, BarrierConfig()).labels.select("symbol", "ts", "ret")
-    with_ret = data.join(labels, on=["symbol", "ts"])
+def test_trading_metric_is_maximised(data: pl.DataFrame) -> None:
     study = tune(
-        with_ret,
+        data,
         features=FEATURES,
         kind="lightgbm",
         config=TuningConfig(n_trials=3, n_splits=3, max_rounds=40, metric="trade_return"),

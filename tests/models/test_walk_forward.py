@@ -9,13 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.features import FeatureConfig, build_features, feature_registry
-from pipelines.labels import BarrierConfig, label_triple_barrier
+from pipelines.features import FeatureConfig, feature_registry
 from pipelines.models.estimators import ModelConfig
 from pipelines.models.splits import walk_forward
 from pipelines.models.walk_forward import Calibrator, run_walk_forward
 from pipelines.timeframes import Timeframe
 from tests.conftest import shared_av_bars
+from tests.models.conftest import labelled
 
 pytestmark = pytest.mark.unit
 CONFIG = FeatureConfig(Timeframe.parse("15m"))
@@ -30,18 +30,9 @@ MODEL = ModelConfig(
 
 
 @pytest.fixture(scope="module")
-def data(sample_bars: pl.DataFrame) -> pl.DataFrame:
+def data(sample_data: pl.DataFrame) -> pl.DataFrame:
     bars = shared_av_bars(["AAPL", "MSFT", "JPM", "XOM", "INTC", "NVDA"], before="2021-06-01")
-    if bars is None:
-        bars = sample_bars
-    matrix = build_features(bars, CONFIG)
-    labels = label_triple_barrier(bars, BarrierConfig()).labels
-    out = matrix.join(labels.select("symbol", "ts", "t1", "label", "ret"), on=["symbol", "ts"])
-    return (
-        out.filter(pl.col("trend_sma_100").is_not_null())
-        .with_columns(y=(pl.col("label") == 1).cast(pl.Int8))
-        .sort("ts", "symbol")
-    )
+    return sample_data if bars is None else labelled(bars)
 
 
 def _folds(data: pl.DataFrame):  # type: ignore[no-untyped-def]
