@@ -88,9 +88,10 @@ def test_source_asset_by_direct_invocation(project_1m, tmp_path: Path) -> None: 
     assert {c.check_name for c in result.check_results} >= {"rows_accounted", "bar_integrity"}
 
 
-def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
+def _sample_setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The 15-minute sample's bar and research assets, every resource in ``tmp_path``."""
     from assets.research import build_research_assets
-    from resources import PolarsParquetIOManager
+    from resources import MlflowResource, OptunaResource, PolarsParquetIOManager
 
     project = load_project({})
     bar_assets = build_bar_assets(project.universe, project.settings.validation)
@@ -98,8 +99,16 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     resources = {
         **_resources(project, f"sqlite:///{tmp_path / 'trading.db'}"),
         "parquet_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "parquet")),
+        "mlflow": MlflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="t"
+        ),
+        "optuna": OptunaResource(storage=f"sqlite:///{tmp_path / 'optuna.db'}"),
     }
-    instance = dg.DagsterInstance.ephemeral()
+    return bar_assets, research, resources, dg.DagsterInstance.ephemeral()
+
+
+def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
+    bar_assets, research, resources, instance = _sample_setup(tmp_path)
     for key in ("2019-01-01", "2019-02-01"):
         assert dg.materialize(
             bar_assets[:1], partition_key=key, resources=resources, instance=instance
@@ -125,12 +134,7 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
 
     # Training on what is stored (one month): quick mode, registry in a temporary MLflow store.
     from assets.training import training_set, walk_forward_models
-    from resources import MlflowResource, OptunaResource
 
-    resources["mlflow"] = MlflowResource(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="t"
-    )
-    resources["optuna"] = OptunaResource(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     trained = dg.materialize(
         [*research, training_set, walk_forward_models],
         resources=resources,
@@ -154,20 +158,9 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
 
 def test_full_mode_tunes_before_training(tmp_path: Path) -> None:
     """Full mode runs an Optuna study first and logs how many trials it took."""
-    from assets.research import build_research_assets
     from assets.training import training_set, walk_forward_models
-    from resources import MlflowResource, OptunaResource, PolarsParquetIOManager
 
-    project = load_project({})
-    bar_assets = build_bar_assets(project.universe, project.settings.validation)
-    research = build_research_assets(project.universe, project.settings)
-    resources = {
-        **_resources(project, f"sqlite:///{tmp_path / 'trading.db'}"),
-        "parquet_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "parquet")),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
-        "optuna": OptunaResource(storage=f"sqlite:///{tmp_path / 'optuna.db'}"),
-    }
-    instance = dg.DagsterInstance.ephemeral()
+    bar_assets, research, resources, instance = _sample_setup(tmp_path)
     for key in ("2019-01-01", "2019-02-01"):
         assert dg.materialize(
             [*bar_assets[:1], *research], partition_key=key, resources=resources, instance=instance
