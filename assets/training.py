@@ -30,7 +30,7 @@ class TrainingConfig(dg.Config):  # type: ignore[misc]
     mode: Literal["quick", "full"] = "full"
     kind: Literal["lightgbm", "catboost", "logistic"] = "lightgbm"
     seed: int = 0
-    promote_metric: str = "log_loss"
+    promote_metric: Literal["log_loss", "auc"] = "log_loss"
     promote_margin: float = 0.0
     tune_trials: int = 20
     """Optuna trials before training in full mode (0: use the plan's parameters as they are)."""
