@@ -1,6 +1,5 @@
 """Training assets: the training set, out-of-sample predictions and the champion model."""
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -9,16 +8,8 @@ import polars as pl
 
 from assets.common import markdown_table
 from pipelines.features import FEATURE_SET_VERSION
-from pipelines.features.registry import CATEGORIES
-from pipelines.models.registry import PromotionRule, log_and_register
-from pipelines.models.stacking import stack_out_of_fold
-from pipelines.models.training import (
-    build_training_set,
-    folds_for,
-    plan_for,
-    train_walk_forward,
-)
-from pipelines.models.tuning import TuningConfig, best_params, trials_taken, tune
+from pipelines.models.registry import PromotionRule
+from pipelines.models.training import TrainingRequest, build_training_set, run_training
 from resources import MlflowResource, OptunaResource
 
 GROUP = "training"
@@ -92,55 +83,28 @@ def walk_forward_models(
     training_set: pl.DataFrame,
 ):  # type: ignore[no-untyped-def]
     """Purged walk-forward training, MLflow tracking and the champion/challenger decision."""
-    features = [c for c in training_set.columns if c.split("_", 1)[0] in CATEGORIES]
-    plan = plan_for(config.mode, config.kind, config.seed)
-    trials = 0
-    if config.mode == "full" and config.tune_trials > 0:
-        end = str(training_set["ts"].max())[:10]
-        tuning = TuningConfig(
-            study_name=f"{mlflow.model_name}-{config.kind}-{end}",
-            n_trials=config.tune_trials,
-            storage=optuna.storage,
-            seed=config.seed,
-        )
-        study = tune(training_set, features=features, kind=config.kind, config=tuning)
-        trials = trials_taken(study)
-        params = {**plan.model.params, **best_params(study)}
-        plan = replace(plan, model=replace(plan.model, params=params))
-    result = train_walk_forward(training_set, plan, features)
-    decision = log_and_register(
-        result,
-        config=plan.model,
+    end = str(training_set["ts"].max())[:10]
+    request = TrainingRequest(
+        mode=config.mode,
+        kind=config.kind,
+        seed=config.seed,
+        tune_trials=config.tune_trials,
+        study_storage=optuna.storage,
+        study_name=f"{mlflow.model_name}-{config.kind}-{end}",
+        stack=config.stack,
+    )
+    outcome = run_training(
+        training_set,
+        request,
         tracking_uri=mlflow.tracking_uri,
         experiment=mlflow.experiment,
         model_name=mlflow.model_name,
         feature_set_version=FEATURE_SET_VERSION,
-        data_range=(str(training_set["ts"].min()), str(training_set["ts"].max())),
         rule=PromotionRule(
             config.promote_metric, config.promote_metric != "auc", config.promote_margin
         ),
-        importance_sample=training_set.tail(2000),
-        tags={"optuna.trials": str(trials), "mode": config.mode},
     )
-    overall = result.overall()
-    predictions = result.predictions.with_columns(
-        model_version=pl.lit(decision.version), run_id=pl.lit(decision.run_id)
-    )
-    stacked_meta: dict[str, float] = {}
-    if config.stack:
-        catboost = plan_for(config.mode, "catboost", config.seed).model
-        stacked = stack_out_of_fold(
-            training_set,
-            folds_for(training_set, plan),
-            {"lightgbm": plan.model, "catboost": catboost},
-            features=features,
-        )
-        predictions = predictions.join(
-            stacked.predictions.select("symbol", "ts", "fold", prob_stacked=pl.col("prob")),
-            on=["symbol", "ts", "fold"],
-            how="left",
-        )
-        stacked_meta = {f"stacked_{k}": v for k, v in stacked.metrics().items()}
+    result, decision, predictions = outcome.result, outcome.decision, outcome.predictions
     yield dg.Output(
         predictions,
         output_name="oos_predictions",
@@ -148,9 +112,9 @@ def walk_forward_models(
             "rows": predictions.height,
             "folds": len(result.metrics),
             "skipped_folds": result.skipped or "none",
-            "optuna_trials": trials,
-            **stacked_meta,
-            **{f"oos_{k}": v for k, v in overall.items()},
+            "optuna_trials": outcome.trials,
+            **{f"stacked_{k}": v for k, v in outcome.stacked_metrics.items()},
+            **{f"oos_{k}": v for k, v in result.overall().items()},
             "per_fold": markdown_table(pl.DataFrame(result.metrics)),
         },
     )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, cast
 
 import polars as pl
 
+from pipelines.features.registry import CATEGORIES
 from pipelines.models.estimators import Kind, ModelConfig
+from pipelines.models.registry import PromotionRule, RegistryDecision, log_and_register
 from pipelines.models.splits import Fold, walk_forward
+from pipelines.models.stacking import stack_out_of_fold
+from pipelines.models.tuning import TuningConfig, best_params, trials_taken, tune
 from pipelines.models.walk_forward import Calibration, WalkForwardResult, run_walk_forward
 
 Mode = Literal["quick", "full"]
@@ -107,3 +111,86 @@ def build_meta_training_set(
         y=pl.col("meta_label").cast(pl.Int8),
         primary_side=pl.col(primary_side).cast(pl.Float64),
     ).sort("ts", "symbol")
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What one training run does: ``mode``, model ``kind`` and ``seed``; in full mode
+    ``tune_trials`` Optuna trials first (study ``study_name`` in ``study_storage``); ``stack``
+    also fits the LightGBM + CatBoost stack on out-of-fold predictions."""
+
+    mode: Mode = "full"
+    kind: Kind = "lightgbm"
+    seed: int = 0
+    tune_trials: int = 20
+    study_storage: str | None = None
+    study_name: str = "quantdag"
+    stack: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """The walk-forward result, the registry decision, the trials taken, and the out-of-sample
+    predictions with the registered model version (and ``prob_stacked`` when stacked)."""
+
+    result: WalkForwardResult
+    decision: RegistryDecision
+    trials: int
+    predictions: pl.DataFrame
+    stacked_metrics: dict[str, float]
+
+
+def run_training(
+    data: pl.DataFrame,
+    request: TrainingRequest,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    model_name: str,
+    rule: PromotionRule,
+    feature_set_version: str,
+) -> TrainingOutcome:
+    """Tune (full mode), train walk-forward, log to MLflow, register and decide the champion,
+    and optionally stack; the one core call of the training assets."""
+    features = [c for c in data.columns if c.split("_", 1)[0] in CATEGORIES]
+    plan = plan_for(request.mode, request.kind, request.seed)
+    trials = 0
+    if request.mode == "full" and request.tune_trials > 0:
+        tuning = TuningConfig(
+            study_name=request.study_name,
+            n_trials=request.tune_trials,
+            storage=request.study_storage,
+            seed=request.seed,
+        )
+        study = tune(data, features=features, kind=request.kind, config=tuning)
+        trials = trials_taken(study)
+        plan = replace(
+            plan, model=replace(plan.model, params={**plan.model.params, **best_params(study)})
+        )
+    result = train_walk_forward(data, plan, features)
+    decision = log_and_register(
+        result,
+        config=plan.model,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        model_name=model_name,
+        feature_set_version=feature_set_version,
+        data_range=(str(data["ts"].min()), str(data["ts"].max())),
+        rule=rule,
+        importance_sample=data.tail(2000),
+        tags={"optuna.trials": str(trials), "mode": request.mode},
+    )
+    predictions = result.predictions.with_columns(
+        model_version=pl.lit(decision.version), run_id=pl.lit(decision.run_id)
+    )
+    stacked_metrics: dict[str, float] = {}
+    if request.stack:
+        bases = {k: plan_for(request.mode, k, request.seed).model for k in ("lightgbm", "catboost")}
+        stacked = stack_out_of_fold(data, folds_for(data, plan), bases, features=features)
+        predictions = predictions.join(
+            stacked.predictions.select("symbol", "ts", "fold", prob_stacked=pl.col("prob")),
+            on=["symbol", "ts", "fold"],
+            how="left",
+        )
+        stacked_metrics = stacked.metrics()
+    return TrainingOutcome(result, decision, trials, predictions, stacked_metrics)
