@@ -1,0 +1,1 @@
+"""Backtesting and analytics (issue 5; only the statistics so far)."""
