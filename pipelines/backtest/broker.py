@@ -76,6 +76,7 @@ class Fill:
     price: Decimal  # after slippage
     commission: Decimal
     slippage: Decimal  # cost of slippage in USD (>= 0)
+    decided_at: datetime  # the bar the order was decided on
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,7 @@ class SimulatedBroker:
             fill_price,
             commission,
             abs(fill_price - price) * quantity,
+            order.bar_ts,
         )
         self.ledger.fills.append(fill)
         return fill
