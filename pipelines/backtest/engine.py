@@ -109,6 +109,9 @@ def run_backtest(
             at[bar.symbol] = bar
             last_close[bar.symbol] = money(bar.close)
         positions = broker.ledger.positions
+        set_equity = getattr(strategy, "set_equity", None)
+        if set_equity is not None:
+            set_equity(float(broker.ledger.equity(last_close)))
         for symbol, target in strategy.targets(ts, at, positions).items():  # type: ignore[arg-type]
             delta = target - positions.get(symbol, 0)
             if delta:
