@@ -68,7 +68,7 @@ class BacktestResult:
     """The ledger (fills, events, cash, positions) and the equity at every bar time."""
 
     ledger: Ledger
-    equity: pl.DataFrame  # ts, equity (float USD, from the exact ledger)
+    equity: pl.DataFrame  # ts, equity and gross exposure (float USD, from the exact ledger)
 
     @property
     def trades(self) -> int:
@@ -90,7 +90,7 @@ def run_backtest(
     if volatility is not None:
         frame = frame.join(volatility, on=["symbol", "ts"], how="left")
     has_vol = "volatility" in frame.columns
-    times, values = [], []
+    times, values, gross = [], [], []
     last_close: dict[str, Decimal] = {}
     for (ts,), group in frame.group_by("ts", maintain_order=True):
         at = {}
@@ -127,4 +127,7 @@ def run_backtest(
                 )
         times.append(ts)
         values.append(float(broker.ledger.equity(last_close)))
-    return BacktestResult(broker.ledger, pl.DataFrame({"ts": times, "equity": values}))
+        gross.append(float(broker.ledger.gross(last_close)))
+    return BacktestResult(
+        broker.ledger, pl.DataFrame({"ts": times, "equity": values, "gross": gross})
+    )

@@ -1,0 +1,251 @@
+"""The backtest report: headline metrics (JSON) and a self-contained HTML page of charts.
+
+Charts are inline SVG, so the file opens anywhere without a network: equity against the
+benchmark, drawdown, monthly returns, rolling Sharpe, gross exposure, the distribution of trade
+returns, PnL by symbol and costs by kind.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import cast
+
+import numpy as np
+import polars as pl
+
+from pipelines.backtest.analytics import drawdowns, return_stats, trade_stats
+from pipelines.backtest.broker import Ledger
+from pipelines.backtest.engine import BacktestResult
+from pipelines.backtest.statistics import deflated_sharpe_of_returns
+
+
+@dataclass(frozen=True)
+class Report:
+    metrics: dict[str, float]
+    html: str
+
+
+def closed_trades(ledger: Ledger) -> pl.DataFrame:
+    """Every fill that reduces a position closes that part of it at average cost: ``symbol``,
+    ``ts``, ``quantity`` closed, ``pnl`` (USD, less the fill's commission) and ``ret`` (pnl over
+    the closed part's cost). Positions that keep being resized still yield trades this way."""
+    rows = []
+    pos: dict[str, int] = {}
+    cost: dict[str, Decimal] = {}  # average entry price of the open position
+    for f in ledger.fills:
+        held, avg = pos.get(f.symbol, 0), cost.get(f.symbol, Decimal(0))
+        if held and (held > 0) != (f.quantity > 0):
+            closed = min(abs(f.quantity), abs(held))
+            direction = 1 if held > 0 else -1
+            pnl = Decimal(direction * closed) * (f.price - avg) - f.commission
+            basis = Decimal(closed) * avg
+            rows.append(
+                {
+                    "symbol": f.symbol,
+                    "ts": f.ts,
+                    "quantity": closed,
+                    "pnl": float(pnl),
+                    "ret": float(pnl / basis) if basis else 0.0,
+                }
+            )
+        new = held + f.quantity
+        if new == 0:
+            cost.pop(f.symbol, None)
+        elif held == 0 or (held > 0) != (new > 0):
+            cost[f.symbol] = f.price  # opened, or flipped through zero
+        elif (held > 0) == (f.quantity > 0):
+            cost[f.symbol] = (avg * abs(held) + f.price * abs(f.quantity)) / abs(new)
+        pos[f.symbol] = new
+    schema: dict[str, pl.DataType] = {
+        "symbol": pl.String(),
+        "ts": pl.Datetime("us", "UTC"),
+        "quantity": pl.Int64(),
+        "pnl": pl.Float64(),
+        "ret": pl.Float64(),
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _svg_lines(
+    series: dict[str, list[float]],
+    width: int = 720,
+    height: int = 220,
+    colors: tuple[str, ...] = ("#1f77b4", "#ff7f0e"),
+) -> str:
+    values = [v for s in series.values() for v in s if math.isfinite(v)]
+    if not values:
+        return "<p>(no data)</p>"
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
+    for (name, ys), color in zip(series.items(), colors, strict=False):
+        n = max(len(ys) - 1, 1)
+        pts = " ".join(
+            f"{i * width / n:.1f},{height - (y - lo) / span * (height - 10) - 5:.1f}"
+            for i, y in enumerate(ys)
+            if math.isfinite(y)
+        )
+        parts.append(
+            f'<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{pts}">'
+            f"<title>{html.escape(name)}</title></polyline>"
+        )
+    parts.append(
+        f'<text x="4" y="12" font-size="10">{hi:.4g}</text>'
+        f'<text x="4" y="{height - 2}" font-size="10">{lo:.4g}</text></svg>'
+    )
+    legend = " ".join(
+        f'<span style="color:{c}">&#9632; {html.escape(n)}</span>'
+        for n, c in zip(series, colors, strict=False)
+    )
+    return "".join(parts) + f"<div>{legend}</div>"
+
+
+def _svg_bars(labels: list[str], values: list[float], width: int = 720, height: int = 200) -> str:
+    if not values:
+        return "<p>(no data)</p>"
+    top = max(abs(v) for v in values) or 1.0
+    w = width / len(values)
+    mid = height / 2
+    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
+    for i, (label, v) in enumerate(zip(labels, values, strict=True)):
+        h = abs(v) / top * (mid - 5)
+        y = mid - h if v >= 0 else mid
+        color = "#2ca02c" if v >= 0 else "#d62728"
+        parts.append(
+            f'<rect x="{i * w + 1:.1f}" y="{y:.1f}" width="{max(w - 2, 1):.1f}" '
+            f'height="{h:.1f}" fill="{color}"><title>{html.escape(label)}: {v:.4g}'
+            "</title></rect>"
+        )
+    parts.append(f'<line x1="0" y1="{mid}" x2="{width}" y2="{mid}" stroke="#888"/></svg>')
+    return "".join(parts)
+
+
+def _heatmap(returns: pl.DataFrame) -> str:
+    monthly = (
+        returns.with_columns(y=pl.col("ts").dt.year(), m=pl.col("ts").dt.month())
+        .group_by("y", "m")
+        .agg(((1 + pl.col("r")).product() - 1).alias("ret"))
+        .sort("y", "m")
+    )
+    cells = {(r["y"], r["m"]): r["ret"] for r in monthly.iter_rows(named=True)}
+    rows = [
+        "<table class='heat'><tr><th></th>"
+        + "".join(f"<th>{m}</th>" for m in range(1, 13))
+        + "</tr>"
+    ]
+    for y in sorted({k[0] for k in cells}):
+        tds = []
+        for m in range(1, 13):
+            v = cells.get((y, m))
+            if v is None:
+                tds.append("<td></td>")
+            else:
+                a = min(abs(v) * 20, 1.0)
+                color = f"rgba(44,160,44,{a:.2f})" if v >= 0 else f"rgba(214,39,40,{a:.2f})"
+                tds.append(f"<td style='background:{color}'>{v:+.2%}</td>")
+        rows.append(f"<tr><th>{y}</th>{''.join(tds)}</tr>")
+    return "".join(rows) + "</table>"
+
+
+def build_report(
+    result: BacktestResult,
+    benchmark: pl.DataFrame,
+    *,
+    periods_per_year: float,
+    n_trials: int = 1,
+    title: str = "Backtest",
+) -> Report:
+    """Metrics and HTML for ``result``; ``benchmark`` has ``ts`` and ``close`` (e.g. SPY or an
+    equal-weight index). The DSR deflates by ``n_trials`` with the variance of the monthly
+    Sharpe ratios as the trials' Sharpe variance (stated in the report)."""
+    eq = result.equity.sort("ts")
+    r = eq.select(pl.col("ts"), r=pl.col("equity").pct_change().fill_null(0.0))
+    bench = benchmark.sort("ts").select("ts", b=pl.col("close").pct_change().fill_null(0.0))
+    joined = r.join(bench, on="ts", how="left").with_columns(pl.col("b").fill_null(0.0))
+    stats = return_stats(joined["r"].to_numpy(), periods_per_year, joined["b"].to_numpy())
+    trips = closed_trades(result.ledger)
+    trades = trade_stats(trips["ret"].to_numpy())
+    monthly_sr = (
+        joined.group_by(pl.col("ts").dt.strftime("%Y-%m"))
+        .agg((pl.col("r").mean() / pl.col("r").std()).alias("sr"))["sr"]
+        .drop_nulls()
+    )
+    sr_var = float(monthly_sr.var()) if monthly_sr.len() > 1 else float("nan")  # type: ignore[arg-type]
+    returns = joined["r"].to_numpy()
+    dsr = float("nan")
+    if np.std(returns) > 0 and math.isfinite(sr_var):
+        dsr = deflated_sharpe_of_returns(returns, n_trials=max(n_trials, 1), sr_variance=sr_var).dsr
+    commissions = float(sum(f.commission for f in result.ledger.fills))
+    slippage = float(sum(f.slippage for f in result.ledger.fills))
+    mean_equity = cast(float, eq["equity"].mean()) or 1.0
+    turnover = float(sum(abs(f.quantity) * f.price for f in result.ledger.fills)) / mean_equity
+    exposure = cast(float, (eq["gross"] / eq["equity"]).mean()) or 0.0
+    metrics = {
+        **stats.as_dict(),
+        **{f"trades_{k}": float(v) for k, v in trades.__dict__.items()},
+        "deflated_sharpe": dsr,
+        "n_trials": float(n_trials),
+        "commissions_usd": commissions,
+        "slippage_usd": slippage,
+        "turnover": turnover,
+        "average_gross_exposure": exposure,
+        "fills": float(len(result.ledger.fills)),
+        "rejected_or_held": float(len(result.ledger.events)),
+    }
+    underwater, _, _ = drawdowns(returns)
+    bench_curve = (1 + joined["b"]).cum_prod() * float(eq["equity"][0])
+    roll = joined.with_columns(
+        sr=(pl.col("r").rolling_mean(130) / pl.col("r").rolling_std(130))
+        * math.sqrt(periods_per_year)
+    )
+    by_symbol = trips.group_by("symbol").agg(pl.col("pnl").sum()).sort("symbol")
+    hist: list[float] = []
+    edges: list[float] = []
+    if trips.height:
+        counts, bounds = np.histogram(trips["ret"].to_numpy(), bins=20)
+        hist, edges = counts.astype(float).tolist(), bounds.tolist()
+    table = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>" for k, v in metrics.items()
+    )
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:24px;max-width:900px}}td,th{{padding:2px 6px}}
+.heat td{{font-size:11px;text-align:right}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Equity and benchmark</h2>{
+        _svg_lines({"strategy": eq["equity"].to_list(), "benchmark": bench_curve.to_list()})
+    }
+<h2>Drawdown</h2>{_svg_lines({"underwater": underwater.tolist()}, colors=("#d62728",))}
+<h2>Monthly returns</h2>{_heatmap(joined)}
+<h2>Rolling Sharpe (130 bars, annualised)</h2>{
+        _svg_lines({"rolling Sharpe": roll["sr"].fill_null(float("nan")).to_list()})
+    }
+<h2>Gross exposure / equity</h2>{_svg_lines({"exposure": (eq["gross"] / eq["equity"]).to_list()})}
+<h2>Distribution of trade returns</h2>{_svg_bars([f"{e:.3%}" for e in edges[:-1]], hist)}
+<h2>PnL by symbol</h2>{_svg_bars(by_symbol["symbol"].to_list(), by_symbol["pnl"].to_list())}
+<h2>Costs by kind</h2><table><tr><td>commissions</td><td>{commissions:,.2f} USD</td></tr>
+<tr><td>slippage and impact</td><td>{slippage:,.2f} USD</td></tr></table>
+<h2>Metrics</h2><table>{table}</table>
+<p>The deflated Sharpe ratio deflates by {n_trials} trial(s), with the variance of the monthly
+Sharpe ratios standing in for the variance across trials.</p></body></html>"""
+    return Report(metrics, body)
+
+
+def write_report(report: Report, html_path: str, json_path: str) -> None:
+    from pathlib import Path
+
+    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(html_path).write_text(report.html)
+    Path(json_path).write_text(json.dumps(report.metrics, indent=2, sort_keys=True))
+
+
+def equal_weight_index(bars: pl.DataFrame) -> pl.DataFrame:
+    """An equal-weight index of the universe (``ts``, ``close``) from the bars' returns."""
+    r = bars.sort("symbol", "ts").with_columns(
+        r=pl.col("close").pct_change().over("symbol").fill_null(0.0)
+    )
+    idx = r.group_by("ts").agg(pl.col("r").mean()).sort("ts")
+    return idx.select("ts", close=(1 + pl.col("r")).cum_prod())
