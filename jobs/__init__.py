@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.backtest import GROUP as BACKTEST_GROUP
 from assets.bars import GROUP as MARKET_DATA_GROUP
 from assets.research import GROUP as RESEARCH_GROUP
 from assets.training import GROUP as TRAINING_GROUP
@@ -26,4 +27,9 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         description="Training set, purged walk-forward models, out-of-sample predictions and "
         "the champion decision (run config: mode quick or full).",
     )
-    return [market_data_job, all_assets_job, training_job]
+    backtest_job = dg.define_asset_job(
+        "backtest_job",
+        selection=dg.AssetSelection.groups(BACKTEST_GROUP),
+        description="The backtest report of the model strategy on the out-of-sample predictions.",
+    )
+    return [market_data_job, all_assets_job, training_job, backtest_job]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.backtest import build_backtest_report_asset
 from assets.bars import build_bar_assets
 from assets.research import build_research_assets
 from assets.training import training_set, walk_forward_models
 from jobs import build_jobs
 from jobs.schedules import build_nightly_retraining_schedule
-from quantdag.project import Project, load_project
+from quantdag.project import PROJECT_ROOT, Project, load_project
 from quantdag.resources import build_resources
 
 
@@ -21,6 +22,7 @@ def build_definitions(project: Project) -> dg.Definitions:
             *build_research_assets(project.universe, project.settings),
             training_set,
             walk_forward_models,
+            build_backtest_report_asset(project.universe, project.settings, PROJECT_ROOT),
         ],
         jobs=jobs,
         schedules=[build_nightly_retraining_schedule(jobs[2], project.universe.calendar)],

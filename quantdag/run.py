@@ -93,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     oos = training.asset_materializations_for_node("walk_forward_models")
     by_key = {m.asset_key.to_user_string(): m.metadata for m in oos}
     decision, quality = by_key["champion_model"], by_key["oos_predictions"]
+    backtest = defs.resolve_job_def("backtest_job").execute_in_process(
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    if not backtest.success:
+        print("backtest failed", file=sys.stderr)
+        return 1
+    report = backtest.asset_materializations_for_node("backtest_report")[0].metadata
     table = summary(project)
     with pl.Config(
         tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True
@@ -112,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{'promoted to champion' if decision['promoted'].value else 'kept as challenger'} "
         f"({decision['reason'].value})"
     )
+    print(
+        f"Backtest (model strategy, out of sample, with costs): total return "
+        f"{report['total_return'].value:+.2%}, annualised Sharpe {report['sharpe'].value:.2f}, "
+        f"deflated Sharpe {report['deflated_sharpe'].value:.2f}, max drawdown "
+        f"{report['max_drawdown'].value:.2%}, {int(report['trades_trades'].value)} closed trades"
+    )
+    print(f"Backtest report: {report['report'].value}")
     print("Open the Dagster UI with `make dev` to see assets, partitions and checks.")
     return 0
 

@@ -11,6 +11,11 @@ class MlflowResource(dg.ConfigurableResource):  # type: ignore[misc]
     experiment: str = "quantdag"
     model_name: str = "quantdag"
 
+    def client(self):  # type: ignore[no-untyped-def]
+        import mlflow
+
+        return mlflow.MlflowClient(self.tracking_uri)
+
     def run_link(self, run_id: str) -> str:
         return f"{self.tracking_uri} run {run_id} (mlflow ui --backend-store-uri <uri>)"
 

@@ -28,7 +28,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 @dataclass(frozen=True)
 class PromotionRule:
-    """Promote when the challenger's ``metric`` beats the champion's by at least ``margin``.
+    """Promote when the challenger's ``metric`` beats the champion's by more than ``margin``
+    (a tie keeps the champion).
     Example: ``PromotionRule("log_loss", lower_is_better=True, margin=0.001)``."""
 
     metric: str = "log_loss"
@@ -205,11 +206,11 @@ def _register(
             promoted, reason = True, f"the champion has no oos.{rule.metric}"
         else:
             gain = (champion_value - value) if rule.lower_is_better else (value - champion_value)
-            promoted = gain >= rule.margin
+            promoted = gain > rule.margin  # "better by the margin": a tie keeps the champion
             reason = (
                 f"oos.{rule.metric} {value:.6f} vs champion v{champion.version} "
                 f"{champion_value:.6f}: improvement {gain:+.6f} "
-                f"{'>=' if promoted else '<'} margin {rule.margin}"
+                f"{'>' if promoted else '<='} margin {rule.margin}"
             )
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)

@@ -28,6 +28,7 @@ def test_definitions_module_loads() -> None:
         "training_set",
         "oos_predictions",
         "champion_model",
+        "backtest_report",
     }
     checks = {
         (c.asset_key.to_user_string(), c.name) for c in defs.resolve_asset_graph().asset_check_keys
@@ -68,6 +69,7 @@ def test_one_minute_universe_builds_every_timeframe() -> None:
         "training_set",
         "oos_predictions",
         "champion_model",
+        "backtest_report",
     }
 
 
@@ -129,3 +131,10 @@ def test_nightly_retraining_follows_the_exchange_calendar() -> None:
     )
     result = schedule.evaluate_tick(holiday)  # Presidents' Day
     assert not result.run_requests and "not a XNYS session" in (result.skip_message or "")
+
+
+def test_backtest_report_is_defined() -> None:
+    from quantdag.definitions import defs
+
+    assert defs.resolve_job_def("backtest_job") is not None
+    assert dg.AssetKey("backtest_report") in defs.resolve_all_asset_keys()

@@ -155,6 +155,28 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     assert stored["prob_stacked"].drop_nulls().len() > 0
     assert 0.0 <= meta["oos_predictions"]["stacked_auc"].value <= 1.0
 
+    # The backtest report on those out-of-sample predictions.
+    from assets.backtest import build_backtest_report_asset
+    from quantdag.project import PROJECT_ROOT
+
+    project = load_project({})
+    report_asset = build_backtest_report_asset(
+        project.universe,
+        project.settings.model_copy(update={"data_dir": str(tmp_path)}),
+        PROJECT_ROOT,
+    )
+    reported = dg.materialize(
+        [*research, training_set, walk_forward_models, report_asset],
+        resources=resources,
+        instance=instance,
+        selection=["backtest_report"],
+    )
+    assert reported.success
+    rmeta = reported.asset_materializations_for_node("backtest_report")[0].metadata
+    page = Path(rmeta["report"].value).read_text()
+    assert "Equity and benchmark" in page and page.count("<svg") >= 5
+    assert rmeta["max_drawdown"].value <= 0.0
+
 
 def test_full_mode_tunes_before_training(tmp_path: Path) -> None:
     """Full mode runs an Optuna study first and logs how many trials it took."""

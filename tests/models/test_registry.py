@@ -56,7 +56,7 @@ def test_first_model_becomes_champion_then_rule_decides(trained, tmp_path: Path)
     assert first.promoted and first.reason == "no champion yet"
     # The same model again cannot beat the champion by a positive margin.
     second = _log(result, data, uri, PromotionRule("log_loss", True, 0.01))
-    assert not second.promoted and "< margin 0.01" in second.reason
+    assert not second.promoted and "<= margin 0.01" in second.reason
     client = mlflow.MlflowClient(uri)
     assert (
         str(client.get_model_version_by_alias("quantdag-test", "champion").version) == first.version
