@@ -100,8 +100,19 @@ def training() -> dict[str, object]:
     return wf | _json(["-m", "bench.training", "--mode", "predict", "--shared", str(SHARED)])
 
 
+def backtest() -> dict[str, object]:
+    """`backtest.*`: the crossover through the event engine and the vectorized path."""
+    return _json(["-m", "bench.backtest", "--shared", str(SHARED)])
+
+
 BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
-PARTS = {"ingest": ingest, "aggregation": aggregation, "features": features, "training": training}
+PARTS = {
+    "ingest": ingest,
+    "aggregation": aggregation,
+    "features": features,
+    "training": training,
+    "backtest": backtest,
+}
 
 
 def main() -> int:
