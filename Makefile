@@ -48,7 +48,7 @@ dev: env
 
 # Peers we benchmark against live in their own environment, never in the project's.
 bench/.venv/.synced: bench/requirements.txt | $(UV)
-	$(UV) venv --quiet --python 3.12 bench/.venv
+	$(UV) venv --quiet --allow-existing --python 3.12 bench/.venv
 	$(UV) pip install --quiet --python bench/.venv/bin/python -r bench/requirements.txt
 	touch $@
 

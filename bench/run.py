@@ -101,8 +101,22 @@ def training() -> dict[str, object]:
 
 
 def backtest() -> dict[str, object]:
-    """`backtest.*`: the crossover through the event engine and the vectorized path."""
-    return _json(["-m", "bench.backtest", "--shared", str(SHARED)])
+    """`backtest.*`: the crossover through the event engine and the vectorized path, and the
+    cross-check against backtesting.py in the benchmark environment."""
+    speed = _json(["-m", "bench.backtest", "--shared", str(SHARED)])
+    check = _json(
+        [
+            "-m",
+            "bench.crosscheck",
+            "--shared",
+            str(SHARED),
+            "--bench-python",
+            str(BENCH_PYTHON),
+            "--tmp",
+            str(RESULTS.parent / "crosscheck_bars.tmp"),
+        ]
+    )
+    return speed | check
 
 
 BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"

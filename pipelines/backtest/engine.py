@@ -42,11 +42,14 @@ class MovingAverageCross:
     slow: int = 30
     shares: int = 100
     name: str = "ma_cross"
+    warmup: int | None = None
+    """Closes seen before the first decision (default ``slow``; backtesting.py waits one more)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.fast < self.slow:
             raise ValueError("need 0 < fast < slow")
         self._closes: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=self.slow))
+        self._seen: dict[str, int] = defaultdict(int)
 
     def targets(
         self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int]
@@ -55,7 +58,8 @@ class MovingAverageCross:
         for symbol, bar in bars.items():
             closes = self._closes[symbol]
             closes.append(bar.close)
-            if len(closes) < self.slow:
+            self._seen[symbol] += 1
+            if self._seen[symbol] < (self.warmup or self.slow):
                 continue
             fast = sum(list(closes)[-self.fast :]) / self.fast
             slow = sum(closes) / self.slow

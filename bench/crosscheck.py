@@ -1,0 +1,104 @@
+"""The external cross-check: our event engine against backtesting.py (in the benchmark
+environment) on the moving-average crossover over the regular-session bars of the shared
+15-minute set, same fill convention and costs. Same closed trades, same PnL to the cent?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+
+from bench.features import regular_bars
+from pipelines.backtest.broker import BrokerConfig, CostModel
+from pipelines.backtest.engine import MovingAverageCross, run_backtest
+
+# backtesting.py charges its spread once per round trip (at entry) where we slip every fill, so
+# the check runs without slippage; both charge max(0.005 USD x shares, 1 USD) per fill.
+FAST, SLOW, SHARES, SLIP = 10, 30, 100, 0.0
+
+
+def our_closed_trades(bars: pl.DataFrame) -> pl.DataFrame:
+    costs = CostModel(
+        slippage_bps=SLIP, commission_per_share=Decimal("0.005"), commission_min=Decimal("1")
+    )
+    # backtesting.py first calls next() one bar after its indicators are all defined.
+    strategy = MovingAverageCross(FAST, SLOW, SHARES, warmup=SLOW + 1)
+    result = run_backtest(
+        bars, strategy, cash=Decimal("1e9"), config=BrokerConfig(costs, max_leverage=10.0)
+    )
+    rows, open_ = [], {}
+    for f in result.ledger.fills:
+        if f.quantity > 0:
+            open_[f.symbol] = f
+        else:
+            e = open_.pop(f.symbol)
+            pnl = (f.price - e.price) * e.quantity - e.commission - f.commission
+            rows.append({"symbol": f.symbol, "entry": e.ts, "exit": f.ts, "pnl": float(pnl)})
+    return pl.DataFrame(rows).sort("symbol", "entry")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shared", type=Path, required=True)
+    parser.add_argument("--bench-python", type=Path, required=True)
+    parser.add_argument("--tmp", type=Path, required=True)
+    args = parser.parse_args()
+    bars = regular_bars(args.shared)
+    ours = our_closed_trades(bars)
+    bars.select("symbol", "ts", "open", "high", "low", "close", "volume").with_columns(
+        pl.col("ts").dt.replace_time_zone(None)
+    ).write_parquet(args.tmp)
+    proc = subprocess.run(
+        [
+            str(args.bench_python),
+            str(Path(__file__).parent / "peers" / "backtesting_crossover.py"),
+            str(args.tmp),
+            str(FAST),
+            str(SLOW),
+            str(SHARES),
+            str(SLIP),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    args.tmp.unlink()
+    theirs = (
+        pl.DataFrame(json.loads(proc.stdout)["trades"])
+        .with_columns(
+            pl.col("entry").str.to_datetime().dt.replace_time_zone("UTC"),
+            pl.col("exit").str.to_datetime().dt.replace_time_zone("UTC"),
+        )
+        .sort("symbol", "entry")
+    )
+    joined = ours.join(
+        theirs, on=["symbol", "entry", "exit"], how="full", suffix="_bt", coalesce=True
+    )
+    unmatched = joined.filter(pl.col("pnl").is_null() | pl.col("pnl_bt").is_null()).height
+    pnl_diff = (
+        joined.filter(pl.col("pnl").is_not_null() & pl.col("pnl_bt").is_not_null())
+        .select((pl.col("pnl") - pl.col("pnl_bt")).abs().max())
+        .item()
+    )
+    total_diff = abs(float(ours["pnl"].sum()) - float(theirs["pnl"].sum()))
+    print(
+        json.dumps(
+            {
+                "backtest.reference": "backtesting.py 0.6.6",
+                "backtest.reference_trades": theirs.height,
+                "backtest.our_closed_trades": ours.height,
+                "backtest.differing_trades": unmatched,
+                "backtest.max_trade_pnl_diff_usd": round(float(pnl_diff or 0.0), 6),
+                "backtest.total_pnl_diff_usd": round(total_diff, 6),
+                "backtest.matches_reference": unmatched == 0 and total_diff < 0.01,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

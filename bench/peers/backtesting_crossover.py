@@ -1,0 +1,76 @@
+"""Run in the benchmark environment: the moving-average crossover in backtesting.py, per
+symbol, with our fill convention (next bar's open), our slippage (its ``spread``) and our
+commission (max(0.005 USD x shares, 1 USD), to the cent). Prints the closed trades as JSON.
+
+Usage: python backtesting_crossover.py BARS.parquet FAST SLOW SHARES SLIPPAGE_BPS
+"""
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+from backtesting import Backtest, Strategy
+
+
+def mean_of_last(n):
+    def f(close):
+        c = np.asarray(close, dtype=float)
+        out = np.full(c.shape, np.nan)
+        for i in range(n - 1, len(c)):
+            out[i] = sum(c[i - n + 1 : i + 1].tolist()) / n  # summed left to right, as ours
+        return out
+
+    return f
+
+
+def main():
+    path, fast, slow, shares, slip_bps = (
+        sys.argv[1],
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        int(sys.argv[4]),
+        float(sys.argv[5]),
+    )
+    bars = pd.read_parquet(path)
+
+    class Cross(Strategy):
+        def init(self):
+            self.fast = self.I(mean_of_last(fast), self.data.Close)
+            self.slow = self.I(mean_of_last(slow), self.data.Close)
+
+        def next(self):
+            want = shares if self.fast[-1] > self.slow[-1] else 0
+            have = self.position.size
+            if want > have:
+                self.buy(size=want - have)
+            elif want < have:
+                self.position.close()
+
+    def commission(size, price):
+        return round(max(0.005 * abs(size), 1.0), 2)
+
+    trades = []
+    for symbol, g in bars.groupby("symbol", sort=True):
+        data = g.set_index("ts")[["open", "high", "low", "close", "volume"]]
+        data.columns = ["Open", "High", "Low", "Close", "Volume"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bt = Backtest(data, Cross, cash=1e9, spread=slip_bps / 1e4, commission=commission)
+            stats = bt.run()
+        for t in stats["_trades"].itertuples():
+            trades.append(
+                {
+                    "symbol": symbol,
+                    "entry": str(t.EntryTime),
+                    "exit": str(t.ExitTime),
+                    "size": int(t.Size),
+                    "pnl": float(t.PnL),
+                }
+            )
+    print(json.dumps({"trades": trades}))
+
+
+if __name__ == "__main__":
+    main()
