@@ -26,10 +26,11 @@ class Strategy(Protocol):
     name: str
 
     def targets(
-        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int]
+        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int], equity: float
     ) -> dict[str, int]:
-        """Target shares per symbol after seeing ``bars`` (closed at ``ts``); symbols left out
-        keep their position."""
+        """Target shares per symbol after seeing ``bars`` (closed at ``ts``), given the current
+        ``positions`` and ``equity`` (USD, marked at these closes); symbols left out keep their
+        position."""
         ...
 
 
@@ -52,7 +53,7 @@ class MovingAverageCross:
         self._seen: dict[str, int] = defaultdict(int)
 
     def targets(
-        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int]
+        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int], equity: float
     ) -> dict[str, int]:
         out = {}
         for symbol, bar in bars.items():
@@ -113,10 +114,8 @@ def run_backtest(
             at[bar.symbol] = bar
             last_close[bar.symbol] = money(bar.close)
         positions = broker.ledger.positions
-        set_equity = getattr(strategy, "set_equity", None)
-        if set_equity is not None:
-            set_equity(float(broker.ledger.equity(last_close)))
-        for symbol, target in strategy.targets(ts, at, positions).items():  # type: ignore[arg-type]
+        equity = float(broker.ledger.equity(last_close))
+        for symbol, target in strategy.targets(ts, at, positions, equity).items():
             delta = target - positions.get(symbol, 0)
             if delta:
                 broker.submit(

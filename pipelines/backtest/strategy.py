@@ -47,12 +47,11 @@ def bet_size(p: float, threshold: float, max_bet: float) -> float:
 @dataclass
 class ModelStrategy:
     """Targets from ``signals`` (``symbol``, ``ts``, ``prob``, ``volatility``) and the equity
-    the engine reports through :meth:`set_equity`."""
+    the engine passes at each bar."""
 
     signals: pl.DataFrame
     sizing: SizingConfig = SizingConfig()
     name: str = "model"
-    equity: float = 0.0
     _lookup: dict[tuple[str, datetime], tuple[float, float]] = field(default_factory=dict)
     _age: dict[str, int] = field(default_factory=dict)
 
@@ -60,11 +59,8 @@ class ModelStrategy:
         for r in self.signals.iter_rows(named=True):
             self._lookup[(r["symbol"], r["ts"])] = (r["prob"], r["volatility"])
 
-    def set_equity(self, equity: float) -> None:
-        self.equity = equity
-
     def targets(
-        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int]
+        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int], equity: float
     ) -> dict[str, int]:
         s = self.sizing
         wanted: dict[str, float] = {}
@@ -77,8 +73,8 @@ class ModelStrategy:
                 if size < 0 and not s.allow_short:
                     size = 0.0
             if size:
-                notional = size * self.equity * s.target_vol / signal[1]  # type: ignore[index]
-                cap = s.max_position * self.equity
+                notional = size * equity * s.target_vol / signal[1]  # type: ignore[index]
+                cap = s.max_position * equity
                 wanted[symbol] = max(-cap, min(cap, notional)) / bar.close
                 self._age[symbol] = 0
             elif held:
@@ -86,5 +82,5 @@ class ModelStrategy:
                 if self._age[symbol] >= s.max_holding_bars:
                     wanted[symbol] = 0.0
         gross = sum(abs(q) * bars[sym].close for sym, q in wanted.items())
-        scale = min(1.0, s.max_gross * self.equity / gross) if gross > 0 else 1.0
+        scale = min(1.0, s.max_gross * equity / gross) if gross > 0 else 1.0
         return {sym: int(q * scale) for sym, q in wanted.items()}
