@@ -8,11 +8,12 @@ import dagster as dg
 import polars as pl
 
 from pipelines.backtest.broker import BrokerConfig, CostModel
-from pipelines.backtest.model_backtest import run_model_backtest
+from pipelines.backtest.model_backtest import run_model_backtest, sizing_with_label_exits
 from pipelines.backtest.report import write_report
 from pipelines.backtest.strategy import SizingConfig
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FeatureConfig
+from pipelines.labels.partition import barrier_config
 from resources import MlflowResource, TradingDatabaseResource
 
 GROUP = "backtest"
@@ -29,7 +30,9 @@ HEADLINE = (
 
 
 class BacktestConfig(dg.Config):  # type: ignore[misc]
-    """Costs and sizing of the backtest (bps of price; USD per share)."""
+    """Costs and sizing of the backtest (bps of price; USD per share; ``borrow_bps`` a year
+    on shorts). ``exits``: ``"barriers"`` closes a position at the labels' profit-take,
+    stop-loss or vertical barrier, ``"holding"`` only after ``max_holding_bars``."""
 
     cash: float = 1_000_000.0
     slippage_bps: float = 1.0
@@ -38,6 +41,8 @@ class BacktestConfig(dg.Config):  # type: ignore[misc]
     commission_per_share: float = 0.005
     commission_min: float = 1.0
     participation: float = 0.05
+    borrow_bps: float = 30.0
+    exits: str = "barriers"
     threshold: float = 0.02
     target_vol: float = 0.002
     max_position: float = 0.10
@@ -50,6 +55,7 @@ def build_backtest_report_asset(
 ) -> dg.AssetsDefinition:
     per_year = 252 * FeatureConfig(universe.base_timeframe, universe.session).bars_per_session
     reports = project_root / settings.data_dir / "reports"
+    barriers = barrier_config(settings.labels)
 
     @dg.asset(group_name=GROUP, kinds={"html"}, ins={"oos_predictions": dg.AssetIn()})
     def backtest_report(  # type: ignore[no-untyped-def]
@@ -74,22 +80,28 @@ def build_backtest_report_asset(
             config.impact_k,
             Decimal(repr(config.commission_per_share)),
             Decimal(repr(config.commission_min)),
+            borrow_bps=config.borrow_bps,
         )
+        if config.exits not in ("barriers", "holding"):
+            raise ValueError(f'exits must be "barriers" or "holding", got {config.exits!r}')
+        sizing = SizingConfig(
+            threshold=config.threshold,
+            target_vol=config.target_vol,
+            max_position=config.max_position,
+            max_gross=config.max_gross,
+            max_holding_bars=config.max_holding_bars,
+        )
+        if config.exits == "barriers":
+            sizing = sizing_with_label_exits(sizing, barriers)
         bt = run_model_backtest(
             bars,
             oos_predictions,
-            sizing=SizingConfig(
-                config.threshold,
-                1.0,
-                config.target_vol,
-                config.max_position,
-                config.max_gross,
-                config.max_holding_bars,
-            ),
+            sizing=sizing,
             broker=BrokerConfig(costs, participation=config.participation, max_leverage=1.0),
             cash=Decimal(repr(config.cash)),
             periods_per_year=per_year,
             n_trials=max(trials, 1),
+            barriers=barriers,
         )
         html_path = reports / f"backtest_{run_id}.html"
         write_report(bt.report, str(html_path), str(html_path.with_suffix(".json")))

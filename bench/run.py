@@ -101,9 +101,21 @@ def training() -> dict[str, object]:
 
 
 def backtest() -> dict[str, object]:
-    """`backtest.*`: the crossover through the event engine and the vectorized path, and the
-    cross-check against backtesting.py in the benchmark environment."""
-    speed = _json(["-m", "bench.backtest", "--shared", str(SHARED)])
+    """`backtest.*`: the crossover through our event engine and vectorized path against
+    backtrader and vectorbt, the model strategy through both paths, and the cross-check against
+    backtesting.py; the peers run in the benchmark environment."""
+    speed = _json(
+        [
+            "-m",
+            "bench.backtest",
+            "--shared",
+            str(SHARED),
+            "--bench-python",
+            str(BENCH_PYTHON),
+            "--tmp",
+            str(RESULTS.parent / "backtest_bars.tmp"),
+        ]
+    )
     check = _json(
         [
             "-m",

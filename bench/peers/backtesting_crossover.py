@@ -6,12 +6,12 @@ Usage: python backtesting_crossover.py BARS.parquet FAST SLOW SHARES SLIPPAGE_BP
 """
 
 import json
-import sys
 import warnings
 
 import numpy as np
 import pandas as pd
 from backtesting import Backtest, Strategy
+from crossover_args import crossover_args
 
 
 def mean_of_last(n):
@@ -26,13 +26,7 @@ def mean_of_last(n):
 
 
 def main():
-    path, fast, slow, shares, slip_bps = (
-        sys.argv[1],
-        int(sys.argv[2]),
-        int(sys.argv[3]),
-        int(sys.argv[4]),
-        float(sys.argv[5]),
-    )
+    path, fast, slow, shares, slip_bps = crossover_args()
     bars = pd.read_parquet(path)
 
     class Cross(Strategy):

@@ -9,16 +9,17 @@ strategy and order code with a real clock and broker.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import accumulate, chain, repeat
 from typing import Protocol
 
 import polars as pl
 
-from pipelines.backtest.broker import Bar, BrokerConfig, Ledger, SimulatedBroker, money
+from pipelines.backtest.broker import Bar, BrokerConfig, Ledger, SimulatedBroker
 from pipelines.execution.orders import Order
 
 
@@ -49,22 +50,30 @@ class MovingAverageCross:
     def __post_init__(self) -> None:
         if not 0 < self.fast < self.slow:
             raise ValueError("need 0 < fast < slow")
-        self._closes: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=self.slow))
-        self._seen: dict[str, int] = defaultdict(int)
+        self._closes: dict[str, list[float]] = defaultdict(list)
+        self._ready: set[str] = set()
 
     def targets(
         self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int], equity: float
     ) -> dict[str, int]:
         out = {}
+        fast_n, slow_n, shares = self.fast, self.slow, self.shares
+        warmup = self.warmup or slow_n
+        every, ready, held = self._closes, self._ready, positions.get
         for symbol, bar in bars.items():
-            closes = self._closes[symbol]
+            closes = every[symbol]
             closes.append(bar.close)
-            self._seen[symbol] += 1
-            if self._seen[symbol] < (self.warmup or self.slow):
+            if symbol in ready:
+                if len(closes) > 4 * slow_n:
+                    del closes[:-slow_n]
+            elif len(closes) < warmup:
                 continue
-            fast = sum(list(closes)[-self.fast :]) / self.fast
-            slow = sum(closes) / self.slow
-            out[symbol] = self.shares if fast > slow else 0
+            else:
+                ready.add(symbol)
+            window = closes[-slow_n:]
+            target = shares if sum(window[-fast_n:]) / fast_n > sum(window) / slow_n else 0
+            if target != held(symbol, 0):
+                out[symbol] = target
         return out
 
 
@@ -88,39 +97,57 @@ def run_backtest(
     config: BrokerConfig,
     volatility: pl.DataFrame | None = None,
 ) -> BacktestResult:
-    """Run ``strategy`` over ``bars`` (validated bars of one timeframe)."""
+    """Run ``strategy`` over ``bars`` (validated bars of one timeframe); ``volatility``
+    (``symbol``, ``ts``, ``volatility``) feeds the broker's impact model."""
     symbols = set(bars["symbol"].unique().to_list())
     broker = SimulatedBroker(cash, symbols, config)
     frame = bars.sort("ts", "symbol")
     if volatility is not None:
-        frame = frame.join(volatility, on=["symbol", "ts"], how="left")
-    has_vol = "volatility" in frame.columns
+        frame = frame.join(volatility, on=["symbol", "ts"], how="left", maintain_order="left")
+    vol = (
+        frame["volatility"].fill_null(0.0)
+        if "volatility" in frame.columns
+        else pl.repeat(0.0, frame.height, eager=True)
+    )
+    runs = frame.select(pl.col("ts").rle()).unnest("ts")  # one row per bar time
+    lengths = runs["len"].to_list()
+    # One datetime object per bar time, shared by its bars (converting per bar is slow).
+    stamps = chain.from_iterable(map(repeat, runs["value"].to_list(), lengths))
+    all_bars = list(
+        map(
+            tuple.__new__,
+            repeat(Bar),
+            zip(
+                frame["symbol"].to_list(),
+                stamps,
+                frame["open"].to_list(),
+                frame["high"].to_list(),
+                frame["low"].to_list(),
+                frame["close"].to_list(),
+                frame["volume"].cast(pl.Float64).to_list(),
+                vol.to_list(),
+                strict=True,
+            ),
+        )
+    )
+    bounds = list(accumulate(lengths))
     times, values, gross = [], [], []
-    last_close: dict[str, Decimal] = {}
-    for (ts,), group in frame.group_by("ts", maintain_order=True):
-        at = {}
-        for r in group.iter_rows(named=True):
-            bar = Bar(
-                r["symbol"],
-                r["ts"],
-                r["open"],
-                r["high"],
-                r["low"],
-                r["close"],
-                r["volume"],
-                (r["volatility"] or 0.0) if has_vol else 0.0,
-            )
-            broker.on_bar(bar)
-            at[bar.symbol] = bar
-            last_close[bar.symbol] = money(bar.close)
-        positions = broker.ledger.positions
-        equity = float(broker.ledger.equity(last_close))
+    positions = broker.ledger.positions
+    on_bars, submit, name = broker.on_bars, broker.submit, strategy.name
+    start = 0
+    for stop in bounds:
+        group = all_bars[start:stop]
+        on_bars(group)
+        at = {bar.symbol: bar for bar in group}
+        ts = group[0].ts
+        start = stop
+        equity, _ = broker.mark()
         for symbol, target in strategy.targets(ts, at, positions, equity).items():
             delta = target - positions.get(symbol, 0)
             if delta:
-                broker.submit(
+                submit(
                     Order.create(
-                        strategy.name,
+                        name,
                         symbol,
                         ts,
                         f"target:{target}",
@@ -129,8 +156,9 @@ def run_backtest(
                     )
                 )
         times.append(ts)
-        values.append(float(broker.ledger.equity(last_close)))
-        gross.append(float(broker.ledger.gross(last_close)))
+        equity, exposure = broker.mark()
+        values.append(equity)
+        gross.append(exposure)
     return BacktestResult(
         broker.ledger, pl.DataFrame({"ts": times, "equity": values, "gross": gross})
     )

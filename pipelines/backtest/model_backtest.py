@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 import polars as pl
@@ -11,6 +11,7 @@ from pipelines.backtest.broker import BrokerConfig
 from pipelines.backtest.engine import BacktestResult, run_backtest
 from pipelines.backtest.report import Report, build_report, equal_weight_index
 from pipelines.backtest.strategy import ModelStrategy, SizingConfig
+from pipelines.labels.triple_barrier import BarrierConfig, barrier_volatility
 
 
 @dataclass(frozen=True)
@@ -28,19 +29,12 @@ def run_model_backtest(
     cash: Decimal,
     periods_per_year: float,
     n_trials: int = 1,
-    vol_window: int = 20,
+    barriers: BarrierConfig | None = None,
 ) -> ModelBacktest:
     """Trade the calibrated probabilities in ``predictions`` (``symbol``, ``ts``, ``prob``) on
-    ``bars`` over the predictions' time range; per-bar volatility is the standard deviation of
-    the last ``vol_window`` log returns, known at each bar."""
-    vol = bars.sort("symbol", "ts").select(
-        "symbol",
-        "ts",
-        volatility=(pl.col("close") / pl.col("close").shift(1).over("symbol"))
-        .log()
-        .rolling_std(vol_window)
-        .over("symbol"),
-    )
+    ``bars`` over the predictions' time range. The per-bar volatility (for sizing and the
+    exits) is the labels' (``barriers``, default :class:`BarrierConfig`), known at each bar."""
+    vol = signal_volatility(bars, barriers or BarrierConfig())
     signals = predictions.select("symbol", "ts", "prob").join(vol, on=["symbol", "ts"], how="left")
     start, end = predictions["ts"].min(), predictions["ts"].max()
     window = bars.filter(pl.col("ts").is_between(start, end))  # type: ignore[arg-type]
@@ -59,3 +53,18 @@ def run_model_backtest(
         title="QuantDAG model strategy, walk-forward",
     )
     return ModelBacktest(result, report)
+
+
+def signal_volatility(bars: pl.DataFrame, barriers: BarrierConfig) -> pl.DataFrame:
+    """``symbol``, ``ts``, ``volatility``: the labels' barrier volatility at each bar."""
+    return bars.sort("symbol", "ts").select("symbol", "ts", volatility=barrier_volatility(barriers))
+
+
+def sizing_with_label_exits(sizing: SizingConfig, barriers: BarrierConfig) -> SizingConfig:
+    """``sizing`` exiting by the labels' barriers and vertical barrier."""
+    return replace(
+        sizing,
+        profit_take=barriers.profit_take,
+        stop_loss=barriers.stop_loss,
+        max_holding_bars=barriers.max_holding_bars,
+    )

@@ -70,7 +70,9 @@ class LabelResult:
     unlabelled: int
 
 
-def _volatility(config: BarrierConfig) -> pl.Expr:
+def barrier_volatility(config: BarrierConfig) -> pl.Expr:
+    """The per-bar volatility the barriers are measured in (ATR/close or the standard
+    deviation of log returns), known at each bar; an expression over one symbol's bars."""
     n = config.volatility_window
     c = pl.col("close")
     if config.volatility == "atr":
@@ -95,7 +97,7 @@ def label_triple_barrier(
     row = pl.int_range(pl.len())
     df = df.with_columns(
         _row=row,
-        _vol=_volatility(config),
+        _vol=barrier_volatility(config),
         _sess=session_dates_within_hours(pl.col("ts")),
     ).with_columns(
         _sym_end=pl.col("_row").max().over(S),

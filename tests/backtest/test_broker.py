@@ -131,3 +131,35 @@ def test_impact_grows_with_size(bars: list[Bar]) -> None:
     per_share_large = large.ledger.fills[0].slippage / 5000
     assert per_share_large > per_share_small > 0
     assert bars[1].ts - bars[0].ts == timedelta(minutes=15)
+
+
+def test_short_pays_borrow_over_calendar_time_and_a_long_pays_none(
+    sample_bars: pl.DataFrame,
+) -> None:
+    aapl = sample_bars.filter(pl.col("symbol") == "AAPL")
+    # The last bar of a Friday and the first bar after it: a weekend in between.
+    fridays = aapl.filter(pl.col("ts").dt.weekday() == 5)
+    friday = fridays.filter(pl.col("ts").dt.date() == fridays["ts"].dt.date().min())["ts"].max()
+    after = aapl.filter(pl.col("ts") > friday).head(1)
+    rows = pl.concat([aapl.filter(pl.col("ts") <= friday).tail(2), after]).iter_rows(named=True)
+    week = [
+        Bar(r["symbol"], r["ts"], r["open"], r["high"], r["low"], r["close"], 1e6) for r in rows
+    ]
+    broker = _broker(costs=CostModel(borrow_bps=36.0), max_leverage=2.0)
+    broker.submit(Order.create("t", "AAPL", week[0].ts, "short", "sell", 100))
+    broker.on_bar(week[0])
+    broker.on_bar(week[1])  # the short fills at this open; nothing is owed yet
+    assert broker.ledger.charges == []
+    cash = broker.ledger.cash
+    broker.on_bar(week[2])
+    (charge,) = broker.ledger.charges
+    seconds = Decimal((week[2].ts - week[1].ts).total_seconds())
+    assert seconds > 2 * 86400  # the weekend counts
+    expected = 100 * money(week[1].close) * Decimal("0.0036") * seconds / Decimal(360 * 86400)
+    assert charge.kind == "borrow" and charge.amount == expected
+    assert broker.ledger.cash == cash - expected  # booked exactly
+    longs = _broker(costs=CostModel(borrow_bps=36.0))
+    longs.submit(Order.create("t", "AAPL", week[0].ts, "long", "buy", 100))
+    for bar in week:
+        longs.on_bar(bar)
+    assert longs.ledger.charges == []
