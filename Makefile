@@ -40,7 +40,7 @@ env: .venv/.synced dagster-home
 run: env
 	$(PY) -m quantdag.run
 
-test: env
+test: env bench/.venv/.synced
 	$(PY) -m pytest
 
 dev: env

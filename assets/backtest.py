@@ -26,6 +26,7 @@ HEADLINE = (
     "trades_trades",
     "trades_win_rate",
     "commissions_usd",
+    "borrow_usd",
 )
 
 

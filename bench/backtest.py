@@ -111,6 +111,14 @@ def main() -> None:
         vectorbt = _peer(args.bench_python, "vectorbt_crossover.py", args.tmp)
     finally:
         args.tmp.unlink()
+    # Warm-up on a slice: loads (or compiles) the crossover's numba kernel, as the vectorbt
+    # peer compiles its own before its clock starts.
+    run_backtest(
+        bars.head(5000),
+        MovingAverageCross(FAST, SLOW, SHARES),
+        cash=Decimal("100000000"),
+        config=BrokerConfig(COSTS, max_leverage=10.0),
+    )
     t0 = time.perf_counter()
     event = run_backtest(
         bars,

@@ -41,32 +41,30 @@ def our_closed_trades(bars: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows).sort("symbol", "entry")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shared", type=Path, required=True)
-    parser.add_argument("--bench-python", type=Path, required=True)
-    parser.add_argument("--tmp", type=Path, required=True)
-    args = parser.parse_args()
-    bars = regular_bars(args.shared)
+def cross_check(bars: pl.DataFrame, bench_python: Path, tmp: Path) -> dict[str, object]:
+    """Closed trades of the crossover on ``bars`` in our engine and in backtesting.py (run by
+    ``bench_python``), matched by symbol, entry and exit; PnL compared to the cent."""
     ours = our_closed_trades(bars)
     bars.select("symbol", "ts", "open", "high", "low", "close", "volume").with_columns(
         pl.col("ts").dt.replace_time_zone(None)
-    ).write_parquet(args.tmp)
-    proc = subprocess.run(
-        [
-            str(args.bench_python),
-            str(Path(__file__).parent / "peers" / "backtesting_crossover.py"),
-            str(args.tmp),
-            str(FAST),
-            str(SLOW),
-            str(SHARES),
-            str(SLIP),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    args.tmp.unlink()
+    ).write_parquet(tmp)
+    try:
+        proc = subprocess.run(
+            [
+                str(bench_python),
+                str(Path(__file__).parent / "peers" / "backtesting_crossover.py"),
+                str(tmp),
+                str(FAST),
+                str(SLOW),
+                str(SHARES),
+                str(SLIP),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        tmp.unlink()
     theirs = (
         pl.DataFrame(json.loads(proc.stdout)["trades"])
         .with_columns(
@@ -85,19 +83,24 @@ def main() -> None:
         .item()
     )
     total_diff = abs(float(ours["pnl"].sum()) - float(theirs["pnl"].sum()))
-    print(
-        json.dumps(
-            {
-                "backtest.reference": "backtesting.py 0.6.6",
-                "backtest.reference_trades": theirs.height,
-                "backtest.our_closed_trades": ours.height,
-                "backtest.differing_trades": unmatched,
-                "backtest.max_trade_pnl_diff_usd": round(float(pnl_diff or 0.0), 6),
-                "backtest.total_pnl_diff_usd": round(total_diff, 6),
-                "backtest.matches_reference": unmatched == 0 and total_diff < 0.01,
-            }
-        )
-    )
+    return {
+        "backtest.reference": "backtesting.py 0.6.6",
+        "backtest.reference_trades": theirs.height,
+        "backtest.our_closed_trades": ours.height,
+        "backtest.differing_trades": unmatched,
+        "backtest.max_trade_pnl_diff_usd": round(float(pnl_diff or 0.0), 6),
+        "backtest.total_pnl_diff_usd": round(total_diff, 6),
+        "backtest.matches_reference": unmatched == 0 and total_diff < 0.01,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shared", type=Path, required=True)
+    parser.add_argument("--bench-python", type=Path, required=True)
+    parser.add_argument("--tmp", type=Path, required=True)
+    args = parser.parse_args()
+    print(json.dumps(cross_check(regular_bars(args.shared), args.bench_python, args.tmp)))
 
 
 if __name__ == "__main__":

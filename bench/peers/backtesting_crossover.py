@@ -14,12 +14,18 @@ from backtesting import Backtest, Strategy
 from crossover_args import crossover_args
 
 
-def mean_of_last(n):
+def fast_above_slow(fast, slow):
+    """1.0 where fast_sum * slow > slow_sum * fast over prefix sums (the arithmetic of our
+    engine and vectorized path, so decisions agree bit for bit), else 0.0; NaN in the warm-up."""
+
     def f(close):
-        c = np.asarray(close, dtype=float)
-        out = np.full(c.shape, np.nan)
-        for i in range(n - 1, len(c)):
-            out[i] = sum(c[i - n + 1 : i + 1].tolist()) / n  # summed left to right, as ours
+        total = np.cumsum(np.asarray(close, dtype=float))
+        lagged = np.concatenate([[0.0], total])  # lagged[i] = sum of the first i closes
+        out = np.full(total.shape, np.nan)
+        i = np.arange(slow - 1, len(total))
+        fast_sum = total[i] - lagged[i + 1 - fast]
+        slow_sum = total[i] - lagged[i + 1 - slow]
+        out[i] = (fast_sum * slow > slow_sum * fast).astype(float)
         return out
 
     return f
@@ -31,11 +37,10 @@ def main():
 
     class Cross(Strategy):
         def init(self):
-            self.fast = self.I(mean_of_last(fast), self.data.Close)
-            self.slow = self.I(mean_of_last(slow), self.data.Close)
+            self.up = self.I(fast_above_slow(fast, slow), self.data.Close)
 
         def next(self):
-            want = shares if self.fast[-1] > self.slow[-1] else 0
+            want = shares if self.up[-1] > 0 else 0
             have = self.position.size
             if want > have:
                 self.buy(size=want - have)

@@ -15,16 +15,24 @@ recorded with its reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from pipelines.execution.orders import Order
 
 CENT = Decimal("0.01")
-SECONDS_PER_BORROW_YEAR = Decimal(360 * 86400)
+MICROS_PER_BORROW_YEAR = Decimal(360 * 86400 * 1_000_000)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(ts: datetime) -> int:
+    return (ts - EPOCH) // timedelta(microseconds=1)
 
 
 def money(x: float | int | str | Decimal) -> Decimal:
@@ -73,6 +81,84 @@ class Bar(NamedTuple):
     close: float
     volume: float
     volatility: float = 0.0  # per-bar return volatility, for the impact model
+
+
+class BarBatch(Mapping[str, Bar]):
+    """The bars that closed at one time ``ts``, at most one per symbol: a read-only mapping
+    symbol -> :class:`Bar`, and the same data as numpy columns (``ids`` index the broker's
+    sorted symbols) for strategies that work on arrays."""
+
+    __slots__ = (
+        "_index",
+        "close",
+        "high",
+        "ids",
+        "low",
+        "open",
+        "symbols",
+        "ts",
+        "volatility",
+        "volume",
+    )
+
+    def __init__(
+        self,
+        ts: datetime,
+        symbols: Sequence[str],
+        ids: npt.NDArray[np.int64],
+        open: npt.NDArray[np.float64],
+        high: npt.NDArray[np.float64],
+        low: npt.NDArray[np.float64],
+        close: npt.NDArray[np.float64],
+        volume: npt.NDArray[np.float64],
+        volatility: npt.NDArray[np.float64],
+    ) -> None:
+        self.ts, self.symbols, self.ids = ts, symbols, ids
+        self.open, self.high, self.low, self.close = open, high, low, close
+        self.volume, self.volatility = volume, volatility
+        self._index: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, bars: Sequence[Bar], ids: Mapping[str, int]) -> BarBatch:
+        """A batch of ``bars`` (same ``ts``, distinct symbols)."""
+        if len({b.ts for b in bars}) != 1 or len({b.symbol for b in bars}) != len(bars):
+            raise ValueError("a batch holds bars of one time, one per symbol")
+        cols = [np.array([b[k] for b in bars], dtype=np.float64) for k in range(2, 8)]
+        sym = [b.symbol for b in bars]
+        return cls(bars[0].ts, sym, np.array([ids[x] for x in sym], dtype=np.int64), *cols)
+
+    def _bar(self, i: int) -> Bar:
+        return Bar(
+            self.symbols[i],
+            self.ts,
+            float(self.open[i]),
+            float(self.high[i]),
+            float(self.low[i]),
+            float(self.close[i]),
+            float(self.volume[i]),
+            float(self.volatility[i]),
+        )
+
+    def index(self, symbol: str) -> int | None:
+        """Position of ``symbol``'s bar in the columns, None if it has none at ``ts``."""
+        if self._index is None:
+            self._index = {x: i for i, x in enumerate(self.symbols)}
+        return self._index.get(symbol)
+
+    def __getitem__(self, symbol: str) -> Bar:
+        i = self.index(symbol)
+        if i is None:
+            raise KeyError(symbol)
+        return self._bar(i)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.symbols)
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def items(self) -> Iterator[tuple[str, Bar]]:  # type: ignore[override]
+        return ((s, self._bar(i)) for i, s in enumerate(self.symbols))
 
 
 @dataclass(frozen=True)
@@ -137,9 +223,13 @@ class SimulatedBroker:
         self.config = config
         self._pending: dict[str, dict[str, tuple[Order, int]]] = {}  # symbol -> id -> remaining
         self.seen: set[str] = set()
-        self.last: dict[str, float] = {}  # last close per symbol
-        self._last_ts: dict[str, datetime] = {}
+        self.ids = {x: i for i, x in enumerate(sorted(symbols))}
+        self._close = np.zeros(len(self.ids))  # last close per symbol id (0 before any)
+        self._qty = np.zeros(len(self.ids))  # the ledger's positions, as floats, for marking
+        self._seen_us = np.zeros(len(self.ids), dtype=np.int64)  # its bar's time, UTC us
         self._borrow = money(config.costs.borrow_bps / 1e4)
+        self._frac = money((config.costs.slippage_bps + config.costs.half_spread_bps) / 1e4)
+        self._commission_bps = money(config.costs.commission_bps / 1e4)
 
     @property
     def open_orders(self) -> dict[str, tuple[Order, int]]:
@@ -181,45 +271,52 @@ class SimulatedBroker:
     def on_bar(self, bar: Bar) -> list[Fill]:
         """Accrue borrow on a short held into this bar, then fill what this bar allows of the
         open orders of its symbol (submitted earlier)."""
-        return self.on_bars((bar,))
+        if bar.symbol not in self.ids:
+            raise ValueError(f"{bar.symbol} is not one of the broker's symbols")
+        return self.on_batch(BarBatch.of([bar], self.ids))
 
-    def on_bars(self, bars: Iterable[Bar]) -> list[Fill]:
-        """:meth:`on_bar` for each of ``bars`` (one per symbol, same time), in order."""
+    def on_batch(self, batch: BarBatch) -> list[Fill]:
+        """:meth:`on_bar` for every bar of ``batch`` (one time): borrow on shorts held into
+        it, then fills at its prices; the closes are marked after all fills."""
         fills: list[Fill] = []
-        positions, pending, last, last_ts = (
-            self.ledger.positions,
-            self._pending,
-            self.last,
-            self._last_ts,
-        )
-        borrow = bool(self._borrow)
-        for bar in bars:
-            symbol = bar.symbol
-            if borrow and positions.get(symbol, 0) < 0:
-                self._accrue_borrow(bar)
-            last_ts[symbol] = bar.ts
-            if pending.get(symbol):
-                fills += self._fill_pending(bar, pending[symbol])
-            last[symbol] = bar.close
+        if self._borrow:
+            for symbol in [x for x, q in self.ledger.positions.items() if q < 0]:
+                i = batch.index(symbol)
+                if i is not None:
+                    self._accrue_borrow(symbol, batch.ts)
+        for symbol in list(self._pending):
+            i = batch.index(symbol)
+            if i is not None:
+                pending = self._pending[symbol]
+                fills += self._fill_pending(batch[symbol], pending)
+                if not pending:
+                    del self._pending[symbol]
+        self._close[batch.ids] = batch.close
+        self._seen_us[batch.ids] = _micros(batch.ts)
         return fills
 
-    def _accrue_borrow(self, bar: Bar) -> None:
-        since = self._last_ts.get(bar.symbol)
-        if since is None:
+    def last(self, symbol: str) -> float:
+        """The last close seen of ``symbol`` (NaN before its first bar)."""
+        return float(self._close[self.ids[symbol]])
+
+    def _accrue_borrow(self, symbol: str, ts: datetime) -> None:
+        since = int(self._seen_us[self.ids[symbol]])
+        if not since:
             return
-        seconds = Decimal(round((bar.ts - since).total_seconds()))
-        value = -self.ledger.positions[bar.symbol] * money(self.last[bar.symbol])
-        fee = value * self._borrow * seconds / SECONDS_PER_BORROW_YEAR
+        micros = Decimal(_micros(ts) - since)
+        value = -self.ledger.positions[symbol] * money(self.last(symbol))
+        fee = value * self._borrow * micros / MICROS_PER_BORROW_YEAR
         self.ledger.cash -= fee
-        self.ledger.charges.append(Charge(bar.symbol, bar.ts, "borrow", fee))
+        self.ledger.charges.append(Charge(symbol, ts, "borrow", fee))
 
     def _fill_pending(self, bar: Bar, pending: dict[str, tuple[Order, int]]) -> list[Fill]:
         fills = []
-        prices = (bar.open, bar.high, bar.low, bar.close)
+        low = min(bar.open, bar.high, bar.low, bar.close)
+        valid = low > 0 and math.isfinite(bar.open + bar.high + bar.low + bar.close)
         for oid, (order, remaining) in list(pending.items()):
             if order.bar_ts >= bar.ts:
                 continue
-            if not all(math.isfinite(p) and p > 0 for p in prices):
+            if not valid:
                 self._event(order, bar.ts, "held", "the bar has a missing or invalid price")
                 continue
             price = self._trigger(order, bar)
@@ -253,19 +350,14 @@ class SimulatedBroker:
     def mark(self) -> tuple[float, float]:
         """Equity and gross exposure (USD, float) at the last closes, for decisions and the
         equity curve; the exact books are :attr:`ledger`."""
-        value = gross = 0.0
-        last = self.last
-        for s, q in self.ledger.positions.items():
-            if q:
-                v = q * last[s]
-                value += v
-                gross += abs(v)
-        return float(self.ledger.cash) + value, gross
+        values = self._qty * self._close
+        return float(self.ledger.cash) + float(values.sum()), float(np.abs(values).sum())
 
     def _trigger(self, order: Order, bar: Bar) -> Decimal | None:
-        o, h, lo = money(bar.open), money(bar.high), money(bar.low)
+        o = money(bar.open)
         if order.type == "market":
             return o
+        h, lo = money(bar.high), money(bar.low)
         if order.type == "limit":
             lim = order.limit_price
             assert lim is not None
@@ -283,19 +375,18 @@ class SimulatedBroker:
         impact = 0.0
         if c.impact_k and bar.volume > 0:
             impact = c.impact_k * bar.volatility * math.sqrt(quantity / bar.volume)
-        frac = money((c.slippage_bps + c.half_spread_bps) / 1e4 + impact)
+        frac = money((c.slippage_bps + c.half_spread_bps) / 1e4 + impact) if impact else self._frac
         sign = 1 if order.side == "buy" else -1
         fill_price = price * (Decimal(1) + sign * frac)
-        notional = fill_price * quantity
-        commission = max(c.commission_per_share * quantity, c.commission_min) + (
-            notional * money(c.commission_bps / 1e4)
-        )
+        commission = max(c.commission_per_share * quantity, c.commission_min)
+        if c.commission_bps:
+            commission += fill_price * quantity * self._commission_bps
         commission = commission.quantize(CENT, rounding=ROUND_HALF_EVEN)
         signed = sign * quantity
         cash_after = self.ledger.cash - Decimal(signed) * fill_price - commission
-        positions = dict(self.ledger.positions)
-        positions[order.symbol] = positions.get(order.symbol, 0) + signed
-        if not self._clearly_within_buying_power(positions, order.symbol, cash_after, fill_price):
+        held = self.ledger.positions.get(order.symbol, 0) + signed
+        if not self._clearly_within_buying_power(order.symbol, held, cash_after, fill_price):
+            positions = {**self.ledger.positions, order.symbol: held}
             equity, gross = self._exact_exposure(positions, order.symbol, cash_after, fill_price)
             if equity <= 0 or gross > equity * money(self.config.max_leverage):
                 self._event(
@@ -307,7 +398,8 @@ class SimulatedBroker:
                 )
                 return None
         self.ledger.cash = cash_after
-        self.ledger.positions[order.symbol] = positions[order.symbol]  # in place: callers hold it
+        self.ledger.positions[order.symbol] = held  # in place: callers hold the dict
+        self._qty[self.ids[order.symbol]] = held
         fill = Fill(
             order.client_order_id,
             order.symbol,
@@ -322,23 +414,20 @@ class SimulatedBroker:
         return fill
 
     def _clearly_within_buying_power(
-        self, positions: dict[str, int], symbol: str, cash: Decimal, price: Decimal
+        self, symbol: str, held: int, cash: Decimal, price: Decimal
     ) -> bool:
         """A float check with a 0.1% margin (far above float error); the exact Decimal check
         decides whenever this one is not clear."""
-        equity = float(cash)
-        gross = 0.0
-        for s, q in positions.items():
-            if q:
-                v = q * (float(price) if s == symbol else self.last[s])
-                equity += v
-                gross += abs(v)
+        values = self._qty * self._close
+        values[self.ids[symbol]] = held * float(price)
+        equity = float(cash) + float(values.sum())
+        gross = float(np.abs(values).sum())
         return equity > 0 and gross < 0.999 * equity * self.config.max_leverage
 
     def _exact_exposure(
         self, positions: dict[str, int], symbol: str, cash: Decimal, price: Decimal
     ) -> tuple[Decimal, Decimal]:
-        prices = {s: money(self.last[s]) for s, q in positions.items() if q and s != symbol}
+        prices = {s: money(self.last(s)) for s, q in positions.items() if q and s != symbol}
         prices[symbol] = price
         values = [Decimal(q) * prices[s] for s, q in positions.items() if q]
         return cash + sum(values, Decimal(0)), sum(map(abs, values), Decimal(0))

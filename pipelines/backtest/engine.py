@@ -9,17 +9,19 @@ strategy and order code with a real clock and broker.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, repeat
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
-from pipelines.backtest.broker import Bar, BrokerConfig, Ledger, SimulatedBroker
+from pipelines.backtest.broker import BarBatch, BrokerConfig, Ledger, SimulatedBroker
+from pipelines.backtest.kernels import ma_cross_step
 from pipelines.execution.orders import Order
 
 
@@ -27,9 +29,10 @@ class Strategy(Protocol):
     name: str
 
     def targets(
-        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int], equity: float
+        self, ts: datetime, bars: BarBatch, positions: Mapping[str, int], equity: float
     ) -> dict[str, int]:
-        """Target shares per symbol after seeing ``bars`` (closed at ``ts``), given the current
+        """Target shares per symbol after seeing ``bars`` (closed at ``ts``; a mapping symbol
+        -> :class:`Bar` and numpy columns), given the current
         ``positions`` and ``equity`` (USD, marked at these closes); symbols left out keep their
         position."""
         ...
@@ -38,7 +41,10 @@ class Strategy(Protocol):
 @dataclass
 class MovingAverageCross:
     """Hold ``shares`` long while the ``fast``-bar mean close is above the ``slow`` one, else
-    flat. Reads only closes up to the current bar."""
+    flat. Reads only closes up to the current bar. The window sums come from running prefix
+    sums and the means are compared as ``fast_sum * slow > slow_sum * fast``: the same float
+    operations as :func:`pipelines.backtest.vectorized.ma_cross_targets` and the benchmark's
+    peers, so every implementation takes the same decision bit for bit."""
 
     fast: int = 10
     slow: int = 30
@@ -50,31 +56,32 @@ class MovingAverageCross:
     def __post_init__(self) -> None:
         if not 0 < self.fast < self.slow:
             raise ValueError("need 0 < fast < slow")
-        self._closes: dict[str, list[float]] = defaultdict(list)
-        self._ready: set[str] = set()
+        self._count: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)  # closes per symbol id
+        self._sums: npt.NDArray[np.float64] = np.zeros((0, self.slow + 1))  # prefix-sum rings
 
     def targets(
-        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int], equity: float
+        self, ts: datetime, bars: BarBatch, positions: Mapping[str, int], equity: float
     ) -> dict[str, int]:
-        out = {}
-        fast_n, slow_n, shares = self.fast, self.slow, self.shares
-        warmup = self.warmup or slow_n
-        every, ready, held = self._closes, self._ready, positions.get
-        for symbol, bar in bars.items():
-            closes = every[symbol]
-            closes.append(bar.close)
-            if symbol in ready:
-                if len(closes) > 4 * slow_n:
-                    del closes[:-slow_n]
-            elif len(closes) < warmup:
-                continue
-            else:
-                ready.add(symbol)
-            window = closes[-slow_n:]
-            target = shares if sum(window[-fast_n:]) / fast_n > sum(window) / slow_n else 0
-            if target != held(symbol, 0):
-                out[symbol] = target
-        return out
+        ids = bars.ids
+        if len(ids) and ids.max(initial=0) >= len(self._count):
+            grow = int(ids.max()) + 1 - len(self._count)
+            self._count = np.concatenate([self._count, np.zeros(grow, dtype=np.int64)])
+            self._sums = np.vstack([self._sums, np.zeros((grow, self.slow + 1))])
+        target = np.empty(len(ids), dtype=np.int64)
+        ma_cross_step(
+            ids,
+            bars.close,
+            self._count,
+            self._sums,
+            self.fast,
+            self.slow,
+            self.shares,
+            self.warmup or self.slow,
+            target,
+        )
+        held = np.fromiter(map(positions.get, bars.symbols, repeat(0)), np.int64, len(ids))
+        decide = (target >= 0) & (target != held)
+        return {bars.symbols[i]: int(target[i]) for i in np.flatnonzero(decide)}
 
 
 @dataclass(frozen=True)
@@ -104,45 +111,31 @@ def run_backtest(
     frame = bars.sort("ts", "symbol")
     if volatility is not None:
         frame = frame.join(volatility, on=["symbol", "ts"], how="left", maintain_order="left")
-    vol = (
-        frame["volatility"].fill_null(0.0)
-        if "volatility" in frame.columns
-        else pl.repeat(0.0, frame.height, eager=True)
+    if "volatility" not in frame.columns:
+        frame = frame.with_columns(volatility=pl.lit(0.0))
+    frame = frame.with_columns(
+        pl.col("volatility").fill_null(0.0),
+        _id=pl.col("symbol").replace_strict(broker.ids, return_dtype=pl.Int64),
     )
     runs = frame.select(pl.col("ts").rle()).unnest("ts")  # one row per bar time
-    lengths = runs["len"].to_list()
-    # One datetime object per bar time, shared by its bars (converting per bar is slow).
-    stamps = chain.from_iterable(map(repeat, runs["value"].to_list(), lengths))
-    all_bars = list(
-        map(
-            tuple.__new__,
-            repeat(Bar),
-            zip(
-                frame["symbol"].to_list(),
-                stamps,
-                frame["open"].to_list(),
-                frame["high"].to_list(),
-                frame["low"].to_list(),
-                frame["close"].to_list(),
-                frame["volume"].cast(pl.Float64).to_list(),
-                vol.to_list(),
-                strict=True,
-            ),
-        )
-    )
-    bounds = list(accumulate(lengths))
+    stamps = runs["value"].to_list()
+    bounds = [0, *accumulate(runs["len"].to_list())]
+    names = frame["symbol"].to_list()
+    cols = [
+        frame[c].cast(pl.Float64).to_numpy()
+        for c in ("open", "high", "low", "close", "volume", "volatility")
+    ]
+    ids = frame["_id"].to_numpy()
     times, values, gross = [], [], []
     positions = broker.ledger.positions
-    on_bars, submit, name = broker.on_bars, broker.submit, strategy.name
-    start = 0
-    for stop in bounds:
-        group = all_bars[start:stop]
-        on_bars(group)
-        at = {bar.symbol: bar for bar in group}
-        ts = group[0].ts
-        start = stop
-        equity, _ = broker.mark()
-        for symbol, target in strategy.targets(ts, at, positions, equity).items():
+    on_batch, submit, name = broker.on_batch, broker.submit, strategy.name
+    for k, ts in enumerate(stamps):
+        a, b = bounds[k], bounds[k + 1]
+        batch = BarBatch(ts, names[a:b], ids[a:b], *(c[a:b] for c in cols))
+        on_batch(batch)
+        # Orders submitted below fill on later bars: this mark is also the bar's closing one.
+        equity, exposure = broker.mark()
+        for symbol, target in strategy.targets(ts, batch, positions, equity).items():
             delta = target - positions.get(symbol, 0)
             if delta:
                 submit(
@@ -156,7 +149,6 @@ def run_backtest(
                     )
                 )
         times.append(ts)
-        equity, exposure = broker.mark()
         values.append(equity)
         gross.append(exposure)
     return BacktestResult(

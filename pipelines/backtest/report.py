@@ -181,6 +181,7 @@ def build_report(
         dsr = deflated_sharpe_of_returns(returns, n_trials=max(n_trials, 1), sr_variance=sr_var).dsr
     commissions = float(sum(f.commission for f in result.ledger.fills))
     slippage = float(sum(f.slippage for f in result.ledger.fills))
+    borrow = float(sum(c.amount for c in result.ledger.charges if c.kind == "borrow"))
     mean_equity = cast(float, eq["equity"].mean()) or 1.0
     turnover = float(sum(abs(f.quantity) * f.price for f in result.ledger.fills)) / mean_equity
     exposure = cast(float, (eq["gross"] / eq["equity"]).mean()) or 0.0
@@ -191,6 +192,7 @@ def build_report(
         "n_trials": float(n_trials),
         "commissions_usd": commissions,
         "slippage_usd": slippage,
+        "borrow_usd": borrow,
         "turnover": turnover,
         "average_gross_exposure": exposure,
         "fills": float(len(result.ledger.fills)),
@@ -227,7 +229,8 @@ def build_report(
 <h2>Distribution of trade returns</h2>{_svg_bars([f"{e:.3%}" for e in edges[:-1]], hist)}
 <h2>PnL by symbol</h2>{_svg_bars(by_symbol["symbol"].to_list(), by_symbol["pnl"].to_list())}
 <h2>Costs by kind</h2><table><tr><td>commissions</td><td>{commissions:,.2f} USD</td></tr>
-<tr><td>slippage and impact</td><td>{slippage:,.2f} USD</td></tr></table>
+<tr><td>slippage and impact</td><td>{slippage:,.2f} USD</td></tr>
+<tr><td>borrow on shorts</td><td>{borrow:,.2f} USD</td></tr></table>
 <h2>Metrics</h2><table>{table}</table>
 <p>The deflated Sharpe ratio deflates by {n_trials} trial(s), with the variance of the monthly
 Sharpe ratios standing in for the variance across trials.</p></body></html>"""

@@ -24,7 +24,7 @@ from datetime import datetime
 import polars as pl
 from scipy.special import ndtr
 
-from pipelines.backtest.broker import Bar
+from pipelines.backtest.broker import BarBatch
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class ModelStrategy:
         )
 
     def targets(
-        self, ts: datetime, bars: Mapping[str, Bar], positions: Mapping[str, int], equity: float
+        self, ts: datetime, bars: BarBatch, positions: Mapping[str, int], equity: float
     ) -> dict[str, int]:
         s = self.sizing
         capital = equity if s.capital is None else s.capital

@@ -117,17 +117,17 @@ def simulate_targets(
 
 
 def ma_cross_targets(bars: pl.DataFrame, *, fast: int, slow: int, shares: int) -> pl.DataFrame:
-    """:class:`~pipelines.backtest.engine.MovingAverageCross` as a column: ``shares`` while the
-    fast mean is above the slow one (each the window's sum over its length), from the
-    ``slow``-th bar of each symbol."""
-    c = pl.col("close")
-    fast_mean = c.rolling_sum(fast, weights=[1.0] * fast).over(S) / fast
-    slow_mean = c.rolling_sum(slow, weights=[1.0] * slow).over(S) / slow
+    """:class:`~pipelines.backtest.engine.MovingAverageCross` as a column: ``shares`` while
+    ``fast_sum * slow > slow_sum * fast`` (window sums from prefix sums, the engine's
+    arithmetic), from the ``slow``-th bar of each symbol."""
+    total = pl.col("close").cum_sum().over(S)
+    fast_sum = total - total.shift(fast).over(S).fill_null(0.0)
+    slow_sum = total - total.shift(slow).over(S).fill_null(0.0)
     return bars.sort("symbol", "ts").select(
         "symbol",
         "ts",
         target=pl.when(pl.int_range(pl.len()).over(S) >= slow - 1).then(
-            pl.when(fast_mean > slow_mean).then(shares).otherwise(0)
+            pl.when(fast_sum * slow > slow_sum * fast).then(shares).otherwise(0)
         ),
     )
 

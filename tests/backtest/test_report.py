@@ -37,18 +37,19 @@ def test_model_backtest_report(sample_bars: pl.DataFrame, tmp_path: Path) -> Non
         half_spread_bps=1.0,
         commission_per_share=Decimal("0.005"),
         commission_min=Decimal("1"),
+        borrow_bps=30.0,
     )
     bt = run_model_backtest(
         sample_bars,
         wf.predictions,
-        sizing=SizingConfig(threshold=0.01),
+        sizing=SizingConfig(threshold=0.01, profit_take=2.0, stop_loss=2.0),
         broker=BrokerConfig(costs, participation=0.05, max_leverage=1.0),
         cash=Decimal("1000000"),
         periods_per_year=252 * 26,
         n_trials=3,
     )
     m = bt.report.metrics
-    assert m["fills"] > 0 and m["commissions_usd"] > 0
+    assert m["fills"] > 0 and m["commissions_usd"] > 0 and m["borrow_usd"] > 0
     assert -1.0 < m["total_return"] < 1.0 and m["max_drawdown"] <= 0.0
     trades = closed_trades(bt.result.ledger)
     assert trades.height > 0 and m["trades_trades"] == trades.height
