@@ -22,7 +22,7 @@ import polars as pl
 
 from pipelines.backtest.broker import BarBatch, BrokerConfig, Ledger, SimulatedBroker
 from pipelines.backtest.kernels import ma_cross_step
-from pipelines.execution.orders import Order
+from pipelines.execution.orders import orders_for_targets
 
 
 class Strategy(Protocol):
@@ -135,19 +135,10 @@ def run_backtest(
         on_batch(batch)
         # Orders submitted below fill on later bars: this mark is also the bar's closing one.
         equity, exposure = broker.mark()
-        for symbol, target in strategy.targets(ts, batch, positions, equity).items():
-            delta = target - positions.get(symbol, 0)
-            if delta:
-                submit(
-                    Order.create(
-                        name,
-                        symbol,
-                        ts,
-                        f"target:{target}",
-                        "buy" if delta > 0 else "sell",
-                        abs(delta),
-                    )
-                )
+        for order in orders_for_targets(
+            name, ts, strategy.targets(ts, batch, positions, equity), positions
+        ):
+            submit(order)
         times.append(ts)
         values.append(equity)
         gross.append(exposure)

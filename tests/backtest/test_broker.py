@@ -163,3 +163,19 @@ def test_short_pays_borrow_over_calendar_time_and_a_long_pays_none(
     for bar in week:
         longs.on_bar(bar)
     assert longs.ledger.charges == []
+
+
+def test_orders_for_targets_are_deltas_with_replayable_ids(bars: list[Bar]) -> None:
+    from pipelines.execution.orders import orders_for_targets
+
+    positions = {"AAPL": 100, "MSFT": -20}
+    targets = {"AAPL": 100, "MSFT": 30, "JPM": -5}
+    orders = orders_for_targets("model", bars[0].ts, targets, positions)
+    assert [(o.symbol, o.side, o.quantity) for o in orders] == [
+        ("MSFT", "buy", 50),
+        ("JPM", "sell", 5),
+    ]
+    again = orders_for_targets("model", bars[0].ts, targets, positions)
+    assert [o.client_order_id for o in again] == [o.client_order_id for o in orders]
+    later = orders_for_targets("model", bars[1].ts, targets, positions)
+    assert not {o.client_order_id for o in later} & {o.client_order_id for o in orders}
