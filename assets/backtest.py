@@ -27,6 +27,8 @@ HEADLINE = (
     "trades_win_rate",
     "commissions_usd",
     "borrow_usd",
+    "beta",
+    "alpha",
 )
 
 

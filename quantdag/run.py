@@ -63,12 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         f"QuantDAG ({project.environment}): materializing {len(keys)} monthly partitions "
         f"of {project.universe.name}: {', '.join(keys)}"
     )
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Bars of every month first: labels near a month's end need the next month's bars, so the
+    # result does not depend on whether the months were loaded before (a second run).
     for key in keys:
-        result = job.execute_in_process(
-            partition_key=key,
-            instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        bars = defs.resolve_job_def("market_data_job").execute_in_process(
+            partition_key=key, instance=instance, run_config=quiet
         )
+        if not bars.success:
+            print(f"market data for {key} failed", file=sys.stderr)
+            return 1
+    for key in keys:
+        result = job.execute_in_process(partition_key=key, instance=instance, run_config=quiet)
         print(f"  {key}: run {result.run_id} {'succeeded' if result.success else 'FAILED'}")
         if not result.success:
             print(f"partition {key} failed", file=sys.stderr)
@@ -124,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Backtest (model strategy, out of sample, with costs): total return "
         f"{report['total_return'].value:+.2%}, annualised Sharpe {report['sharpe'].value:.2f}, "
         f"deflated Sharpe {report['deflated_sharpe'].value:.2f}, max drawdown "
-        f"{report['max_drawdown'].value:.2%}, {int(report['trades_trades'].value)} closed trades"
+        f"{report['max_drawdown'].value:.2%}, {int(report['trades_trades'].value)} closed trades; "
+        f"beta {report['beta'].value:.2f} and alpha {report['alpha'].value:+.2%} a year against "
+        "the benchmark"
     )
     print(f"Backtest report: {report['report'].value}")
     print("Open the Dagster UI with `make dev` to see assets, partitions and checks.")
