@@ -7,7 +7,7 @@ from decimal import Decimal
 import polars as pl
 import pytest
 
-from pipelines.backtest.broker import BrokerConfig, CostModel
+from pipelines.backtest.broker import BrokerConfig, CostModel, money
 from pipelines.backtest.engine import MovingAverageCross, run_backtest
 
 pytestmark = pytest.mark.unit
@@ -33,6 +33,12 @@ def test_books_balance_to_the_cent(bars: pl.DataFrame) -> None:
         held[f.symbol] = held.get(f.symbol, 0) + f.quantity
     assert {s: q for s, q in held.items() if q} == {s: q for s, q in ledger.positions.items() if q}
     assert result.equity.height == bars["ts"].n_unique()
+    # The float equity curve agrees with the exact books marked at the last closes.
+    last = bars.sort("ts").group_by("symbol").last()
+    closes = {r["symbol"]: money(r["close"]) for r in last.iter_rows(named=True)}
+    exact = ledger.equity(closes)
+    assert abs(float(exact) - result.equity["equity"][-1]) < 0.01
+    assert abs(float(ledger.gross(closes)) - result.equity["gross"][-1]) < 0.01
 
 
 def test_deterministic_and_causal(bars: pl.DataFrame) -> None:
