@@ -20,9 +20,36 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from pipelines.backtest.broker import BarBatch, BrokerConfig, Ledger, SimulatedBroker
+from pipelines.backtest.broker import BarBatch, BrokerConfig, Fill, Ledger, SimulatedBroker
 from pipelines.backtest.kernels import ma_cross_step
-from pipelines.execution.orders import orders_for_targets
+from pipelines.execution.orders import Order, orders_for_targets
+
+
+class Broker(Protocol):
+    """Where orders go: :class:`~pipelines.backtest.broker.SimulatedBroker` in a backtest; the
+    live path puts a real broker behind the same calls."""
+
+    @property
+    def ids(self) -> Mapping[str, int]:
+        """Symbol -> id (the ids of :class:`BarBatch` columns)."""
+        ...
+
+    @property
+    def ledger(self) -> Ledger:
+        """Cash, positions, fills, charges and events."""
+        ...
+
+    def submit(self, order: Order) -> bool:
+        """Accept ``order`` (or record why not); a repeated ``client_order_id`` is ignored."""
+        ...
+
+    def on_batch(self, batch: BarBatch) -> list[Fill]:
+        """The bars of one time arrived: fill what they allow."""
+        ...
+
+    def mark(self) -> tuple[float, float]:
+        """Equity and gross exposure (USD) at the last closes."""
+        ...
 
 
 class Strategy(Protocol):
@@ -103,11 +130,12 @@ def run_backtest(
     cash: Decimal,
     config: BrokerConfig,
     volatility: pl.DataFrame | None = None,
+    broker: Broker | None = None,
 ) -> BacktestResult:
     """Run ``strategy`` over ``bars`` (validated bars of one timeframe); ``volatility``
-    (``symbol``, ``ts``, ``volatility``) feeds the broker's impact model."""
-    symbols = set(bars["symbol"].unique().to_list())
-    broker = SimulatedBroker(cash, symbols, config)
+    (``symbol``, ``ts``, ``volatility``) feeds the broker's impact model. ``broker`` defaults
+    to a :class:`SimulatedBroker` with ``cash`` and ``config``."""
+    venue: Broker = broker or SimulatedBroker(cash, set(bars["symbol"].unique().to_list()), config)
     frame = bars.sort("ts", "symbol")
     if volatility is not None:
         frame = frame.join(volatility, on=["symbol", "ts"], how="left", maintain_order="left")
@@ -115,7 +143,7 @@ def run_backtest(
         frame = frame.with_columns(volatility=pl.lit(0.0))
     frame = frame.with_columns(
         pl.col("volatility").fill_null(0.0),
-        _id=pl.col("symbol").replace_strict(broker.ids, return_dtype=pl.Int64),
+        _id=pl.col("symbol").replace_strict(venue.ids, return_dtype=pl.Int64),
     )
     runs = frame.select(pl.col("ts").rle()).unnest("ts")  # one row per bar time
     stamps = runs["value"].to_list()
@@ -127,14 +155,14 @@ def run_backtest(
     ]
     ids = frame["_id"].to_numpy()
     times, values, gross = [], [], []
-    positions = broker.ledger.positions
-    on_batch, submit, name = broker.on_batch, broker.submit, strategy.name
+    positions = venue.ledger.positions
+    on_batch, submit, name = venue.on_batch, venue.submit, strategy.name
     for k, ts in enumerate(stamps):
         a, b = bounds[k], bounds[k + 1]
         batch = BarBatch(ts, names[a:b], ids[a:b], *(c[a:b] for c in cols))
         on_batch(batch)
         # Orders submitted below fill on later bars: this mark is also the bar's closing one.
-        equity, exposure = broker.mark()
+        equity, exposure = venue.mark()
         for order in orders_for_targets(
             name, ts, strategy.targets(ts, batch, positions, equity), positions
         ):
@@ -143,5 +171,5 @@ def run_backtest(
         values.append(equity)
         gross.append(exposure)
     return BacktestResult(
-        broker.ledger, pl.DataFrame({"ts": times, "equity": values, "gross": gross})
+        venue.ledger, pl.DataFrame({"ts": times, "equity": values, "gross": gross})
     )

@@ -57,3 +57,39 @@ def test_deterministic_and_causal(bars: pl.DataFrame) -> None:
     assert c.ledger.fills == early
     # Every fill happens on a bar after the one its decision was made on.
     assert all(f.ts > f.decided_at for f in a.ledger.fills)
+
+
+class _NoFillBroker:
+    """A hand-written broker behind the engine's Broker protocol: accepts, never fills."""
+
+    def __init__(self, symbols: set[str]) -> None:
+        from pipelines.backtest.broker import Ledger
+
+        self.ids = {s: i for i, s in enumerate(sorted(symbols))}
+        self.ledger = Ledger(cash=Decimal("1000000"))
+        self.orders: list[object] = []
+
+    def submit(self, order: object) -> bool:
+        self.orders.append(order)
+        return True
+
+    def on_batch(self, batch: object) -> list[object]:
+        return []
+
+    def mark(self) -> tuple[float, float]:
+        return 1_000_000.0, 0.0
+
+
+def test_any_broker_behind_the_protocol(bars: pl.DataFrame) -> None:
+    fake = _NoFillBroker(set(bars["symbol"].unique().to_list()))
+    result = run_backtest(
+        bars,
+        MovingAverageCross(),
+        cash=Decimal("1"),
+        config=CONFIG,
+        broker=fake,  # type: ignore[arg-type]
+    )
+    assert result.ledger is fake.ledger and not result.ledger.fills
+    # Nothing fills, so the strategy re-asks every bar; each ask is a distinct, replayable order.
+    ids = [o.client_order_id for o in fake.orders]  # type: ignore[attr-defined]
+    assert len(ids) > 100 and len(set(ids)) == len(ids)
