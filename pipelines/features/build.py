@@ -9,6 +9,9 @@ Every stage reads only bars at or before each row's time.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,34 +205,42 @@ def _helper_columns(registry: FeatureRegistry) -> set[str]:
 
 
 def _kernel_columns(df: pl.DataFrame, needed: set[str] | None) -> pl.DataFrame:
-    """Path-dependent indicators from the numba kernels; only those ``needed`` (all if None)."""
+    """Path-dependent indicators from the numba kernels; only those ``needed`` (all if None).
+    The kernels release the GIL, so they run side by side on a small thread pool."""
 
     def want(*names: str) -> bool:
         return needed is None or any(n in needed for n in names)
 
     starts = _starts(df[S])
     hi, low_, close = (df[c].to_numpy() for c in ("high", "low", "close"))
-    cols: dict[str, pl.Series] = {}
+    jobs: dict[tuple[str, ...], Callable[[], object]] = {}
     if want("_kama_10"):
-        cols["_kama_10"] = pl.Series(kernels.kama(close, starts, 10, 2, 30))
+        jobs[("_kama_10",)] = lambda: kernels.kama(close, starts, 10, 2, 30)
     if want("_psar", "_psar_dir"):
-        psar, psar_dir = kernels.psar(hi, low_, close, starts, 0.02, 0.2)
-        cols |= {"_psar": pl.Series(psar), "_psar_dir": pl.Series(psar_dir)}
+        jobs[("_psar", "_psar_dir")] = lambda: kernels.psar(hi, low_, close, starts, 0.02, 0.2)
     if want("_supertrend", "_supertrend_dir"):
         atr10 = df.select(atr(10)).to_series().to_numpy()
-        st, st_dir = kernels.supertrend(hi, low_, close, atr10, starts, 3.0)
-        cols |= {"_supertrend": pl.Series(st), "_supertrend_dir": pl.Series(st_dir)}
+        jobs[("_supertrend", "_supertrend_dir")] = lambda: kernels.supertrend(
+            hi, low_, close, atr10, starts, 3.0
+        )
     if want("_aroon_high_25", "_aroon_low_25"):
-        cols["_aroon_high_25"] = pl.Series(kernels.bars_since_extreme(hi, starts, 25, True))
-        cols["_aroon_low_25"] = pl.Series(kernels.bars_since_extreme(low_, starts, 25, False))
+        jobs[("_aroon_high_25",)] = lambda: kernels.bars_since_extreme(hi, starts, 25, True)
+        jobs[("_aroon_low_25",)] = lambda: kernels.bars_since_extreme(low_, starts, 25, False)
     if want("_cci_md_20"):
         tp = df.select((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0).to_series()
-        cols["_cci_md_20"] = pl.Series(kernels.mean_abs_deviation(tp.to_numpy(), starts, 20))
+        tp_values = tp.to_numpy()
+        jobs[("_cci_md_20",)] = lambda: kernels.mean_abs_deviation(tp_values, starts, 20)
     if want("_hurst_128"):
         log_ret = df.select((pl.col("close") / lag(pl.col("close"))).log()).to_series()
-        cols["_hurst_128"] = pl.Series(
-            kernels.hurst_rs(log_ret.fill_null(0.0).to_numpy(), starts, 128)
-        )
+        returns = log_ret.fill_null(0.0).to_numpy()
+        jobs[("_hurst_128",)] = lambda: kernels.hurst_rs(returns, starts, 128)
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+        futures = {names: pool.submit(job) for names, job in jobs.items()}
+        cols: dict[str, pl.Series] = {}
+        for names, future in futures.items():
+            result = future.result()
+            arrays = result if isinstance(result, tuple) else (result,)
+            cols |= {name: pl.Series(a) for name, a in zip(names, arrays, strict=True)}
     return df.with_columns(_i=pl.int_range(pl.len()).over(S), **cols)
 
 
@@ -424,14 +435,17 @@ def build_features(
     reg = registry or feature_registry(config)
     df = prepare(bars, config, reg)
     per_symbol = [s for s in reg if s.category not in ("mtf", "xs")]
+    symbols = df[S]
     # One lazy query: the shared intermediates stage by stage, then every feature, so that
-    # polars plans them together and computes common sub-expressions once.
-    lf = df.lazy()
+    # polars plans them together and computes common sub-expressions once. The windows group
+    # by an integer code of the (sorted) symbol, which polars partitions faster than strings.
+    lf = df.lazy().with_columns(pl.col(S).rle_id())
     for stage in _needed_stages(_helper_columns(reg)):
         lf = lf.with_columns(**stage)
     df = lf.with_columns(
         pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
     ).collect()
+    df = df.with_columns(symbols)
     if reg.in_category("mtf"):
         df = _mtf(df, config, reg)
     if reg.in_category("xs"):

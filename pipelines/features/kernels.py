@@ -14,7 +14,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def kama(close: F64, starts: I64, n: int, fast: int, slow: int) -> F64:
     """Kaufman's adaptive moving average, seeded (as pandas-ta does) with the mean of a symbol's
     first ``n`` closes at bar ``n - 1``; NaN before."""
@@ -43,7 +43,7 @@ def kama(close: F64, starts: I64, n: int, fast: int, slow: int) -> F64:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def psar(
     high: F64,
     low: F64,
@@ -94,7 +94,7 @@ def psar(
     return sar, direction
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def supertrend(
     high: F64,
     low: F64,
@@ -135,7 +135,7 @@ def supertrend(
     return line, direction
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bars_since_extreme(x: F64, starts: I64, n: int, highest: bool) -> F64:
     """Bars since the highest (lowest) value within the last ``n + 1`` bars (Aroon's input);
     the most recent extreme wins ties, as in TA-Lib and pandas-ta. The previous extreme is kept
@@ -158,7 +158,7 @@ def bars_since_extreme(x: F64, starts: I64, n: int, highest: bool) -> F64:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mean_abs_deviation(x: F64, starts: I64, n: int) -> F64:
     """Rolling mean absolute deviation around the window mean (CCI's denominator)."""
     out = np.full(x.shape[0], np.nan)
@@ -177,7 +177,7 @@ def mean_abs_deviation(x: F64, starts: I64, n: int) -> F64:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def hurst_rs(x: F64, starts: I64, n: int) -> F64:
     """Rolling Hurst exponent of returns ``x`` by rescaled range over sub-windows of n/8, n/4,
     n/2 and n: the slope of log(R/S) on log(size). 0.5 (no memory) where a sub-window is flat
