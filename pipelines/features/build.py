@@ -22,7 +22,8 @@ from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.calendar import Session, session_dates_within_hours, sessions_between
 from pipelines.features import kernels
 from pipelines.features.library import (
-    STAGED,
+    STOCH_HELPER,
+    WILDER_HELPERS,
     S,
     atr,
     build_registry,
@@ -219,10 +220,18 @@ def _kernel_columns(df: pl.DataFrame, needed: set[str] | None) -> pl.DataFrame:
     if want("_psar", "_psar_dir"):
         jobs[("_psar", "_psar_dir")] = lambda: kernels.psar(hi, low_, close, starts, 0.02, 0.2)
     if want("_supertrend", "_supertrend_dir"):
-        atr10 = df.select(atr(10)).to_series().to_numpy()
-        jobs[("_supertrend", "_supertrend_dir")] = lambda: kernels.supertrend(
-            hi, low_, close, atr10, starts, 3.0
+
+        def supertrend() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+            atr10 = kernels.wilder_directional(hi, low_, close, starts, 10)[0]
+            return kernels.supertrend(hi, low_, close, atr10, starts, 3.0)  # type: ignore[no-any-return]
+
+        jobs[("_supertrend", "_supertrend_dir")] = supertrend
+    if want(*WILDER_HELPERS):
+        jobs[tuple(WILDER_HELPERS)] = lambda: kernels.wilder_directional(
+            hi, low_, close, starts, 14
         )
+    if want(*STOCH_HELPER):
+        jobs[tuple(STOCH_HELPER)] = lambda: kernels.stochastic_k(hi, low_, close, starts, 14)
     if want("_aroon_high_25", "_aroon_low_25"):
         jobs[("_aroon_high_25",)] = lambda: kernels.bars_since_extreme(hi, starts, 25, True)
         jobs[("_aroon_low_25",)] = lambda: kernels.bars_since_extreme(low_, starts, 25, False)
@@ -241,20 +250,9 @@ def _kernel_columns(df: pl.DataFrame, needed: set[str] | None) -> pl.DataFrame:
             result = future.result()
             arrays = result if isinstance(result, tuple) else (result,)
             cols |= {name: pl.Series(a) for name, a in zip(names, arrays, strict=True)}
+    if "_stoch_14" in cols:  # null, not NaN, before the window fills: as the polars window
+        cols["_stoch_14"] = cols["_stoch_14"].fill_nan(None)
     return df.with_columns(_i=pl.int_range(pl.len()).over(S), **cols)
-
-
-def _needed_stages(needed: set[str] | None) -> list[dict[str, pl.Expr]]:
-    """The staged helper columns to compute: those needed and those they read."""
-    if needed is None:
-        return list(STAGED)
-    wanted = set(needed)
-    for stage in reversed(STAGED):
-        for name, expr in stage.items():
-            if name in wanted:
-                wanted |= {n for n in expr.meta.root_names() if n.startswith("_")}
-    stages = [{k: e for k, e in stage.items() if k in wanted} for stage in STAGED]
-    return [s for s in stages if s]
 
 
 def _session_columns(df: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
@@ -436,12 +434,10 @@ def build_features(
     df = prepare(bars, config, reg)
     per_symbol = [s for s in reg if s.category not in ("mtf", "xs")]
     symbols = df[S]
-    # One lazy query: the shared intermediates stage by stage, then every feature, so that
-    # polars plans them together and computes common sub-expressions once. The windows group
+    # One lazy query for every feature, so that polars plans them together and computes
+    # common sub-expressions once. The windows group
     # by an integer code of the (sorted) symbol, which polars partitions faster than strings.
     lf = df.lazy().with_columns(pl.col(S).rle_id())
-    for stage in _needed_stages(_helper_columns(reg)):
-        lf = lf.with_columns(**stage)
     df = lf.with_columns(
         pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
     ).collect()

@@ -226,3 +226,55 @@ def hurst_rs(x: F64, starts: I64, n: int) -> F64:
             else:
                 out[i] = 0.5
     return out
+
+
+@njit(cache=True, nogil=True)
+def wilder_directional(
+    high: F64, low: F64, close: F64, starts: I64, n: int
+) -> tuple[F64, F64, F64]:
+    """ATR(n) and +DI(n) / -DI(n) in one pass (Wilder's smoothing, alpha = 1/n, seeded at a
+    symbol's first bar), with the same float operations as the polars definitions
+    (``atr``, ``dm_plus``, ``dm_minus`` in :mod:`pipelines.features.library`): the results
+    are equal to the last bit."""
+    size = close.shape[0]
+    atr, dip, dim = np.empty(size), np.empty(size), np.empty(size)
+    alpha = 1.0 / n
+    ends = np.append(starts[1:], size)
+    for g in range(starts.shape[0]):
+        a, b = starts[g], ends[g]
+        tr_s = high[a] - low[a]
+        plus_s = 0.0
+        minus_s = 0.0
+        for i in range(a, b):
+            if i > a:
+                prev = close[i - 1]
+                tr = max(high[i], prev) - min(low[i], prev)
+                up = high[i] - high[i - 1]
+                down = low[i - 1] - low[i]
+                plus = up if (up > down and up > 0) else 0.0
+                minus = down if (down > up and down > 0) else 0.0
+                tr_s = tr_s + alpha * (tr - tr_s)
+                plus_s = plus_s + alpha * (plus - plus_s)
+                minus_s = minus_s + alpha * (minus - minus_s)
+            atr[i] = tr_s
+            dip[i] = 100.0 * plus_s / tr_s if tr_s != 0 else 0.0
+            dim[i] = 100.0 * minus_s / tr_s if tr_s != 0 else 0.0
+    return atr, dip, dim
+
+
+@njit(cache=True, nogil=True)
+def stochastic_k(high: F64, low: F64, close: F64, starts: I64, n: int) -> F64:
+    """Fast %K(n): 100 (close - lowest low) / (highest high - lowest low) over n bars, 50 on a
+    flat range, NaN in the first n - 1 bars of a symbol."""
+    out = np.full(close.shape[0], np.nan)
+    ends = np.append(starts[1:], close.shape[0])
+    for g in range(starts.shape[0]):
+        a, b = starts[g], ends[g]
+        for i in range(a + n - 1, b):
+            hh = high[i]
+            ll = low[i]
+            for j in range(i - n + 1, i):
+                hh = max(hh, high[j])
+                ll = min(ll, low[j])
+            out[i] = 50.0 if hh == ll else 100.0 * (close[i] - ll) / (hh - ll)
+    return out

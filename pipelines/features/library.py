@@ -138,15 +138,14 @@ def norm_cdf(x: pl.Expr) -> pl.Expr:
     return pl.when(x >= 0).then(0.5 * (1.0 + erf)).otherwise(0.5 * (1.0 - erf))
 
 
-STAGED: tuple[dict[str, pl.Expr], ...] = (
-    {"_atr_14": atr(14), "_stoch_14": stoch_k(c, h, lo, 14)},
-    {
-        "_dip_14": div(100.0 * rma(dm_plus().fill_null(0.0), 14), pl.col("_atr_14")),
-        "_dim_14": div(100.0 * rma(dm_minus().fill_null(0.0), 14), pl.col("_atr_14")),
-    },
-)
-"""Intermediate columns that several features share, computed once, stage by stage, before
-the features (a later stage may read an earlier one)."""
+WILDER_HELPERS = {"_atr_14": atr(14), "_dip_14": di(dm_plus(), 14), "_dim_14": di(dm_minus(), 14)}
+"""ATR(14) and the DI lines, which several features share: computed once, in one pass, by
+:func:`pipelines.features.kernels.wilder_directional` (equal to these expressions to the last
+bit, which a test checks) into helper columns."""
+
+STOCH_HELPER = {"_stoch_14": stoch_k(c, h, lo, 14)}
+"""Fast %K(14), shared by the slow stochastic lines: computed by
+:func:`pipelines.features.kernels.stochastic_k` (equal to this expression to the last bit)."""
 
 
 def _add(
@@ -232,7 +231,7 @@ def register_trend(reg: FeatureRegistry) -> None:
         rel(pl.col("_kama_10")),
         stateful=True,
     )
-    # The DI lines are staged helper columns (see STAGED): ADX reads them instead of
+    # The DI lines are helper columns (see WILDER_HELPERS): ADX reads them instead of
     # recomputing two nested Wilder chains.
     dip, dim = pl.col("_dip_14"), pl.col("_dim_14")
     _add(
