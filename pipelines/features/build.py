@@ -435,8 +435,8 @@ def build_features(
     per_symbol = [s for s in reg if s.category not in ("mtf", "xs")]
     symbols = df[S]
     # One lazy query for every feature, so that polars plans them together and computes
-    # common sub-expressions once. The windows group
-    # by an integer code of the (sorted) symbol, which polars partitions faster than strings.
+    # common sub-expressions once. The windows group by an integer code of the (sorted)
+    # symbol, which polars partitions faster than strings; the names come back afterwards.
     lf = df.lazy().with_columns(pl.col(S).rle_id())
     df = lf.with_columns(
         pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
