@@ -16,12 +16,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from bench.features import regular_bars
+from bench.features import best_of, regular_bars
 from pipelines.backtest.broker import BrokerConfig, CostModel
 from pipelines.backtest.engine import MovingAverageCross, run_backtest
 from pipelines.backtest.model_backtest import signal_volatility, sizing_with_label_exits
 from pipelines.backtest.strategy import ModelStrategy, SizingConfig
-from pipelines.backtest.vectorized import ma_cross_vectorized, model_targets, simulate_targets
+from pipelines.backtest.vectorized import (
+    VectorizedResult,
+    ma_cross_vectorized,
+    model_targets,
+    simulate_targets,
+)
 from pipelines.labels.triple_barrier import BarrierConfig
 
 FAST, SLOW, SHARES, SLIP = 10, 30, 100, 1.0
@@ -39,15 +44,6 @@ def _peer(python: Path, script: str, bars: Path) -> dict[str, float]:
         text=True,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def _best_of(n: int, fn: object) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = fn()  # type: ignore[operator]
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def model_paths_agree(bars: pl.DataFrame) -> dict[str, object]:
@@ -74,10 +70,12 @@ def model_paths_agree(bars: pl.DataFrame) -> dict[str, object]:
         config=BrokerConfig(costs, max_leverage=4.0),
     )
     event_s = time.perf_counter() - t0
-    vec_s, fast = _best_of(
-        2,
-        lambda: simulate_targets(bars, model_targets(bars, signals, sizing), costs=costs, cash=1e7),
-    )
+
+    def vectorized() -> VectorizedResult:
+        return simulate_targets(bars, model_targets(bars, signals, sizing), costs=costs, cash=1e7)
+
+    fast = vectorized()
+    vec_s = best_of(vectorized, 2)
     ours = pl.DataFrame(
         [(f.symbol, f.ts, f.quantity) for f in event.ledger.fills],
         schema=["symbol", "ts", "quantity"],
@@ -85,8 +83,8 @@ def model_paths_agree(bars: pl.DataFrame) -> dict[str, object]:
     ).sort("ts", "symbol")
     same = (
         not event.ledger.events
-        and ours.equals(fast.fills.select("symbol", "ts", "quantity"))  # type: ignore[attr-defined]
-        and abs(float(event.ledger.cash) - fast.cash) < 0.01  # type: ignore[attr-defined]
+        and ours.equals(fast.fills.select("symbol", "ts", "quantity"))
+        and abs(float(event.ledger.cash) - fast.cash) < 0.01
     )
     return {
         "backtest.model_fills": ours.height,
@@ -128,11 +126,11 @@ def main() -> None:
     )
     event_s = time.perf_counter() - t0
 
-    def vectorized() -> object:
+    def vectorized() -> VectorizedResult:
         return ma_cross_vectorized(bars, fast=FAST, slow=SLOW, shares=SHARES, costs=COSTS, cash=1e8)
 
-    vectorized()  # warm-up, as the peer's numba compile
-    vec_s, fast = _best_of(3, vectorized)
+    fast = vectorized()  # also the warm-up, as the peer's numba compile
+    vec_s = best_of(vectorized, 3)
     event_rate = bars.height / event_s
     bt_rate = backtrader["bars"] / backtrader["seconds"]
     print(
@@ -142,9 +140,8 @@ def main() -> None:
                 "backtest.event_bars_per_s": round(event_rate),
                 "backtest.vectorized_bars_per_s": round(bars.height / vec_s),
                 "backtest.event_trades": len(event.ledger.fills),
-                "backtest.vectorized_equals_event": fast.fills.height  # type: ignore[attr-defined]
-                == len(event.ledger.fills)
-                and abs(float(event.ledger.cash) - fast.cash) < 0.01,  # type: ignore[attr-defined]
+                "backtest.vectorized_equals_event": fast.fills.height == len(event.ledger.fills)
+                and abs(float(event.ledger.cash) - fast.cash) < 0.01,
                 "backtest.backtrader_bars_per_s": round(bt_rate),
                 "backtest.backtrader_fills": backtrader["fills"],
                 "backtest.speedup_vs_backtrader": round(event_rate / bt_rate, 2),

@@ -87,11 +87,12 @@ def simulate_targets(
     ).with_columns(d_value=pl.col("value") - pl.col("value").shift(1).fill_null(0.0).over(S))
     flows = (
         df.join(
-            fills.select("symbol", "ts", flow=-(pl.col("quantity") * pl.col("price"))),
+            fills.select(
+                "symbol", "ts", "commission", flow=-(pl.col("quantity") * pl.col("price"))
+            ),
             on=["symbol", "ts"],
             how="left",
         )
-        .join(fills.select("symbol", "ts", "commission"), on=["symbol", "ts"], how="left")
         .group_by("ts")
         .agg(
             flow=(
@@ -208,13 +209,3 @@ def model_targets(bars: pl.DataFrame, signals: pl.DataFrame, sizing: SizingConfi
         .when(exit_)
         .then(0),
     )
-
-
-def decimal_cash(fills: pl.DataFrame, cash: Decimal) -> Decimal:
-    """The same cash as booked exactly (for comparisons with the event engine)."""
-    total = cash
-    for r in fills.iter_rows(named=True):
-        total -= Decimal(repr(r["quantity"])) * Decimal(repr(r["price"])) + Decimal(
-            repr(r["commission"])
-        )
-    return total

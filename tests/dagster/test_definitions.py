@@ -13,23 +13,21 @@ from quantdag.project import load_project
 from resources import AlpacaBarSourceResource, FileBarSourceResource
 
 ROOT = Path(__file__).resolve().parents[2]
+DOWNSTREAM = (
+    "feature_matrix",
+    "triple_barrier_labels",
+    "training_set",
+    "oos_predictions",
+    "champion_model",
+    "backtest_report",
+)
 
 
 def test_definitions_module_loads() -> None:
     from quantdag.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {
-        "bars_15m",
-        "bars_60m",
-        "bars_1d",
-        "feature_matrix",
-        "triple_barrier_labels",
-        "training_set",
-        "oos_predictions",
-        "champion_model",
-        "backtest_report",
-    }
+    assert keys == {"bars_15m", "bars_60m", "bars_1d", *DOWNSTREAM}
     checks = {
         (c.asset_key.to_user_string(), c.name) for c in defs.resolve_asset_graph().asset_check_keys
     }
@@ -58,19 +56,7 @@ def test_one_minute_universe_builds_every_timeframe() -> None:
     project = load_project({"QUANTDAG_SETTINGS": str(ROOT / "config" / "settings.1m.yaml")})
     defs = build_definitions(project)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {
-        "bars_1m",
-        "bars_5m",
-        "bars_15m",
-        "bars_60m",
-        "bars_1d",
-        "feature_matrix",
-        "triple_barrier_labels",
-        "training_set",
-        "oos_predictions",
-        "champion_model",
-        "backtest_report",
-    }
+    assert keys == {"bars_1m", "bars_5m", "bars_15m", "bars_60m", "bars_1d", *DOWNSTREAM}
 
 
 def test_local_environment_uses_files() -> None:
