@@ -20,8 +20,12 @@ import polars as pl
 
 from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.calendar import Session, session_dates_within_hours, sessions_between
+from pipelines.features import expr as X
 from pipelines.features import kernels
+from pipelines.features.expr import Node, col, row_index, to_polars, when
 from pipelines.features.library import (
+    CCI_MD_20,
+    HURST_128,
     STOCH_HELPER,
     WILDER_HELPERS,
     S,
@@ -45,6 +49,55 @@ OPENING_RANGE_MINUTES = 30
 SESSION_HELPERS = frozenset(
     {"_tod_frac", "_bars_since_open", "_bars_to_close", "_or_pos", "_gap", "_vwap_dist"}
 )
+
+
+def _context_definitions() -> tuple[dict[str, Node], dict[str, Node], dict[str, Node]]:
+    """The multi-timeframe context: columns of closed 60-minute bars, of closed sessions (daily
+    bars), and the base-bar features read from them. Both engines evaluate these nodes."""
+    c, h, lo = col("close"), col("high"), col("low")
+    k = row_index()
+    hourly = {
+        "mtf_60m_ret_1": when(k >= 1, c / lag(c) - 1.0),
+        "mtf_60m_ret_4": when(k >= 4, c / lag(c, 4) - 1.0),
+        "mtf_60m_rsi_7": when(k >= 140, rsi_of(c, 7)),
+        "mtf_60m_atr_7": when(k >= 140, div(atr(7), c)),
+        "_h4": when(k >= 3, rmax(h, 4)),
+        "_l4": when(k >= 3, rmin(lo, 4)),
+    }
+    prev_close = lag(c)
+    tr = X.max_horizontal(h, prev_close) - X.min_horizontal(lo, prev_close)
+    daily = {
+        "mtf_1d_ret_1": when(k >= 1, c / prev_close - 1.0),
+        "_dh": h,
+        "_dl": lo,
+        "_dsma5": when(k >= 4, sma(c, 5)),
+        "mtf_1d_atr_5": when(k >= 5, div(sma(tr, 5), c)),
+    }
+    base = {
+        "mtf_1d_pos_1": position(c, col("_dl"), col("_dh")),
+        "mtf_1d_sma_5": div(c, col("_dsma5"), None) - 1.0,
+        "mtf_60m_pos_4": position(c, col("_l4"), col("_h4")),
+    }
+    return hourly, daily, base
+
+
+HOURLY_CONTEXT, DAILY_CONTEXT, BASE_CONTEXT = _context_definitions()
+TYPICAL = CCI_MD_20.args[0]
+LOG_RETURN_FILLED = HURST_128.args[0]
+
+
+def _beta_definitions() -> tuple[Node, Node]:
+    """The one-bar return and the rolling 60-bar beta of it on the index proxy's (``_idx``)."""
+    c = col("close")
+    r1 = c / lag(c) - 1.0
+    a, b = col("_r1"), col("_idx")
+    window = 60
+    cov = sma(a * b, window) - sma(a, window) * sma(b, window)
+    var = sma(b * b, window) - sma(b, window) ** 2
+    return r1, when(row_index() >= 61, div(cov, var, None))
+
+
+RETURN_1, BETA_60 = _beta_definitions()
 
 
 class FeatureInputError(ValueError):
@@ -236,12 +289,11 @@ def _kernel_columns(df: pl.DataFrame, needed: set[str] | None) -> pl.DataFrame:
         jobs[("_aroon_high_25",)] = lambda: kernels.bars_since_extreme(hi, starts, 25, True)
         jobs[("_aroon_low_25",)] = lambda: kernels.bars_since_extreme(low_, starts, 25, False)
     if want("_cci_md_20"):
-        tp = df.select((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0).to_series()
+        tp = df.select(to_polars(TYPICAL)).to_series()
         tp_values = tp.to_numpy()
         jobs[("_cci_md_20",)] = lambda: kernels.mean_abs_deviation(tp_values, starts, 20)
     if want("_hurst_128"):
-        log_ret = df.select((pl.col("close") / lag(pl.col("close"))).log()).to_series()
-        returns = log_ret.fill_null(0.0).to_numpy()
+        returns = df.select(to_polars(LOG_RETURN_FILLED)).to_series().to_numpy()
         jobs[("_hurst_128",)] = lambda: kernels.hurst_rs(returns, starts, 128)
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
         futures = {names: pool.submit(job) for names, job in jobs.items()}
@@ -300,10 +352,17 @@ def _session_columns(df: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
         _bars_to_close=((pl.col("end") - bar_end).dt.total_minutes() // tf.minutes).cast(
             pl.Float64
         ),
-        _or_pos=position(pl.col("close"), or_low, or_high),
-        _gap=div(pl.col("open").first().over(day), pl.col("_prev_session_close"), None) - 1.0,
-        _vwap_dist=div(pl.col("close"), vwap.fill_null(tp), None) - 1.0,
+        _or_pos=pl.when(or_high == or_low)
+        .then(0.5)
+        .otherwise((pl.col("close") - or_low) / (or_high - or_low)),
+        _gap=_ratio(pl.col("open").first().over(day), pl.col("_prev_session_close")) - 1.0,
+        _vwap_dist=_ratio(pl.col("close"), vwap.fill_null(tp)) - 1.0,
     )
+
+
+def _ratio(a: pl.Expr, b: pl.Expr) -> pl.Expr:
+    """``a / b``, null where ``b`` is zero or missing."""
+    return pl.when(b != 0).then(a / b).otherwise(pl.lit(None, pl.Float64))
 
 
 def _mtf(df: pl.DataFrame, config: FeatureConfig, reg: FeatureRegistry) -> pl.DataFrame:
@@ -314,7 +373,6 @@ def _mtf(df: pl.DataFrame, config: FeatureConfig, reg: FeatureRegistry) -> pl.Da
         bar_count=pl.lit(1, pl.Int32),
         flags=pl.lit(0, pl.Int32),
     )
-    c, h, lo = pl.col("close"), pl.col("high"), pl.col("low")
     base = df.with_columns(_bar_end=pl.col("ts") + pl.duration(minutes=config.timeframe.minutes))
     contexts: list[tuple[pl.DataFrame, list[str]]] = []
 
@@ -330,34 +388,12 @@ def _mtf(df: pl.DataFrame, config: FeatureConfig, reg: FeatureRegistry) -> pl.Da
         )
 
     if "mtf_60m_ret_1" in reg.names:
-        hour = higher(Timeframe.parse("60m"))
-        k = pl.int_range(pl.len()).over(S)
-        hour = hour.sort(S, "ts").with_columns(
-            mtf_60m_ret_1=pl.when(k >= 1).then(c / lag(c) - 1.0),
-            mtf_60m_ret_4=pl.when(k >= 4).then(c / lag(c, 4) - 1.0),
-            mtf_60m_rsi_7=pl.when(k >= 140).then(rsi_of(c, 7)),
-            mtf_60m_atr_7=pl.when(k >= 140).then(div(atr(7), c)),
-            _h4=pl.when(k >= 3).then(rmax(h, 4)),
-            _l4=pl.when(k >= 3).then(rmin(lo, 4)),
-        )
-        contexts.append(
-            (
-                hour,
-                ["mtf_60m_ret_1", "mtf_60m_ret_4", "mtf_60m_rsi_7", "mtf_60m_atr_7", "_h4", "_l4"],
-            )
-        )
-    day = higher(Timeframe.parse("1d"))
-    k = pl.int_range(pl.len()).over(S)
-    prev_close = lag(c)
-    tr = pl.max_horizontal(h, prev_close) - pl.min_horizontal(lo, prev_close)
-    day = day.sort(S, "ts").with_columns(
-        mtf_1d_ret_1=pl.when(k >= 1).then(c / prev_close - 1.0),
-        _dh=h,
-        _dl=lo,
-        _dsma5=pl.when(k >= 4).then(sma(c, 5)),
-        mtf_1d_atr_5=pl.when(k >= 5).then(div(sma(tr, 5), c)),
-    )
-    contexts.append((day, ["mtf_1d_ret_1", "_dh", "_dl", "_dsma5", "mtf_1d_atr_5"]))
+        hour = higher(Timeframe.parse("60m")).sort(S, "ts")
+        hour = hour.with_columns(to_polars(e).alias(n) for n, e in HOURLY_CONTEXT.items())
+        contexts.append((hour, list(HOURLY_CONTEXT)))
+    day = higher(Timeframe.parse("1d")).sort(S, "ts")
+    day = day.with_columns(to_polars(e).alias(n) for n, e in DAILY_CONTEXT.items())
+    contexts.append((day, list(DAILY_CONTEXT)))
     out = base.sort("_bar_end")
     for frame, cols in contexts:
         right = frame.select(S, pl.col("end").alias("_ctx_end"), *cols).sort("_ctx_end")
@@ -369,13 +405,8 @@ def _mtf(df: pl.DataFrame, config: FeatureConfig, reg: FeatureRegistry) -> pl.Da
             strategy="backward",
             check_sortedness=False,
         ).drop("_ctx_end")
-    close = pl.col("close")
-    extra = [
-        position(close, pl.col("_dl"), pl.col("_dh")).alias("mtf_1d_pos_1"),
-        (div(close, pl.col("_dsma5"), None) - 1.0).alias("mtf_1d_sma_5"),
-    ]
-    if "mtf_60m_ret_1" in reg.names:
-        extra.append(position(close, pl.col("_l4"), pl.col("_h4")).alias("mtf_60m_pos_4"))
+    hourly = "mtf_60m_ret_1" in reg.names
+    extra = [to_polars(e).alias(n) for n, e in BASE_CONTEXT.items() if hourly or "_60m_" not in n]
     return out.with_columns(extra).sort(S, "ts")
 
 
@@ -406,20 +437,13 @@ def _xs(df: pl.DataFrame) -> pl.DataFrame:
     r20 = pl.col("statistical_ret_20")
     cols.append((r20 - r20.mean().over("ts")).alias("xs_relstrength_20"))
     symbols = set(df[S].unique())
-    r1 = pl.col("close") / lag(pl.col("close")) - 1.0
-    df = df.with_columns(_r1=r1)
+    df = df.with_columns(_r1=to_polars(RETURN_1))
     if "SPY" in symbols:
         index = df.filter(pl.col(S) == "SPY").select("ts", pl.col("_r1").alias("_idx"))
     else:
         index = df.group_by("ts").agg(pl.col("_r1").mean().alias("_idx"))
     df = df.join(index, on="ts", how="left").sort(S, "ts")
-    a, b = pl.col("_r1"), pl.col("_idx")
-    window = 60
-    cov = sma(a * b, window) - sma(a, window) * sma(b, window)
-    var = sma(b * b, window) - sma(b, window) ** 2
-    return df.with_columns(cols).with_columns(
-        xs_beta_60=pl.when(pl.col("_i") >= 61).then(div(cov, var, None))
-    )
+    return df.with_columns(cols).with_columns(xs_beta_60=to_polars(BETA_60))
 
 
 def build_features(

@@ -16,118 +16,118 @@ from __future__ import annotations
 
 import math
 
-import polars as pl
-
+from pipelines.features import expr as X
+from pipelines.features.expr import Node, col, when
 from pipelines.features.registry import FeatureRegistry, FeatureSpec
 
-S = "symbol"
-c, o, h, lo, v = (pl.col(x) for x in ("close", "open", "high", "low", "volume"))
+S = X.S
+c, o, h, lo, v = (col(x) for x in ("close", "open", "high", "low", "volume"))
 
 
-def lag(e: pl.Expr, k: int = 1) -> pl.Expr:
-    return e.shift(k).over(S)
+def lag(e: Node, k: int = 1) -> Node:
+    return X.shift(e, k)
 
 
-def sma(e: pl.Expr, n: int) -> pl.Expr:
-    return e.rolling_mean(n).over(S)
+def sma(e: Node, n: int) -> Node:
+    return X.rolling_mean(e, n)
 
 
-def rsum(e: pl.Expr, n: int) -> pl.Expr:
-    return e.rolling_sum(n).over(S)
+def rsum(e: Node, n: int) -> Node:
+    return X.rolling_sum(e, n)
 
 
-def rstd(e: pl.Expr, n: int, ddof: int = 1) -> pl.Expr:
-    return e.rolling_std(n, ddof=ddof).over(S)
+def rstd(e: Node, n: int, ddof: int = 1) -> Node:
+    return X.rolling_std(e, n, ddof)
 
 
-def rmax(e: pl.Expr, n: int) -> pl.Expr:
-    return e.rolling_max(n).over(S)
+def rmax(e: Node, n: int) -> Node:
+    return X.rolling_max(e, n)
 
 
-def rmin(e: pl.Expr, n: int) -> pl.Expr:
-    return e.rolling_min(n).over(S)
+def rmin(e: Node, n: int) -> Node:
+    return X.rolling_min(e, n)
 
 
-def ema(e: pl.Expr, n: int) -> pl.Expr:
-    return e.ewm_mean(span=n, adjust=False).over(S)
+def ema(e: Node, n: int) -> Node:
+    return X.ewm_mean(e, span=n)
 
 
-def rma(e: pl.Expr, n: int) -> pl.Expr:
+def rma(e: Node, n: int) -> Node:
     """Wilder's smoothing (alpha = 1/n)."""
-    return e.ewm_mean(alpha=1.0 / n, adjust=False).over(S)
+    return X.ewm_mean(e, alpha=1.0 / n)
 
 
-def wma(e: pl.Expr, n: int) -> pl.Expr:
+def wma(e: Node, n: int) -> Node:
     # Weighted windows refuse nulls; a null input only occurs inside the caller's warm-up.
-    weights = [float(i) for i in range(1, n + 1)]
-    return e.fill_null(0.0).rolling_mean(n, weights=weights).over(S)
+    weights = tuple(float(i) for i in range(1, n + 1))
+    return X.rolling_mean(e.fill_null(0.0), n, weights)
 
 
-def div(a: pl.Expr, b: pl.Expr, default: float | None = 0.0) -> pl.Expr:
+def div(a: Node, b: Node, default: float | None = 0.0) -> Node:
     """``a / b``, or ``default`` where ``b`` is zero or missing."""
-    return pl.when(b != 0).then(a / b).otherwise(pl.lit(default, pl.Float64))
+    return when(b != 0, a / b, X.lit(default, float64=True))
 
 
-def rel(ma: pl.Expr) -> pl.Expr:
+def rel(ma: Node) -> Node:
     """Distance of the close from a level, as a fraction of the level."""
     return div(c, ma) - 1.0
 
 
-def rcov(a: pl.Expr, b: pl.Expr, n: int) -> pl.Expr:
+def rcov(a: Node, b: Node, n: int) -> Node:
     return (sma(a * b, n) - sma(a, n) * sma(b, n)) * (n / (n - 1))
 
 
-def zscore(e: pl.Expr, n: int) -> pl.Expr:
+def zscore(e: Node, n: int) -> Node:
     return div(e - sma(e, n), rstd(e, n))
 
 
 prev_close = lag(c)
-true_range = pl.max_horizontal(h, prev_close) - pl.min_horizontal(lo, prev_close)
+true_range = X.max_horizontal(h, prev_close) - X.min_horizontal(lo, prev_close)
 log_ret = (c / prev_close).log()
 ret = c / prev_close - 1.0
 typical = (h + lo + c) / 3.0
 
 
-def atr(n: int) -> pl.Expr:
-    return rma(pl.coalesce(true_range, h - lo), n)
+def atr(n: int) -> Node:
+    return rma(X.coalesce(true_range, h - lo), n)
 
 
-def rsi_of(e: pl.Expr, n: int) -> pl.Expr:
+def rsi_of(e: Node, n: int) -> Node:
     d = e - lag(e)
     gain = rma(d.clip(lower_bound=0.0), n)
     loss = rma((-d).clip(lower_bound=0.0), n)
-    return pl.when((gain + loss) == 0).then(50.0).otherwise(100.0 * gain / (gain + loss))
+    return when((gain + loss) == 0, 50.0, 100.0 * gain / (gain + loss))
 
 
-def stoch_k(e_close: pl.Expr, e_high: pl.Expr, e_low: pl.Expr, n: int) -> pl.Expr:
+def stoch_k(e_close: Node, e_high: Node, e_low: Node, n: int) -> Node:
     hh, ll = rmax(e_high, n), rmin(e_low, n)
-    return pl.when(hh == ll).then(50.0).otherwise(100.0 * (e_close - ll) / (hh - ll))
+    return when(hh == ll, 50.0, 100.0 * (e_close - ll) / (hh - ll))
 
 
-def macd_line(fast: int, slow: int) -> pl.Expr:
+def macd_line(fast: int, slow: int) -> Node:
     return ema(c, fast) - ema(c, slow)
 
 
-def dm_plus() -> pl.Expr:
+def dm_plus() -> Node:
     up, down = h - lag(h), lag(lo) - lo
-    return pl.when((up > down) & (up > 0)).then(up).otherwise(0.0)
+    return when((up > down) & (up > 0), up, 0.0)
 
 
-def dm_minus() -> pl.Expr:
+def dm_minus() -> Node:
     up, down = h - lag(h), lag(lo) - lo
-    return pl.when((down > up) & (down > 0)).then(down).otherwise(0.0)
+    return when((down > up) & (down > 0), down, 0.0)
 
 
-def di(dm: pl.Expr, n: int) -> pl.Expr:
+def di(dm: Node, n: int) -> Node:
     return div(100.0 * rma(dm.fill_null(0.0), n), atr(n))
 
 
-def position(e: pl.Expr, low_: pl.Expr, high_: pl.Expr) -> pl.Expr:
+def position(e: Node, low_: Node, high_: Node) -> Node:
     """Where ``e`` lies between ``low_`` (0) and ``high_`` (1); 0.5 on a flat range."""
-    return pl.when(high_ == low_).then(0.5).otherwise((e - low_) / (high_ - low_))
+    return when(high_ == low_, 0.5, (e - low_) / (high_ - low_))
 
 
-def norm_cdf(x: pl.Expr) -> pl.Expr:
+def norm_cdf(x: Node) -> Node:
     """Standard normal CDF (Abramowitz and Stegun 7.1.26, |error| < 1.5e-7)."""
     z = x.abs() / math.sqrt(2.0)
     t = 1.0 / (1.0 + 0.3275911 * z)
@@ -135,7 +135,7 @@ def norm_cdf(x: pl.Expr) -> pl.Expr:
         0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
     )
     erf = 1.0 - poly * (-(z * z)).exp()
-    return pl.when(x >= 0).then(0.5 * (1.0 + erf)).otherwise(0.5 * (1.0 - erf))
+    return when(x >= 0, 0.5 * (1.0 + erf), 0.5 * (1.0 - erf))
 
 
 WILDER_HELPERS = {"_atr_14": atr(14), "_dip_14": di(dm_plus(), 14), "_dim_14": di(dm_minus(), 14)}
@@ -147,6 +147,24 @@ STOCH_HELPER = {"_stoch_14": stoch_k(c, h, lo, 14)}
 """Fast %K(14), shared by the slow stochastic lines: computed by
 :func:`pipelines.features.kernels.stochastic_k` (equal to this expression to the last bit)."""
 
+HLC = (h, lo, c)
+ATR_14, DIP_14, DIM_14 = (
+    X.kernel("wilder", name, HLC, 14, output=i) for i, name in enumerate(WILDER_HELPERS)
+)
+STOCH_14 = X.kernel("stochastic_k", "_stoch_14", HLC, 14)
+KAMA_10 = X.kernel("kama", "_kama_10", (c,), 10, 2, 30)
+PSAR, PSAR_DIR = (
+    X.kernel("psar", n, HLC, 0.02, 0.2, output=i) for i, n in enumerate(("_psar", "_psar_dir"))
+)
+SUPERTREND, SUPERTREND_DIR = (
+    X.kernel("supertrend", n, HLC, 10, 3.0, output=i)
+    for i, n in enumerate(("_supertrend", "_supertrend_dir"))
+)
+AROON_HIGH_25 = X.kernel("bars_since_extreme", "_aroon_high_25", (h,), 25, True)
+AROON_LOW_25 = X.kernel("bars_since_extreme", "_aroon_low_25", (lo,), 25, False)
+CCI_MD_20 = X.kernel("mean_abs_deviation", "_cci_md_20", (typical,), 20)
+HURST_128 = X.kernel("hurst_rs", "_hurst_128", (log_ret.fill_null(0.0),), 128)
+
 
 def _add(
     reg: FeatureRegistry,
@@ -154,7 +172,7 @@ def _add(
     inputs: str,
     warmup: int,
     description: str,
-    expr: pl.Expr,
+    expr: Node,
     *,
     stateful: bool = False,
 ) -> None:
@@ -165,8 +183,9 @@ def _add(
             inputs=tuple(inputs.split(",")),
             warmup=warmup,
             description=description,
-            expr=lambda e=expr: e,  # type: ignore[misc]
+            expr=lambda e=expr: X.to_polars(e),  # type: ignore[misc]
             stateful=stateful,
+            node=expr,
         )
     )
 
@@ -228,12 +247,12 @@ def register_trend(reg: FeatureRegistry) -> None:
         "close",
         10,
         "close / KAMA(10, 2, 30) - 1",
-        rel(pl.col("_kama_10")),
+        rel(KAMA_10),
         stateful=True,
     )
     # The DI lines are helper columns (see WILDER_HELPERS): ADX reads them instead of
     # recomputing two nested Wilder chains.
-    dip, dim = pl.col("_dip_14"), pl.col("_dim_14")
+    dip, dim = DIP_14, DIM_14
     _add(
         reg,
         "trend_adx_14",
@@ -244,8 +263,8 @@ def register_trend(reg: FeatureRegistry) -> None:
     )
     _add(reg, "trend_dip_14", "high,low,close", 280, "+DI(14), Wilder", dip)
     _add(reg, "trend_dim_14", "high,low,close", 280, "-DI(14), Wilder", dim)
-    up = 100.0 * (25 - pl.col("_aroon_high_25")) / 25
-    down = 100.0 * (25 - pl.col("_aroon_low_25")) / 25
+    up = 100.0 * (25 - AROON_HIGH_25) / 25
+    down = 100.0 * (25 - AROON_LOW_25) / 25
     _add(reg, "trend_aroon_25_up", "high", 25, "Aroon up(25)", up)
     _add(reg, "trend_aroon_25_down", "low", 25, "Aroon down(25)", down)
     _add(reg, "trend_aroon_25_osc", "high,low", 25, "Aroon oscillator(25)", up - down)
@@ -255,7 +274,7 @@ def register_trend(reg: FeatureRegistry) -> None:
         "high,low,close",
         2,
         "close / parabolic SAR(0.02, 0.02, 0.2) - 1",
-        rel(pl.col("_psar")),
+        rel(PSAR),
         stateful=True,
     )
     _add(
@@ -264,7 +283,7 @@ def register_trend(reg: FeatureRegistry) -> None:
         "high,low",
         2,
         "parabolic SAR direction (+1 long, -1 short)",
-        pl.col("_psar_dir"),
+        PSAR_DIR,
         stateful=True,
     )
     _add(
@@ -273,7 +292,7 @@ def register_trend(reg: FeatureRegistry) -> None:
         "high,low,close",
         200,
         "close / SuperTrend(10, 3) - 1",
-        rel(pl.col("_supertrend")),
+        rel(SUPERTREND),
         stateful=True,
     )
     _add(
@@ -282,7 +301,7 @@ def register_trend(reg: FeatureRegistry) -> None:
         "high,low,close",
         200,
         "SuperTrend(10, 3) direction (+1 up, -1 down)",
-        pl.col("_supertrend_dir"),
+        SUPERTREND_DIR,
         stateful=True,
     )
     tenkan = (rmax(h, 9) + rmin(lo, 9)) / 2.0
@@ -324,7 +343,7 @@ def register_trend(reg: FeatureRegistry) -> None:
 def register_momentum(reg: FeatureRegistry) -> None:
     for n in (7, 14, 21):
         _add(reg, f"momentum_rsi_{n}", "close", 20 * n, f"RSI({n}), Wilder", rsi_of(c, n))
-    k = sma(pl.col("_stoch_14"), 3)
+    k = sma(STOCH_14, 3)
     _add(reg, "momentum_stoch_14_k", "high,low,close", 16, "slow stochastic %K(14, 3)", k)
     _add(
         reg, "momentum_stoch_14_d", "high,low,close", 18, "slow stochastic %D(14, 3, 3)", sma(k, 3)
@@ -348,7 +367,7 @@ def register_momentum(reg: FeatureRegistry) -> None:
         "Williams %R(14)",
         stoch_k(c, h, lo, 14) - 100.0,
     )
-    md = pl.col("_cci_md_20")
+    md = CCI_MD_20
     _add(
         reg,
         "momentum_cci_20",
@@ -357,8 +376,8 @@ def register_momentum(reg: FeatureRegistry) -> None:
         "commodity channel index(20)",
         div(typical - sma(typical, 20), 0.015 * md),
     )
-    bp = c - pl.min_horizontal(lo, prev_close)
-    tr = pl.max_horizontal(h, prev_close) - pl.min_horizontal(lo, prev_close)
+    bp = c - X.min_horizontal(lo, prev_close)
+    tr = X.max_horizontal(h, prev_close) - X.min_horizontal(lo, prev_close)
     avg = [div(rsum(bp, n), rsum(tr, n), 0.5) for n in (7, 14, 28)]
     _add(
         reg,
@@ -413,7 +432,7 @@ def register_momentum(reg: FeatureRegistry) -> None:
     _add(reg, "momentum_ppo_12_26_hist", "close", 350, "PPO histogram", ppo - ema(ppo, 9))
 
 
-def _range_vol(n: int) -> dict[str, pl.Expr]:
+def _range_vol(n: int) -> dict[str, Node]:
     hl = (h / lo).log()
     co = (c / o).log()
     parkinson = (sma(hl * hl, n) / (4.0 * math.log(2.0))).sqrt()
@@ -438,7 +457,7 @@ def register_volatility(reg: FeatureRegistry) -> None:
             "high,low,close",
             20 * n,
             f"ATR({n}), Wilder / close",
-            div(pl.col("_atr_14") if n == 14 else atr(n), c),
+            div(ATR_14 if n == 14 else atr(n), c),
         )
     _add(
         reg,
@@ -446,7 +465,7 @@ def register_volatility(reg: FeatureRegistry) -> None:
         "high,low,close",
         280,
         "normalised ATR(14), percent",
-        div(100.0 * pl.col("_atr_14"), c),
+        div(100.0 * ATR_14, c),
     )
     mid, sd = sma(c, 20), rstd(c, 20, ddof=0)
     upper, lower = mid + 2.0 * sd, mid - 2.0 * sd
@@ -502,7 +521,7 @@ def register_volatility(reg: FeatureRegistry) -> None:
 
 def register_volume(reg: FeatureRegistry) -> None:
     avg_v = sma(v, 20)
-    signed = pl.when(c > prev_close).then(v).when(c < prev_close).then(-v).otherwise(0.0)
+    signed = when(c > prev_close, v, when(c < prev_close, -v, 0.0))
     _add(
         reg,
         "volume_obv_20",
@@ -529,8 +548,8 @@ def register_volume(reg: FeatureRegistry) -> None:
         div(rsum(mfm * v, 20), rsum(v, 20)),
     )
     flow = typical * v
-    pos = pl.when(typical > lag(typical)).then(flow).otherwise(0.0)
-    neg = pl.when(typical < lag(typical)).then(flow).otherwise(0.0)
+    pos = when(typical > lag(typical), flow, 0.0)
+    neg = when(typical < lag(typical), flow, 0.0)
     p14, n14 = rsum(pos, 14), rsum(neg, 14)
     _add(
         reg,
@@ -538,7 +557,7 @@ def register_volume(reg: FeatureRegistry) -> None:
         "high,low,close,volume",
         15,
         "money flow index(14)",
-        pl.when(p14 + n14 == 0).then(50.0).otherwise(100.0 * p14 / (p14 + n14)),
+        when(p14 + n14 == 0, 50.0, 100.0 * p14 / (p14 + n14)),
     )
     _add(
         reg,
@@ -592,7 +611,7 @@ def register_statistical(reg: FeatureRegistry) -> None:
         "open,high,low,close",
         0,
         "(high - max(open, close)) / (high - low)",
-        div(h - pl.max_horizontal(o, c), rng),
+        div(h - X.max_horizontal(o, c), rng),
     )
     _add(
         reg,
@@ -600,7 +619,7 @@ def register_statistical(reg: FeatureRegistry) -> None:
         "open,high,low,close",
         0,
         "(min(open, close) - low) / (high - low)",
-        div(pl.min_horizontal(o, c) - lo, rng),
+        div(X.min_horizontal(o, c) - lo, rng),
     )
     for n in (1, 5, 10, 20, 40):
         _add(
@@ -660,13 +679,13 @@ def register_statistical(reg: FeatureRegistry) -> None:
         "close",
         129,
         "Hurst exponent of log returns (R/S, 128)",
-        pl.col("_hurst_128"),
+        HURST_128,
     )
     for n in (20, 60):
         # OLS on a fixed time axis 0..n-1: fixed weights, so no dependence on the bar index.
         centred = [k - (n - 1) / 2.0 for k in range(n)]
         sxx = sum(x * x for x in centred)
-        slope = c.rolling_sum(n, weights=centred).over(S) / sxx
+        slope = X.rolling_sum(c, n, tuple(centred)) / sxx
         var_c = rstd(c, n) ** 2 * (n - 1)
         _add(
             reg,
@@ -686,13 +705,13 @@ def register_statistical(reg: FeatureRegistry) -> None:
         )
 
 
-def _moment_ratio(e: pl.Expr, n: int, k: int) -> pl.Expr:
+def _moment_ratio(e: Node, n: int, k: int) -> Node:
     m = sma(e, n)
     var = sma((e - m) ** 2, n)
     return div(sma((e - m) ** k, n), var ** (k / 2.0))
 
 
-def _rcorr(a: pl.Expr, b: pl.Expr, n: int) -> pl.Expr:
+def _rcorr(a: Node, b: Node, n: int) -> Node:
     return div(rcov(a, b, n), (rcov(a, a, n) * rcov(b, b, n)).sqrt())
 
 
@@ -722,11 +741,11 @@ def register_micro(reg: FeatureRegistry) -> None:
         "close",
         22,
         "Roll spread estimate over 20 bars / close",
-        pl.when(cov < 0).then(2.0 * (-cov).sqrt() / c).otherwise(0.0),
+        when(cov < 0, 2.0 * (-cov).sqrt() / c, 0.0),
     )
     hl1 = (h / lo).log() ** 2
     beta = hl1 + lag(hl1)
-    gamma = (pl.max_horizontal(h, lag(h)) / pl.min_horizontal(lo, lag(lo))).log() ** 2
+    gamma = (X.max_horizontal(h, lag(h)) / X.min_horizontal(lo, lag(lo))).log() ** 2
     k = 3.0 - 2.0 * math.sqrt(2.0)
     alpha = ((2.0 * beta).sqrt() - beta.sqrt()) / k - (gamma / k).sqrt()
     spread = (2.0 * (alpha.exp() - 1.0) / (1.0 + alpha.exp())).clip(lower_bound=0.0)
@@ -738,7 +757,7 @@ def register_micro(reg: FeatureRegistry) -> None:
         "Corwin-Schultz high-low spread estimate, mean over 20 bars",
         sma(spread, 20),
     )
-    signed_v = pl.when(dp > 0).then(v).when(dp < 0).then(-v).otherwise(0.0)
+    signed_v = when(dp > 0, v, when(dp < 0, -v, 0.0))
     sv = div(signed_v, sma(v, 20))
     _add(
         reg,
@@ -767,7 +786,7 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "ts",
         0,
         "time of day: fraction of the session elapsed",
-        pl.col("_tod_frac"),
+        col("_tod_frac"),
     )
     _add(
         reg,
@@ -775,7 +794,7 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "ts",
         0,
         "time of day on the unit circle (sine)",
-        (2.0 * math.pi * pl.col("_tod_frac")).sin(),
+        (2.0 * math.pi * col("_tod_frac")).sin(),
     )
     _add(
         reg,
@@ -783,7 +802,7 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "ts",
         0,
         "bars since the session open",
-        pl.col("_bars_since_open"),
+        col("_bars_since_open"),
     )
     _add(
         reg,
@@ -791,7 +810,7 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "ts",
         0,
         "bars left until the session close",
-        pl.col("_bars_to_close"),
+        col("_bars_to_close"),
     )
     _add(
         reg,
@@ -799,7 +818,7 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "high,low,close",
         0,
         "position in the first 30 minutes' range (the range so far, inside those minutes)",
-        pl.col("_or_pos"),
+        col("_or_pos"),
     )
     _add(
         reg,
@@ -807,7 +826,7 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "open,close",
         bars_per_session,  # defined from a symbol's second session on
         "session's first open / previous session's last close - 1",
-        pl.col("_gap"),
+        col("_gap"),
     )
     _add(
         reg,
@@ -815,7 +834,7 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "high,low,close,volume",
         0,
         "close / session VWAP (typical price) - 1",
-        pl.col("_vwap_dist"),
+        col("_vwap_dist"),
     )
 
 

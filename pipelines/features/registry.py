@@ -3,15 +3,20 @@
 Names follow ``{category}_{indicator}_{window}[_{variant}]``. A feature is null for the first
 ``warmup`` bars of each symbol (its value is not yet meaningful there) and defined after that.
 ``stateful`` marks path-dependent indicators (PSAR, SuperTrend, KAMA) whose value depends on the
-whole history of the symbol, not only on the last ``warmup`` bars.
+whole history of the symbol, not only on the last ``warmup`` bars; the streaming engine
+(:mod:`pipelines.features.stream`) carries that history as state, so it gives them exactly too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from pipelines.features.expr import Node
 
 CATEGORIES = (
     "trend",
@@ -31,7 +36,10 @@ FEATURE_SET_VERSION = "1"
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One feature. ``expr`` builds its polars expression over the prepared frame."""
+    """One feature. ``expr`` builds its polars expression over the prepared frame; ``node`` is
+    the definition it was built from (:mod:`pipelines.features.expr`), which the streaming
+    engine compiles. Features computed by a later stage (multi-timeframe, cross-sectional) have
+    no ``node``: both engines compute them by their own stage."""
 
     name: str
     category: str
@@ -40,6 +48,7 @@ class FeatureSpec:
     description: str
     expr: Callable[[], pl.Expr] = field(repr=False, compare=False)
     stateful: bool = False
+    node: Node | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:

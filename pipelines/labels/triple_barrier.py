@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.bars.calendar import session_dates_within_hours
+from pipelines.features.expr import col, to_polars
 from pipelines.features.library import S, atr, div, lag, rstd
 from pipelines.labels.kernels import scan_barriers
 
@@ -74,10 +75,10 @@ def barrier_volatility(config: BarrierConfig) -> pl.Expr:
     """The per-bar volatility the barriers are measured in (ATR/close or the standard
     deviation of log returns), known at each bar; an expression over one symbol's bars."""
     n = config.volatility_window
-    c = pl.col("close")
+    c = col("close")
     if config.volatility == "atr":
-        return div(atr(n), c, None)
-    return rstd((c / lag(c)).log(), n)
+        return to_polars(div(atr(n), c, None))
+    return to_polars(rstd((c / lag(c)).log(), n))
 
 
 def label_triple_barrier(

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.features import kernels
 from pipelines.features.build import _starts
+from pipelines.features.expr import to_polars
 from pipelines.features.library import STOCH_HELPER, WILDER_HELPERS, S
 from tests.conftest import shared_av_bars
 
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.unit
 
 def _same_bits(bars: pl.DataFrame) -> None:
     bars = bars.sort(S, "ts")
-    reference = bars.select(**WILDER_HELPERS, **STOCH_HELPER)
+    helpers = {**WILDER_HELPERS, **STOCH_HELPER}
+    reference = bars.select(to_polars(e).alias(n) for n, e in helpers.items())
     starts = _starts(bars[S])
     h, lo, c = (bars[x].to_numpy() for x in ("high", "low", "close"))
     atr, dip, dim = kernels.wilder_directional(h, lo, c, starts, 14)
