@@ -2,6 +2,10 @@
 
 Each kernel takes the arrays of all symbols at once (sorted by symbol, then time) and ``starts``,
 the index where each symbol begins, and restarts its state at every symbol. No per-row Python.
+
+The arithmetic of each step lives in a small inlined function (``*_step``, ``*_window``) that
+the streaming engine (:mod:`pipelines.features.program`) calls too, so the batch matrix and the
+live path compute these indicators with the same float operations in the same order.
 """
 
 from __future__ import annotations
@@ -12,6 +16,36 @@ from numba import njit
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def kama_seed(close: F64, lo: int, n: int) -> float:
+    """The mean of ``close[lo : lo + n]``, summed in order."""
+    prev = 0.0
+    for j in range(lo, lo + n):
+        prev += close[j]
+    prev /= n
+    return prev
+
+
+@njit(cache=True, nogil=True, inline="always")
+def kama_step(
+    prev: float, close: F64, i: int, n: int, fast_sc: float, slow_sc: float, wrap: int
+) -> float:
+    """KAMA at ``close[i]`` from ``prev``; ``close`` holds at least the ``n + 1`` closes ending
+    at ``i`` (indices taken modulo ``wrap`` when it is positive: a ring buffer)."""
+    now = close[i % wrap] if wrap > 0 else close[i]
+    old = close[(i - n) % wrap] if wrap > 0 else close[i - n]
+    change = abs(now - old)
+    vol = 0.0
+    for j in range(i - n + 1, i + 1):
+        if wrap > 0:
+            vol += abs(close[j % wrap] - close[(j - 1) % wrap])
+        else:
+            vol += abs(close[j] - close[j - 1])
+    er = change / vol if vol != 0.0 else 0.0
+    sc = (er * (fast_sc - slow_sc) + slow_sc) ** 2
+    return float(prev + sc * (now - prev))
 
 
 @njit(cache=True, nogil=True)
@@ -26,21 +60,59 @@ def kama(close: F64, starts: I64, n: int, fast: int, slow: int) -> F64:
         a, b = starts[g], ends[g]
         if b - a < n:
             continue
-        prev = 0.0
-        for j in range(a, a + n):
-            prev += close[j]
-        prev /= n
+        prev = kama_seed(close, a, n)
         out[a + n - 1] = prev
         for i in range(a + n, b):
-            change = abs(close[i] - close[i - n])
-            vol = 0.0
-            for j in range(i - n + 1, i + 1):
-                vol += abs(close[j] - close[j - 1])
-            er = change / vol if vol != 0.0 else 0.0
-            sc = (er * (fast_sc - slow_sc) + slow_sc) ** 2
-            prev = prev + sc * (close[i] - prev)
+            prev = kama_step(prev, close, i, n, fast_sc, slow_sc, 0)
             out[i] = prev
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def psar_start(
+    high0: float, low0: float, high1: float, low1: float, close0: float, af0: float
+) -> tuple[float, float, float, bool]:
+    """The parabolic SAR's state before its first step: (sar, af, extreme point, falling)."""
+    up = high1 - high0
+    dn = low0 - low1
+    falling = dn > up and dn > 0
+    ep = low0 if falling else high0
+    return close0, af0, ep, falling
+
+
+@njit(cache=True, nogil=True, inline="always")
+def psar_step(
+    s: float,
+    af: float,
+    ep: float,
+    falling: bool,
+    high: float,
+    low: float,
+    prev_high: float,
+    prev_low: float,
+    af0: float,
+    af_max: float,
+) -> tuple[float, float, float, bool]:
+    """One parabolic SAR step on a bar, from the previous state and the previous bar."""
+    s = s + af * (ep - s)
+    if falling:
+        reverse = high > s
+        if low < ep:
+            ep = low
+            af = min(af + af0, af_max)
+        s = max(prev_high, s)
+    else:
+        reverse = low < s
+        if high > ep:
+            ep = high
+            af = min(af + af0, af_max)
+        s = min(prev_low, s)
+    if reverse:
+        s = ep
+        af = af0
+        falling = not falling
+        ep = low if falling else high
+    return s, af, ep, falling
 
 
 @njit(cache=True, nogil=True)
@@ -64,34 +136,38 @@ def psar(
         a, b = starts[g], ends[g]
         if b - a < 2:
             continue
-        up = high[a + 1] - high[a]
-        dn = low[a] - low[a + 1]
-        falling = dn > up and dn > 0
-        af = af0
-        ep = low[a] if falling else high[a]
-        s = close[a]
+        s, af, ep, falling = psar_start(high[a], low[a], high[a + 1], low[a + 1], close[a], af0)
         for i in range(a + 1, b):
-            s = s + af * (ep - s)
-            if falling:
-                reverse = high[i] > s
-                if low[i] < ep:
-                    ep = low[i]
-                    af = min(af + af0, af_max)
-                s = max(high[i - 1], s)
-            else:
-                reverse = low[i] < s
-                if high[i] > ep:
-                    ep = high[i]
-                    af = min(af + af0, af_max)
-                s = min(low[i - 1], s)
-            if reverse:
-                s = ep
-                af = af0
-                falling = not falling
-                ep = low[i] if falling else high[i]
+            s, af, ep, falling = psar_step(
+                s, af, ep, falling, high[i], low[i], high[i - 1], low[i - 1], af0, af_max
+            )
             sar[i] = s
             direction[i] = -1.0 if falling else 1.0
     return sar, direction
+
+
+@njit(cache=True, nogil=True, inline="always")
+def supertrend_bands(high: float, low: float, atr: float, mult: float) -> tuple[float, float]:
+    """SuperTrend's lower and upper band of one bar, before ratcheting."""
+    mid = (high + low) / 2.0
+    return mid - mult * atr, mid + mult * atr
+
+
+@njit(cache=True, nogil=True, inline="always")
+def supertrend_step(
+    d: float, close: float, lb: float, ub: float, prev_lb: float, prev_ub: float
+) -> tuple[float, float, float]:
+    """One SuperTrend step: (direction, lower band, upper band) after the bar's ratchet."""
+    if close > prev_ub:
+        d = 1.0
+    elif close < prev_lb:
+        d = -1.0
+    else:
+        if d > 0 and lb < prev_lb:
+            lb = prev_lb
+        if d < 0 and ub > prev_ub:
+            ub = prev_ub
+    return d, lb, ub
 
 
 @njit(cache=True, nogil=True)
@@ -112,27 +188,27 @@ def supertrend(
     ends = np.append(starts[1:], n_rows)
     for g in range(starts.shape[0]):
         a, b = starts[g], ends[g]
-        lb = np.empty(b - a)
-        ub = np.empty(b - a)
-        for i in range(a, b):
-            mid = (high[i] + low[i]) / 2.0
-            lb[i - a] = mid - mult * atr[i]
-            ub[i - a] = mid + mult * atr[i]
+        if b - a < 1:
+            continue
+        prev_lb, prev_ub = supertrend_bands(high[a], low[a], atr[a], mult)
         d = 1.0
         for i in range(a + 1, b):
-            k = i - a
-            if close[i] > ub[k - 1]:
-                d = 1.0
-            elif close[i] < lb[k - 1]:
-                d = -1.0
-            else:
-                if d > 0 and lb[k] < lb[k - 1]:
-                    lb[k] = lb[k - 1]
-                if d < 0 and ub[k] > ub[k - 1]:
-                    ub[k] = ub[k - 1]
-            line[i] = lb[k] if d > 0 else ub[k]
+            lb, ub = supertrend_bands(high[i], low[i], atr[i], mult)
+            d, lb, ub = supertrend_step(d, close[i], lb, ub, prev_lb, prev_ub)
+            line[i] = lb if d > 0 else ub
             direction[i] = d
+            prev_lb, prev_ub = lb, ub
     return line, direction
+
+
+@njit(cache=True, nogil=True, inline="always")
+def extreme_is_newer(x: float, best: float, highest: bool) -> bool:
+    return (x >= best) if highest else (x <= best)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def extreme_is_better(x: float, best: float, highest: bool) -> bool:
+    return (x > best) if highest else (x < best)
 
 
 @njit(cache=True, nogil=True)
@@ -147,15 +223,28 @@ def bars_since_extreme(x: F64, starts: I64, n: int, highest: bool) -> F64:
         best = -1
         for i in range(a + n, b):
             if best >= i - n:
-                if (x[i] >= x[best]) if highest else (x[i] <= x[best]):
+                if extreme_is_newer(x[i], x[best], highest):
                     best = i
             else:
                 best = i
                 for j in range(i, i - n - 1, -1):
-                    if (x[j] > x[best]) if highest else (x[j] < x[best]):
+                    if extreme_is_better(x[j], x[best], highest):
                         best = j
             out[i] = i - best
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def mean_abs_deviation_window(x: F64, lo: int, n: int) -> float:
+    """Mean absolute deviation of ``x[lo : lo + n]`` around its mean."""
+    m = 0.0
+    for j in range(lo, lo + n):
+        m += x[j]
+    m /= n
+    d = 0.0
+    for j in range(lo, lo + n):
+        d += abs(x[j] - m)
+    return d / n
 
 
 @njit(cache=True, nogil=True)
@@ -166,15 +255,44 @@ def mean_abs_deviation(x: F64, starts: I64, n: int) -> F64:
     for g in range(starts.shape[0]):
         a, b = starts[g], ends[g]
         for i in range(a + n - 1, b):
-            m = 0.0
-            for j in range(i - n + 1, i + 1):
-                m += x[j]
-            m /= n
-            d = 0.0
-            for j in range(i - n + 1, i + 1):
-                d += abs(x[j] - m)
-            out[i] = d / n
+            out[i] = mean_abs_deviation_window(x, i - n + 1, n)
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def hurst_window(x: F64, lo: int, n: int) -> float:
+    """Hurst exponent by rescaled range of ``x[lo : lo + n]`` (see :func:`hurst_rs`)."""
+    sizes = np.array([n // 8, n // 4, n // 2, n])
+    lx = np.zeros(4)
+    ly = np.zeros(4)
+    for k in range(4):
+        size = sizes[k]
+        chunks = n // size
+        acc = 0.0
+        for c in range(chunks):
+            start = lo + c * size
+            mean = 0.0
+            for j in range(start, start + size):
+                mean += x[j]
+            mean /= size
+            cum = 0.0
+            mx = -1e300
+            mn = 1e300
+            var = 0.0
+            for j in range(start, start + size):
+                cum += x[j] - mean
+                mx = max(mx, cum)
+                mn = min(mn, cum)
+                var += (x[j] - mean) ** 2
+            sd = np.sqrt(var / size)
+            if sd == 0.0 or mx - mn == 0.0:
+                return 0.5
+            acc += (mx - mn) / sd
+        lx[k] = np.log(size)
+        ly[k] = np.log(acc / chunks)
+    mx_ = lx.mean()
+    my_ = ly.mean()
+    return float(((lx - mx_) * (ly - my_)).sum() / ((lx - mx_) ** 2).sum())
 
 
 @njit(cache=True, nogil=True)
@@ -184,48 +302,40 @@ def hurst_rs(x: F64, starts: I64, n: int) -> F64:
     and R/S is undefined."""
     out = np.full(x.shape[0], np.nan)
     ends = np.append(starts[1:], x.shape[0])
-    sizes = np.array([n // 8, n // 4, n // 2, n])
     for g in range(starts.shape[0]):
         a, b = starts[g], ends[g]
         for i in range(a + n - 1, b):
-            lx = np.zeros(4)
-            ly = np.zeros(4)
-            ok = True
-            for k in range(4):
-                size = sizes[k]
-                chunks = n // size
-                acc = 0.0
-                for c in range(chunks):
-                    lo = i - n + 1 + c * size
-                    mean = 0.0
-                    for j in range(lo, lo + size):
-                        mean += x[j]
-                    mean /= size
-                    cum = 0.0
-                    mx = -1e300
-                    mn = 1e300
-                    var = 0.0
-                    for j in range(lo, lo + size):
-                        cum += x[j] - mean
-                        mx = max(mx, cum)
-                        mn = min(mn, cum)
-                        var += (x[j] - mean) ** 2
-                    sd = np.sqrt(var / size)
-                    if sd == 0.0 or mx - mn == 0.0:
-                        ok = False
-                        break
-                    acc += (mx - mn) / sd
-                if not ok:
-                    break
-                lx[k] = np.log(size)
-                ly[k] = np.log(acc / chunks)
-            if ok:
-                mx_ = lx.mean()
-                my_ = ly.mean()
-                out[i] = ((lx - mx_) * (ly - my_)).sum() / ((lx - mx_) ** 2).sum()
-            else:
-                out[i] = 0.5
+            out[i] = hurst_window(x, i - n + 1, n)
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def wilder_step(
+    tr_s: float,
+    plus_s: float,
+    minus_s: float,
+    high: float,
+    low: float,
+    prev_high: float,
+    prev_low: float,
+    prev_close: float,
+    alpha: float,
+) -> tuple[float, float, float]:
+    """One step of Wilder's smoothing of the true range and the directional movements."""
+    tr = max(high, prev_close) - min(low, prev_close)
+    up = high - prev_high
+    down = prev_low - low
+    plus = up if (up > down and up > 0) else 0.0
+    minus = down if (down > up and down > 0) else 0.0
+    tr_s = tr_s + alpha * (tr - tr_s)
+    plus_s = plus_s + alpha * (plus - plus_s)
+    minus_s = minus_s + alpha * (minus - minus_s)
+    return tr_s, plus_s, minus_s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def directional_index(smoothed_dm: float, tr_s: float) -> float:
+    return 100.0 * smoothed_dm / tr_s if tr_s != 0 else 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -247,19 +357,26 @@ def wilder_directional(
         minus_s = 0.0
         for i in range(a, b):
             if i > a:
-                prev = close[i - 1]
-                tr = max(high[i], prev) - min(low[i], prev)
-                up = high[i] - high[i - 1]
-                down = low[i - 1] - low[i]
-                plus = up if (up > down and up > 0) else 0.0
-                minus = down if (down > up and down > 0) else 0.0
-                tr_s = tr_s + alpha * (tr - tr_s)
-                plus_s = plus_s + alpha * (plus - plus_s)
-                minus_s = minus_s + alpha * (minus - minus_s)
+                tr_s, plus_s, minus_s = wilder_step(
+                    tr_s,
+                    plus_s,
+                    minus_s,
+                    high[i],
+                    low[i],
+                    high[i - 1],
+                    low[i - 1],
+                    close[i - 1],
+                    alpha,
+                )
             atr[i] = tr_s
-            dip[i] = 100.0 * plus_s / tr_s if tr_s != 0 else 0.0
-            dim[i] = 100.0 * minus_s / tr_s if tr_s != 0 else 0.0
+            dip[i] = directional_index(plus_s, tr_s)
+            dim[i] = directional_index(minus_s, tr_s)
     return atr, dip, dim
+
+
+@njit(cache=True, nogil=True, inline="always")
+def stochastic_value(close: float, hh: float, ll: float) -> float:
+    return 50.0 if hh == ll else 100.0 * (close - ll) / (hh - ll)
 
 
 @njit(cache=True, nogil=True)
@@ -276,5 +393,5 @@ def stochastic_k(high: F64, low: F64, close: F64, starts: I64, n: int) -> F64:
             for j in range(i - n + 1, i):
                 hh = max(hh, high[j])
                 ll = min(ll, low[j])
-            out[i] = 50.0 if hh == ll else 100.0 * (close[i] - ll) / (hh - ll)
+            out[i] = stochastic_value(close[i], hh, ll)
     return out
