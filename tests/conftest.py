@@ -60,9 +60,11 @@ def sample_bars(sample_raw: pl.DataFrame) -> pl.DataFrame:
     return result.bars
 
 
-def shared_av_bars(symbols: list[str], before: str | None = None) -> pl.DataFrame | None:
-    """Validated regular-session bars of ``symbols`` from the shared 15-minute set (bar starts
-    before the ISO date ``before``), or None where the set is absent."""
+def shared_av_bars(
+    symbols: list[str], before: str | None = None, session: str = "regular"
+) -> pl.DataFrame | None:
+    """Validated bars of ``symbols`` (``session``: regular or extended hours) from the shared
+    15-minute set (bar starts before the ISO date ``before``), or None where it is absent."""
     from datetime import datetime
 
     from pipelines.bars.validate import validate_bars
@@ -81,7 +83,7 @@ def shared_av_bars(symbols: list[str], before: str | None = None) -> pl.DataFram
         label="end",
     )
     raw = FileBarSource(cfg, tf).read_file(path, None).filter(pl.col("symbol").is_in(symbols))
-    bars = validate_bars(raw, universe=symbols, timeframe=tf, session="regular").bars
+    bars = validate_bars(raw, universe=symbols, timeframe=tf, session=session).bars  # type: ignore[arg-type]
     if before is not None:
         bars = bars.filter(pl.col("ts") < datetime.fromisoformat(before + "T00:00:00+00:00"))
     return bars

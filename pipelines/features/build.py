@@ -322,16 +322,20 @@ def _session_columns(df: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
     span = (pl.col("end") - pl.col("start")).dt.total_minutes()
     or_end = pl.col("reg_open") + pl.duration(minutes=OPENING_RANGE_MINUTES)
     in_or = (pl.col("ts") >= pl.col("reg_open")) & (pl.col("ts") < or_end)
-    # Inside the opening range: the range so far; after it: the whole opening range.
+    # Inside the opening range: the range so far; after it: the whole opening range; before it
+    # (pre-market bars of an extended session): none yet.
+    after_or = pl.col("ts") >= or_end
     or_high = (
         pl.when(in_or)
-        .then(pl.col("high").cum_max().over(day))
-        .otherwise(pl.col("high").filter(in_or).max().over(day))
+        .then(pl.when(in_or).then(pl.col("high")).cum_max().over(day))
+        .when(after_or)
+        .then(pl.col("high").filter(in_or).max().over(day))
     )
     or_low = (
         pl.when(in_or)
-        .then(pl.col("low").cum_min().over(day))
-        .otherwise(pl.col("low").filter(in_or).min().over(day))
+        .then(pl.when(in_or).then(pl.col("low")).cum_min().over(day))
+        .when(after_or)
+        .then(pl.col("low").filter(in_or).min().over(day))
     )
     tp = (pl.col("high") + pl.col("low") + pl.col("close")) / 3.0
     cum_v = pl.col("volume").cum_sum().over(day)

@@ -352,7 +352,8 @@ def run_program(program: Program, state: ProgramState, rows: I64) -> None:
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _gt(a: float, b: float) -> bool:
+def total_gt(a: float, b: float) -> bool:
+    """``a > b`` in polars' total order on floats: NaN above every number, equal to itself."""
     if math.isnan(a):
         return not math.isnan(b)
     if math.isnan(b):
@@ -361,7 +362,7 @@ def _gt(a: float, b: float) -> bool:
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ge(a: float, b: float) -> bool:
+def total_ge(a: float, b: float) -> bool:
     if math.isnan(a):
         return True
     if math.isnan(b):
@@ -370,7 +371,7 @@ def _ge(a: float, b: float) -> bool:
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _eq(a: float, b: float) -> bool:
+def total_eq(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
@@ -550,7 +551,7 @@ def _run(
                 elif op == NE:
                     b = code[i, 3]
                     if k[a] and k[b]:
-                        v[out] = 0.0 if _eq(v[a], v[b]) else 1.0
+                        v[out] = 0.0 if total_eq(v[a], v[b]) else 1.0
                         k[out] = 1
                     else:
                         k[out] = 0
@@ -649,15 +650,15 @@ def _run(
                     if k[a] and k[b]:
                         x, y = v[a], v[b]
                         if op == EQ:
-                            res = _eq(x, y)
+                            res = total_eq(x, y)
                         elif op == GT:
-                            res = _gt(x, y)
+                            res = total_gt(x, y)
                         elif op == LT:
-                            res = _gt(y, x)
+                            res = total_gt(y, x)
                         elif op == GE:
-                            res = _ge(x, y)
+                            res = total_ge(x, y)
                         else:
-                            res = _ge(y, x)
+                            res = total_ge(y, x)
                         v[out] = 1.0 if res else 0.0
                         k[out] = 1
                     else:
