@@ -30,7 +30,7 @@ CATEGORIES = (
     "xs",
 )
 
-FEATURE_SET_VERSION = "1"
+FEATURE_SET_VERSION = "2"
 """Bumped whenever a definition changes, so models know which features they were trained on."""
 
 

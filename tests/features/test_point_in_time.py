@@ -52,3 +52,15 @@ def test_a_feature_that_peeks_ahead_is_caught(universe_bars: pl.DataFrame) -> No
     cut = universe_bars["ts"].unique().sort()[len(universe_bars) // 12]
     problems = lookahead_violations(universe_bars, CONFIG, [cut], reg)
     assert problems and all(p.startswith("statistical_peek_1 ") for p in problems)
+
+
+def test_truncation_changes_nothing_in_extended_hours() -> None:
+    """Pre-market bars come before the opening range: none of their features may read it."""
+    bars = shared_av_bars(["AAPL", "JPM", "TSLA"], before="2020-11-15", session="extended")
+    if bars is None:
+        pytest.skip("needs the shared 15-minute set in ../shared/data (absent here)")
+    config = FeatureConfig(Timeframe.parse("15m"), session="extended")
+    times = bars["ts"].unique().sort()
+    pre_market = bars.filter(pl.col("ts").dt.hour() < 13)["ts"].unique().sort()
+    cuts = [pre_market[len(pre_market) // 2], pre_market[-5], times[len(times) * 2 // 3]]
+    assert lookahead_violations(bars, config, cuts) == []
