@@ -1,9 +1,11 @@
 """Feature and label benchmarks on the regular-session bars of the shared 15-minute set.
 
 ``--mode full``: the whole feature matrix (count, seconds, peak memory of this process).
-``--mode compare``: the common indicator subset by us and by pandas-ta (same process), the
-live path's latency for 50 symbols, and the labels against the reference loop. The TA-Lib
-figure comes from the benchmark environment (bench/peers/talib_features.py), run by bench.run.
+``--mode compare``: the common indicator subset by us and by pandas-ta (same process), and the
+labels against the reference loop. ``--mode stream``: the live path (:class:`FeatureStream`) on
+50 symbols: the latency of one update, and every row it gives compared with the batch matrix.
+The TA-Lib figure comes from the benchmark environment (bench/peers/talib_features.py), run
+by bench.run.
 Each mode prints one JSON object.
 """
 
@@ -25,9 +27,9 @@ from pipelines.data.sources import FileBarSource
 from pipelines.features import (
     FeatureConfig,
     FeatureRegistry,
+    FeatureStream,
     build_features,
     feature_registry,
-    latest_features,
 )
 from pipelines.labels import BarrierConfig, label_triple_barrier
 from pipelines.timeframes import Timeframe
@@ -146,21 +148,7 @@ def compare(shared: Path, bars_out: Path, repeats: int) -> dict[str, object]:
         warnings.simplefilter("ignore")
         pandas_ta_s = best_of(lambda: pandas_ta_subset(bars), max(1, repeats // 2))
 
-    registry = feature_registry(CONFIG)
     symbols = bars["symbol"].unique().sort().to_list()
-    recent = bars.group_by("symbol", maintain_order=True).tail(registry.history_bars)
-    extra = [
-        recent.filter(pl.col("symbol") == s).with_columns(symbol=pl.lit(f"{s}.B"))
-        for s in symbols[: 50 - len(symbols)]
-    ]
-    fifty = pl.concat([recent, *extra])
-    latencies = []
-    latest_features(fifty, CONFIG, registry)
-    for _ in range(30):
-        t0 = time.perf_counter()
-        latest_features(fifty, CONFIG, registry)
-        latencies.append((time.perf_counter() - t0) * 1000)
-
     config = BarrierConfig()
     labels_s = best_of(lambda: label_triple_barrier(bars, config), repeats)
     events = label_triple_barrier(bars, config).labels.height
@@ -175,9 +163,6 @@ def compare(shared: Path, bars_out: Path, repeats: int) -> dict[str, object]:
         "features.subset_s": round(ours_s, 4),
         "features.pandas_ta_subset_s": round(pandas_ta_s, 4),
         "features.speedup_vs_pandas_ta": round(pandas_ta_s / ours_s, 2),
-        "features.stream_symbols": fifty["symbol"].n_unique(),
-        "features.stream_p50_ms": round(float(np.percentile(latencies, 50)), 2),
-        "features.stream_p99_ms": round(float(np.percentile(latencies, 99)), 2),
         "labels.events": events,
         "labels.full_s": round(labels_s, 4),
         "labels.reference_events_per_s": round(ref_events / ref_s),
@@ -186,15 +171,80 @@ def compare(shared: Path, bars_out: Path, repeats: int) -> dict[str, object]:
     }
 
 
+def fifty_symbols(bars: pl.DataFrame) -> pl.DataFrame:
+    """The shared set's symbols and, to make 50, copies of the first ones renamed ``X.B``."""
+    symbols = bars["symbol"].unique().sort().to_list()
+    extra = [
+        bars.filter(pl.col("symbol") == s).with_columns(symbol=pl.lit(f"{s}.B"))
+        for s in symbols[: 50 - len(symbols)]
+    ]
+    return pl.concat([bars, *extra])
+
+
+def stream(shared: Path, measured: int) -> dict[str, object]:
+    """The live path on 50 symbols: the stream warmed over all but the last ``measured`` bar
+    times, then one update per bar time, timed; every row it gave equal to the batch matrix."""
+    bars = fifty_symbols(regular_bars(shared)).select(
+        "symbol", "ts", "open", "high", "low", "close", "volume"
+    )
+    registry = feature_registry(CONFIG)
+    times = bars["ts"].unique().sort()
+    cut = times[-measured]
+    engine = FeatureStream(CONFIG, bars["symbol"].unique().to_list(), registry)
+    t0 = time.perf_counter()
+    warm = engine.run(bars.filter(pl.col("ts") < cut))
+    warm_s = time.perf_counter() - t0
+    live = bars.filter(pl.col("ts") >= cut).sort("ts", "symbol")
+    updates, with_frame, frames = [], [], []
+    for _, group in live.group_by("ts", maintain_order=True):
+        t0 = time.perf_counter()
+        rows = engine.update(group)
+        rows.matrix(rows.names)
+        t1 = time.perf_counter()
+        frames.append(rows.frame())
+        t2 = time.perf_counter()
+        updates.append((t1 - t0) * 1000)
+        with_frame.append((t2 - t0) * 1000)
+    assert warm is not None
+    got = pl.concat([warm, *frames]).sort("symbol", "ts")
+    batch = build_features(bars, CONFIG, registry)
+    return {
+        "features.stream_symbols": bars["symbol"].n_unique(),
+        "features.stream_updates": len(updates),
+        "features.stream_p50_ms": round(float(np.percentile(updates, 50)), 3),
+        "features.stream_p99_ms": round(float(np.percentile(updates, 99)), 3),
+        "features.stream_frame_p99_ms": round(float(np.percentile(with_frame, 99)), 3),
+        "features.stream_bar_times_per_s": round(times.len() / (warm_s + sum(updates) / 1000)),
+        "features.stream_rows_compared": got.height,
+        "features.stream_equals_batch": _same(batch, got),
+    }
+
+
+def _same(batch: pl.DataFrame, stream_rows: pl.DataFrame) -> bool:
+    """Equal keys, equal values where defined, nulls at the same places (every feature)."""
+    if not batch.select("symbol", "ts").equals(stream_rows.select("symbol", "ts")):
+        return False
+    for name in batch.columns[2:]:
+        a, b = batch[name].to_numpy().astype(float), stream_rows[name].to_numpy().astype(float)
+        a_null, b_null = batch[name].is_null().to_numpy(), stream_rows[name].is_null().to_numpy()
+        same = (a == b) | (np.isnan(a) & np.isnan(b)) | (a_null & b_null)
+        if not same.all() or (a_null != b_null).any():
+            return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", choices=("full", "compare"), required=True)
+    parser.add_argument("--mode", choices=("full", "compare", "stream"), required=True)
     parser.add_argument("--shared", type=Path, required=True)
     parser.add_argument("--bars-out", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--measured", type=int, default=300, help="bar times timed (stream)")
     args = parser.parse_args()
     if args.mode == "full":
         print(json.dumps(full(args.shared)))
+    elif args.mode == "stream":
+        print(json.dumps(stream(args.shared, args.measured)))
     else:
         print(json.dumps(compare(args.shared, args.bars_out, args.repeats)))
 

@@ -64,6 +64,7 @@ def _json(args: list[str], python: str = sys.executable) -> dict[str, object]:
 def features() -> dict[str, object]:
     """`features.*` and `labels.*`; TA-Lib runs in the benchmark environment (bench/.venv)."""
     out = _json(["-m", "bench.features", "--mode", "full", "--shared", str(SHARED)])
+    out |= _json(["-m", "bench.features", "--mode", "stream", "--shared", str(SHARED)])
     bars = RESULTS.parent / "features_bars.tmp"
     compare = _json(
         [

@@ -487,11 +487,13 @@ def build_features(
 def latest_features(
     recent_bars: pl.DataFrame, config: FeatureConfig, registry: FeatureRegistry | None = None
 ) -> pl.DataFrame:
-    """Features of the newest bar of each symbol from its recent bars (the live path).
+    """Features of the newest bar of each symbol, rebuilt from its recent bars: a cold start
+    that needs no state. The live path steps a :class:`~pipelines.features.FeatureStream`
+    instead, which equals the batch matrix exactly and answers in milliseconds.
 
     ``recent_bars`` must hold ``registry.history_bars`` bars per symbol for every feature to be
-    defined; the result then equals the batch matrix's row for that bar, to 1e-9 relative, for
-    every feature that is not ``stateful`` (see the registry).
+    defined; the result then equals the batch matrix's row for that bar to 1e-9 relative for
+    every feature that is not ``stateful`` (a recursion's seed differs with the history length).
     """
     matrix = build_features(recent_bars, config, registry)
     return matrix.group_by(S, maintain_order=True).last()

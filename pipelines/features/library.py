@@ -365,7 +365,7 @@ def register_momentum(reg: FeatureRegistry) -> None:
         "high,low,close",
         14,
         "Williams %R(14)",
-        stoch_k(c, h, lo, 14) - 100.0,
+        STOCH_14 - 100.0,  # fast %K(14) - 100, from the shared kernel column
     )
     md = CCI_MD_20
     _add(
