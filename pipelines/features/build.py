@@ -22,7 +22,15 @@ from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.calendar import Session, session_dates_within_hours, sessions_between
 from pipelines.features import expr as X
 from pipelines.features import kernels
-from pipelines.features.expr import Node, col, row_index, to_polars, when
+from pipelines.features.expr import (
+    Node,
+    col,
+    row_index,
+    shared_windows,
+    to_polars,
+    to_polars_with,
+    when,
+)
 from pipelines.features.library import (
     CCI_MD_20,
     HURST_128,
@@ -462,14 +470,21 @@ def build_features(
     df = prepare(bars, config, reg)
     per_symbol = [s for s in reg if s.category not in ("mtf", "xs")]
     symbols = df[S]
-    # One lazy query for every feature, so that polars plans them together and computes
-    # common sub-expressions once. The windows group by an integer code of the (sorted)
-    # symbol, which polars partitions faster than strings; the names come back afterwards.
+    # One lazy query for every feature. polars computes common sub-expressions once, but not
+    # those holding windows: the windows that features share (or read twice) are computed
+    # first, once each, as temporary columns. The windows group by an integer code of the
+    # (sorted) symbol, which polars partitions faster than strings; the names come back after.
+    stages, memo = shared_windows([s.node for s in per_symbol if s.node is not None])
     lf = df.lazy().with_columns(pl.col(S).rle_id())
+    for stage in stages:
+        lf = lf.with_columns(**stage)
     df = lf.with_columns(
-        pl.when(pl.col("_i") >= s.warmup).then(s.expr()).alias(s.name) for s in per_symbol
-    ).collect()
-    df = df.with_columns(symbols)
+        pl.when(pl.col("_i") >= s.warmup)
+        .then(to_polars_with(s.node, memo) if s.node is not None else s.expr())
+        .alias(s.name)
+        for s in per_symbol
+    ).collect(engine="in-memory")
+    df = df.drop(*(name for stage in stages for name in stage)).with_columns(symbols)
     if reg.in_category("mtf"):
         df = _mtf(df, config, reg)
     if reg.in_category("xs"):

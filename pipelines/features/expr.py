@@ -263,6 +263,60 @@ def to_polars(node: Node, memo: dict[tuple[Any, ...], Any] | None = None) -> pl.
     return out
 
 
+def shared_windows(
+    nodes: list[Node], prefix: str = "__w"
+) -> tuple[list[dict[str, pl.Expr]], dict[tuple[Any, ...], Any]]:
+    """Stages of the window nodes that ``nodes`` evaluate more than once, to compute each once.
+
+    polars does not eliminate common sub-expressions that contain windows (``over``), so a
+    window shared by several features, or read twice by one (``when(b != 0).then(a / b)``),
+    is otherwise computed again each time. Returns the stages (columns ``prefix{k}``, each stage
+    reading only earlier ones) and a memo for :func:`to_polars_with` that reads those columns.
+    Values are the same: each window runs on the same input values.
+    """
+    uses: dict[tuple[Any, ...], int] = {}
+
+    def count(n: Node) -> None:
+        if n.op in WINDOWS:
+            uses[n.key] = uses.get(n.key, 0) + 1
+        for a in n.args:
+            count(a)
+
+    for node in nodes:
+        count(node)
+    level: dict[tuple[Any, ...], int] = {}
+    shared: dict[tuple[Any, ...], Node] = {}
+
+    def depth(n: Node) -> int:
+        if n.key not in level:
+            inner = max((depth(a) for a in n.args), default=0)
+            if n.op in WINDOWS and uses.get(n.key, 0) > 1:
+                shared[n.key] = n
+                inner += 1
+            level[n.key] = inner
+        return level[n.key]
+
+    for node in nodes:
+        depth(node)
+    memo: dict[tuple[Any, ...], Any] = {}
+    stages: list[dict[str, pl.Expr]] = []
+    for stage in range(1, max((level[k] for k in shared), default=0) + 1):
+        here = [(key, n) for key, n in shared.items() if level[key] == stage]
+        names = [f"{prefix}{sum(map(len, stages)) + i}" for i in range(len(here))]
+        # A shared window of this stage holds none of this stage's: its inputs are inlined or
+        # read from the columns of earlier stages.
+        stages.append({name: _convert(n, memo) for name, (_, n) in zip(names, here, strict=True)})
+        for name, (key, _) in zip(names, here, strict=True):
+            memo[key] = pl.col(name)
+    return stages, memo
+
+
+def to_polars_with(node: Node, memo: dict[tuple[Any, ...], Any]) -> pl.Expr:
+    """:func:`to_polars` reading the columns of :func:`shared_windows` (``memo``)."""
+    out = _convert(node, memo)
+    return out if isinstance(out, pl.Expr) else pl.lit(out)
+
+
 def _convert(node: Node, memo: dict[tuple[Any, ...], Any]) -> Any:
     key = node.key
     if key in memo:
