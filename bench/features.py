@@ -31,6 +31,7 @@ from pipelines.features import (
     build_features,
     feature_registry,
 )
+from pipelines.features.checks import stream_mismatches
 from pipelines.labels import BarrierConfig, label_triple_barrier
 from pipelines.timeframes import Timeframe
 
@@ -205,7 +206,6 @@ def stream(shared: Path, measured: int) -> dict[str, object]:
         t2 = time.perf_counter()
         updates.append((t1 - t0) * 1000)
         with_frame.append((t2 - t0) * 1000)
-    assert warm is not None
     got = pl.concat([warm, *frames]).sort("symbol", "ts")
     batch = build_features(bars, CONFIG, registry)
     return {
@@ -216,21 +216,8 @@ def stream(shared: Path, measured: int) -> dict[str, object]:
         "features.stream_frame_p99_ms": round(float(np.percentile(with_frame, 99)), 3),
         "features.stream_bar_times_per_s": round(times.len() / (warm_s + sum(updates) / 1000)),
         "features.stream_rows_compared": got.height,
-        "features.stream_equals_batch": _same(batch, got),
+        "features.stream_equals_batch": not stream_mismatches(batch, got),
     }
-
-
-def _same(batch: pl.DataFrame, stream_rows: pl.DataFrame) -> bool:
-    """Equal keys, equal values where defined, nulls at the same places (every feature)."""
-    if not batch.select("symbol", "ts").equals(stream_rows.select("symbol", "ts")):
-        return False
-    for name in batch.columns[2:]:
-        a, b = batch[name].to_numpy().astype(float), stream_rows[name].to_numpy().astype(float)
-        a_null, b_null = batch[name].is_null().to_numpy(), stream_rows[name].is_null().to_numpy()
-        same = (a == b) | (np.isnan(a) & np.isnan(b)) | (a_null & b_null)
-        if not same.all() or (a_null != b_null).any():
-            return False
-    return True
 
 
 def main() -> None:

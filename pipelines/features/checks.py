@@ -1,10 +1,12 @@
-"""Checks on a feature matrix: missing values after warm-up, constant columns, look-ahead."""
+"""Checks on a feature matrix: missing values after warm-up, constant columns, look-ahead, and
+the live path's equality with it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from pipelines.features.build import FeatureConfig, build_features
@@ -65,4 +67,27 @@ def lookahead_violations(
                     f"{name} at {left['symbol'][i]} {left['ts'][i]} changed when the data after "
                     f"{cut} was removed: {a[i]!r} (full) vs {b[i]!r} (truncated)"
                 )
+    return problems
+
+
+def stream_mismatches(batch: pl.DataFrame, streamed: pl.DataFrame) -> list[str]:
+    """Every feature whose streamed rows (:meth:`FeatureStream.run`) differ from the batch
+    matrix of the same bars, with its first differing row; empty when they are equal: the same
+    keys, nulls at the same places and equal values elsewhere (NaN equal to NaN)."""
+    if streamed.columns != batch.columns:
+        return [f"the stream's columns differ from the matrix's: {streamed.columns[:5]}..."]
+    if not streamed.select("symbol", "ts").equals(batch.select("symbol", "ts")):
+        return ["the stream's rows (symbol, ts) differ from the matrix's"]
+    problems = []
+    for name in batch.columns[2:]:
+        a, b = batch[name], streamed[name]
+        a_null, b_null = a.is_null().to_numpy(), b.is_null().to_numpy()
+        av, bv = a.to_numpy().astype(float), b.to_numpy().astype(float)
+        same = ((av == bv) | (np.isnan(av) & np.isnan(bv)) | a_null) & (a_null == b_null)
+        if not same.all():
+            i = int(np.flatnonzero(~same)[0])
+            problems.append(
+                f"{name} differs at {int((~same).sum())} rows, first {batch['symbol'][i]} "
+                f"{batch['ts'][i]}: batch {a[i]!r}, stream {b[i]!r}"
+            )
     return problems

@@ -15,13 +15,13 @@ The contract that makes this hold:
   cross-sectional features of that time are computed from them), and bar times only move on;
 - the stream sees each symbol's bars from the same first bar as the batch build it is compared
   with: recursive features (EMAs, Wilder's smoothing, PSAR, ...) depend on their seed. Warm a
-  stream with :meth:`FeatureStream.run` over the history the batch matrix was built from; from
+  stream with :meth:`FeatureStream.warm` over the history the batch matrix was built from; from
   fewer bars the values agree to the precision the warm-up lengths give (about 1e-9 relative).
 
 Example::
 
     stream = FeatureStream(FeatureConfig(Timeframe.parse("15m")), symbols)
-    stream.run(history)                 # warm-up, returns the batch rows
+    stream.warm(history)                # warm-up (run(history) also returns the rows)
     rows = stream.update(bars_at_t)     # one row per symbol with a bar at t
     x = rows.matrix(model.features)     # NaN where a feature is null
 """
@@ -29,7 +29,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -245,23 +245,24 @@ class FeatureStream:
 
     # -- stepping ----------------------------------------------------------------------------
 
-    def run(self, bars: pl.DataFrame, *, collect: bool = True) -> pl.DataFrame | None:
+    def run(self, bars: pl.DataFrame) -> pl.DataFrame:
         """Feed ``bars`` (any number of bar times, in any row order) through :meth:`update`,
-        time by time; returns the rows, sorted like the batch matrix (``collect=False``: none,
-        for a warm-up)."""
+        time by time; returns the rows, sorted like the batch matrix."""
+        return pl.concat([rows.frame() for rows in self._feed(bars)]).sort("symbol", "ts")
+
+    def warm(self, bars: pl.DataFrame) -> None:
+        """:meth:`run` without keeping the rows: a warm-up over history."""
+        for _ in self._feed(bars):
+            pass
+
+    def _feed(self, bars: pl.DataFrame) -> Iterator[FeatureRows]:
         if bars.height == 0:
             raise FeatureInputError("no bars to feed the stream")
         ordered = bars.sort("ts", "symbol")
         ts = ordered["ts"].dt.epoch("us").to_numpy()
         bounds = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1], True])
-        frames = []
         for a, b in itertools.pairwise(bounds):
-            rows = self.update(ordered.slice(int(a), int(b - a)))
-            if collect:
-                frames.append(rows.frame())
-        if not collect:
-            return None
-        return pl.concat(frames).sort("symbol", "ts")
+            yield self.update(ordered.slice(int(a), int(b - a)))
 
     def update(self, bars: pl.DataFrame) -> FeatureRows:
         """The features of one bar time: ``bars`` holds that time's bar of every symbol that
@@ -279,7 +280,7 @@ class FeatureStream:
         if ts.min() != ts.max():
             raise FeatureInputError(
                 f"one update takes the bars of one time; got {np.unique(ts).size} times "
-                "(use FeatureStream.run for a history)"
+                "(use FeatureStream.warm or run for a history)"
             )
         columns = []
         for name in BAR_FIELDS:

@@ -17,6 +17,7 @@ from pipelines.features import (
     build_features,
     feature_registry,
 )
+from pipelines.features.checks import stream_mismatches
 from pipelines.features.program import ProgramError
 from pipelines.features.registry import FeatureSpec
 from pipelines.timeframes import Timeframe
@@ -29,27 +30,13 @@ CONFIG = FeatureConfig(TF)
 
 def assert_same_rows(batch: pl.DataFrame, stream: pl.DataFrame) -> None:
     """Equal keys, and per feature: nulls at the same places, equal values elsewhere."""
-    assert stream.columns == batch.columns
-    assert stream.select("symbol", "ts").equals(batch.select("symbol", "ts"))
-    for name in batch.columns[2:]:
-        a, b = batch[name], stream[name]
-        a_null, b_null = a.is_null().to_numpy(), b.is_null().to_numpy()
-        av, bv = a.to_numpy().astype(float), b.to_numpy().astype(float)
-        same = (av == bv) | (np.isnan(av) & np.isnan(bv)) | (a_null & b_null)
-        bad = np.flatnonzero(~same | (a_null != b_null))
-        if bad.size:
-            i = int(bad[0])
-            raise AssertionError(
-                f"{name} differs at {bad.size} rows, first {batch['symbol'][i]} "
-                f"{batch['ts'][i]}: batch {a[i]!r}, stream {b[i]!r}"
-            )
+    assert stream_mismatches(batch, stream) == []
 
 
 def test_stream_equals_the_batch_matrix_on_the_sample(sample_bars: pl.DataFrame) -> None:
     batch = build_features(sample_bars, CONFIG)
     stream = FeatureStream(CONFIG, sample_bars["symbol"].unique().to_list())
     rows = stream.run(sample_bars)
-    assert rows is not None
     assert_same_rows(batch, rows)
     # Every category is exercised, SPY is the beta's index here; most features are defined.
     defined = [n for n in batch.columns[2:] if batch[n].drop_nulls().len() > 0]
@@ -66,7 +53,7 @@ def test_warm_then_step_equals_the_batch_on_shared_data() -> None:
     times = bars["ts"].unique().sort()
     cut = times[len(times) * 3 // 4]
     stream = FeatureStream(CONFIG, bars["symbol"].unique().to_list())
-    assert stream.run(bars.filter(pl.col("ts") < cut), collect=False) is None
+    stream.warm(bars.filter(pl.col("ts") < cut))
     frames = []
     for _, group in (
         bars.filter(pl.col("ts") >= cut).sort("symbol").group_by("ts", maintain_order=True)
@@ -85,7 +72,6 @@ def test_stream_equals_the_batch_in_extended_hours() -> None:
     config = FeatureConfig(TF, session="extended")
     stream = FeatureStream(config, ["AAPL", "JPM", "TSLA"])
     rows = stream.run(bars)
-    assert rows is not None
     assert bars.filter(pl.col("ts").dt.hour() < 13).height > 0  # pre-market bars are there
     assert_same_rows(build_features(bars, config), rows)
 
@@ -106,15 +92,28 @@ def test_stream_equals_the_batch_on_one_minute_bars() -> None:
     bars = validate_bars(raw, universe=["AAPL", "JPM", "MSFT"], timeframe=tf, session="regular")
     config = FeatureConfig(tf)
     rows = FeatureStream(config, ["AAPL", "JPM", "MSFT"]).run(bars.bars)
-    assert rows is not None
     assert_same_rows(build_features(bars.bars, config), rows)
+
+
+def test_a_difference_is_reported_with_its_row(sample_bars: pl.DataFrame) -> None:
+    bars = sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT"]))
+    batch = build_features(bars, CONFIG)
+    stream = FeatureStream(CONFIG, ["AAPL", "MSFT"]).run(bars)
+    off = stream.with_columns(
+        pl.when(pl.int_range(pl.len()) == 500)
+        .then(pl.col("momentum_rsi_14") * (1 + 1e-15))
+        .otherwise(pl.col("momentum_rsi_14"))
+        .alias("momentum_rsi_14")
+    )
+    problems = stream_mismatches(batch, off)
+    assert len(problems) == 1 and problems[0].startswith("momentum_rsi_14 differs at 1 rows")
 
 
 def test_rows_frame_and_matrix(sample_bars: pl.DataFrame) -> None:
     stream = FeatureStream(CONFIG, ["AAPL", "MSFT"])
     two = sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT"]))
     last_ts = two["ts"].max()
-    stream.run(two.filter(pl.col("ts") < last_ts), collect=False)
+    stream.warm(two.filter(pl.col("ts") < last_ts))
     rows = stream.update(two.filter(pl.col("ts") == last_ts))
     frame = rows.frame()
     assert frame["symbol"].to_list() == ["AAPL", "MSFT"]
