@@ -36,6 +36,7 @@ def test_definitions_module_loads() -> None:
     assert defs.resolve_job_def("market_data_job") is not None
     assert defs.resolve_job_def("all_assets_job") is not None
     assert ("feature_matrix", "point_in_time") in checks
+    assert ("feature_matrix", "stream_parity") in checks
     bars = defs.resolve_assets_def("bars_15m")
     assert isinstance(bars.partitions_def, dg.MonthlyPartitionsDefinition)
     assert bars.descriptions_by_key[dg.AssetKey("bars_15m")]

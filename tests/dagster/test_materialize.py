@@ -124,6 +124,7 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     checks = _checks(result)
     assert checks[("feature_matrix", "point_in_time")]
     assert checks[("feature_matrix", "finite_after_warmup")]
+    assert checks[("feature_matrix", "stream_parity")]  # the live path gives this matrix
     assert checks[("triple_barrier_labels", "within_vertical_barrier")]
     meta = result.asset_materializations_for_node("feature_matrix")[0].metadata
     assert meta["features"].value >= 150 and meta["rows"].value > 0
