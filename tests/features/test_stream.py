@@ -95,6 +95,23 @@ def test_stream_equals_the_batch_on_one_minute_bars() -> None:
     assert_same_rows(build_features(bars.bars, config), rows)
 
 
+def test_stream_equals_the_batch_on_degenerate_input(sample_bars: pl.DataFrame) -> None:
+    """Flat prices with zero volume, a universe of one, a symbol with a single bar: the stream
+    gives the batch's defined values (never inf or NaN), row for row."""
+    flat = sample_bars.filter(pl.col("symbol") == "VIX").with_columns(
+        open=pl.lit(15.0), high=pl.lit(15.0), low=pl.lit(15.0), close=pl.lit(15.0), volume=0.0
+    )
+    one_bar = sample_bars.filter(pl.col("symbol") == "MSFT").head(1)
+    for bars in (flat, pl.concat([flat, one_bar])):
+        symbols = bars["symbol"].unique().to_list()
+        batch = build_features(bars, CONFIG)
+        rows = FeatureStream(CONFIG, symbols).run(bars)
+        assert_same_rows(batch, rows)
+        values = rows.select(pl.exclude("symbol", "ts")).to_numpy()
+        assert np.isfinite(values[~np.isnan(values)]).all()
+        assert not rows.select(pl.exclude("symbol", "ts").is_nan().any()).row(0).count(True)
+
+
 def test_a_difference_is_reported_with_its_row(sample_bars: pl.DataFrame) -> None:
     bars = sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT"]))
     batch = build_features(bars, CONFIG)
