@@ -119,10 +119,14 @@ class _Sessions:
         self.covered: set[int] = set()
 
     def window(self, day: int) -> tuple[int, int, int, int, int, int]:
-        """(start, end, regular open, regular close, extended open, extended close)."""
+        """(start, end, regular open, regular close, extended open, extended close); KeyError
+        where ``day`` has no session."""
         if day not in self.covered:
             first = EPOCH + timedelta(days=day)
-            cal = sessions_between(self.calendar, first, first + timedelta(days=366))
+            try:
+                cal = sessions_between(self.calendar, first, first + timedelta(days=366))
+            except ValueError as exc:  # the calendar's data ends before this date
+                raise FeatureInputError(str(exc)) from None
             frame = cal.window(self.session).select(
                 pl.col("session_date"),
                 *(
@@ -130,9 +134,12 @@ class _Sessions:
                     for c in ("start", "end", "reg_open", "reg_close", "ext_open", "ext_close")
                 ),
             )
+            last = day
             for row in frame.iter_rows():
-                self.windows[(row[0] - EPOCH).days] = tuple(row[1:])  # type: ignore[assignment]
-            self.covered.update(range(day, day + 367))
+                last = (row[0] - EPOCH).days
+                self.windows[last] = tuple(row[1:])  # type: ignore[assignment]
+            # Only the days up to the calendar's last session count as covered.
+            self.covered.update(range(day, max(last, day) + 1))
         if day not in self.windows:
             raise KeyError(day)
         return self.windows[day]
@@ -274,7 +281,12 @@ class FeatureStream:
         if bars.height == 0:
             raise FeatureInputError("no bars in this update")
         ts_col = bars.get_column("ts")
-        if ts_col.dtype != pl.Datetime("us", "UTC"):
+        dtype = ts_col.dtype
+        if not isinstance(dtype, pl.Datetime) or dtype.time_zone is None:
+            raise FeatureInputError(
+                f"ts must be a time-zone-aware datetime (bar starts in UTC), not {dtype}"
+            )
+        if dtype != pl.Datetime("us", "UTC"):
             ts_col = ts_col.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
         ts = ts_col.to_numpy().view(np.int64)
         if ts.min() != ts.max():

@@ -159,6 +159,8 @@ def test_stream_bad_input(sample_bars: pl.DataFrame) -> None:
         stream.update(first.with_columns(volume=pl.lit(None, pl.Float64)))
     with pytest.raises(FeatureInputError, match=r"one update takes the bars of one time"):
         stream.update(aapl.head(2))
+    with pytest.raises(FeatureInputError, match=r"ts must be a time-zone-aware datetime"):
+        stream.update(first.with_columns(pl.col("ts").dt.replace_time_zone(None)))
     with pytest.raises(FeatureInputError, match=r"lack column\(s\) \['volume'\]"):
         stream.update(first.drop("volume"))
     saturday = first.with_columns(ts=pl.datetime(2019, 1, 5, 15, time_zone="UTC"))
