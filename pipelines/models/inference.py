@@ -23,7 +23,7 @@ def predict_bar(
     calibrator: Calibrator | None = None,
 ) -> npt.NDArray[np.float64]:
     """Calibrated probability of the positive class for each row of ``frame`` (one bar of each
-    symbol, typically from :func:`pipelines.features.latest_features`)."""
+    symbol, typically ``FeatureStream.update(bars).frame()`` of :mod:`pipelines.features`)."""
     x = model.matrix(frame)
     if transform is not None:
         if transform.columns != model.features:
