@@ -28,7 +28,6 @@ from pipelines.features.expr import (
     row_index,
     shared_windows,
     to_polars,
-    to_polars_with,
     when,
 )
 from pipelines.features.library import (
@@ -480,7 +479,7 @@ def build_features(
         lf = lf.with_columns(**stage)
     df = lf.with_columns(
         pl.when(pl.col("_i") >= s.warmup)
-        .then(to_polars_with(s.node, memo) if s.node is not None else s.expr())
+        .then(to_polars(s.node, memo) if s.node is not None else s.expr())
         .alias(s.name)
         for s in per_symbol
     ).collect(engine="in-memory")

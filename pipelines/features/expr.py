@@ -24,7 +24,6 @@ import polars as pl
 S = "symbol"
 
 Scalar = int | float | None
-Operand = "Node | int | float"
 
 BINARY = {
     "add": "__add__",
@@ -41,7 +40,7 @@ BINARY = {
     "and": "__and__",
     "or": "__or__",
 }
-UNARY = ("neg", "abs", "log", "exp", "sqrt", "sin", "is_null")
+METHODS = ("abs", "log", "exp", "sqrt", "sin", "is_null")
 WINDOWS = (
     "shift",
     "rolling_sum",
@@ -256,7 +255,8 @@ def kernel(name: str, column: str, inputs: tuple[Node, ...], *params: Any, outpu
 
 
 def to_polars(node: Node, memo: dict[tuple[Any, ...], Any] | None = None) -> pl.Expr:
-    """The polars expression of ``node`` (every window partitioned by symbol)."""
+    """The polars expression of ``node`` (every window partitioned by symbol); ``memo`` maps
+    node keys to expressions already known (e.g. the columns of :func:`shared_windows`)."""
     out = _convert(node, {} if memo is None else memo)
     if not isinstance(out, pl.Expr):
         return pl.lit(out)
@@ -271,7 +271,7 @@ def shared_windows(
     polars does not eliminate common sub-expressions that contain windows (``over``), so a
     window shared by several features, or read twice by one (``when(b != 0).then(a / b)``),
     is otherwise computed again each time. Returns the stages (columns ``prefix{k}``, each stage
-    reading only earlier ones) and a memo for :func:`to_polars_with` that reads those columns.
+    reading only earlier ones) and a memo for :func:`to_polars` that reads those columns.
     Values are the same: each window runs on the same input values.
     """
     uses: dict[tuple[Any, ...], int] = {}
@@ -311,12 +311,6 @@ def shared_windows(
     return stages, memo
 
 
-def to_polars_with(node: Node, memo: dict[tuple[Any, ...], Any]) -> pl.Expr:
-    """:func:`to_polars` reading the columns of :func:`shared_windows` (``memo``)."""
-    out = _convert(node, memo)
-    return out if isinstance(out, pl.Expr) else pl.lit(out)
-
-
 def _convert(node: Node, memo: dict[tuple[Any, ...], Any]) -> Any:
     key = node.key
     if key in memo:
@@ -335,7 +329,7 @@ def _convert(node: Node, memo: dict[tuple[Any, ...], Any]) -> Any:
         out = getattr(a, BINARY[op])(b) if isinstance(a, pl.Expr) else _reflected(op, a, b)
     elif op == "neg":
         out = -args[0]
-    elif op in ("abs", "log", "exp", "sqrt", "sin", "is_null"):
+    elif op in METHODS:
         out = getattr(args[0], op)()
     elif op == "clip":
         out = args[0].clip(lower_bound=p[0], upper_bound=p[1])

@@ -19,13 +19,13 @@ I64 = npt.NDArray[np.int64]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def kama_seed(close: F64, lo: int, n: int) -> float:
-    """The mean of ``close[lo : lo + n]``, summed in order."""
-    prev = 0.0
+def window_mean(x: F64, lo: int, n: int) -> float:
+    """The mean of ``x[lo : lo + n]``, summed in order (KAMA's seed, CCI's and Hurst's means)."""
+    m = 0.0
     for j in range(lo, lo + n):
-        prev += close[j]
-    prev /= n
-    return prev
+        m += x[j]
+    m /= n
+    return m
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -60,7 +60,7 @@ def kama(close: F64, starts: I64, n: int, fast: int, slow: int) -> F64:
         a, b = starts[g], ends[g]
         if b - a < n:
             continue
-        prev = kama_seed(close, a, n)
+        prev = window_mean(close, a, n)
         out[a + n - 1] = prev
         for i in range(a + n, b):
             prev = kama_step(prev, close, i, n, fast_sc, slow_sc, 0)
@@ -237,10 +237,7 @@ def bars_since_extreme(x: F64, starts: I64, n: int, highest: bool) -> F64:
 @njit(cache=True, nogil=True, inline="always")
 def mean_abs_deviation_window(x: F64, lo: int, n: int) -> float:
     """Mean absolute deviation of ``x[lo : lo + n]`` around its mean."""
-    m = 0.0
-    for j in range(lo, lo + n):
-        m += x[j]
-    m /= n
+    m = window_mean(x, lo, n)
     d = 0.0
     for j in range(lo, lo + n):
         d += abs(x[j] - m)
@@ -271,10 +268,7 @@ def hurst_window(x: F64, lo: int, n: int) -> float:
         acc = 0.0
         for c in range(chunks):
             start = lo + c * size
-            mean = 0.0
-            for j in range(start, start + size):
-                mean += x[j]
-            mean /= size
+            mean = window_mean(x, start, size)
             cum = 0.0
             mx = -1e300
             mn = 1e300

@@ -37,9 +37,11 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
-# Opcodes. The interpreter tests them in this order, the frequent ones first.
-DIV, MUL, WHEN, SUB, NE, RMEAN, ADD, EWM, RSUM, POW, SQRT, SHIFT, LOG, MASK = range(1, 15)
-CLIP, EQ, RSTD, RMAX, RMIN, FILLNULL, GT, LT, GE, LE, ABS, NEG, MAXH, MINH = range(15, 29)
+# Opcodes, in groups the interpreter tests by range (the frequent ones first): binary
+# operations that are null when either side is, then the rest.
+DIV, MUL, SUB, NE, ADD, POW, EQ, GT, LT, GE, LE = range(1, 12)
+WHEN, RMEAN, EWM, RSUM, SQRT, SHIFT, LOG, MASK = range(12, 20)
+CLIP, RSTD, RMAX, RMIN, FILLNULL, ABS, NEG, MAXH, MINH = range(20, 29)
 AND, OR, EXP, SIN, COALESCE, ISNULL, RWSUM, RWMEAN, INDEX = range(29, 38)
 K_WILDER, K_STOCH, K_KAMA, K_PSAR, K_SUPERTREND, K_AROON, K_MAD, K_HURST = range(40, 48)
 
@@ -500,6 +502,32 @@ def _rolling_std(st: F64, o: int, n: int, ddof: int, t: int, x: float, xok: bool
     return float(var)
 
 
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _binary(op: int, x: float, y: float) -> float:
+    if op == DIV:
+        return x / y
+    if op == MUL:
+        return x * y
+    if op == SUB:
+        return x - y
+    if op == ADD:
+        return x + y
+    if op == POW:
+        return float(x**y)
+    if op in (EQ, NE):
+        return 1.0 if total_eq(x, y) == (op == EQ) else 0.0
+    if op in (GT, LT):
+        return 1.0 if (total_gt(x, y) if op == GT else total_gt(y, x)) else 0.0
+    return 1.0 if (total_ge(x, y) if op == GE else total_ge(y, x)) else 0.0
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _push(st: F64, o: int, n: int, t: int, x: float, ok: int) -> None:
+    # A window's ring: values at st[o : o + n], validity at st[o + n : o + 2n].
+    st[o + t % n] = x
+    st[o + n + t % n] = 1.0 if ok else 0.0
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _run(
     code: I64,
@@ -522,39 +550,18 @@ def _run(
             op = code[i, 0]
             out = code[i, 1]
             a = code[i, 2]
-            if op <= LOG:
-                if op == DIV:
-                    b = code[i, 3]
-                    if k[a] and k[b]:
-                        v[out] = v[a] / v[b]
-                        k[out] = 1
-                    else:
-                        k[out] = 0
-                elif op == MUL:
-                    b = code[i, 3]
-                    if k[a] and k[b]:
-                        v[out] = v[a] * v[b]
-                        k[out] = 1
-                    else:
-                        k[out] = 0
-                elif op == WHEN:
+            if op <= LE:
+                b = code[i, 3]
+                if k[a] and k[b]:
+                    v[out] = _binary(op, v[a], v[b])
+                    k[out] = 1
+                else:
+                    k[out] = 0
+            elif op <= MASK:
+                if op == WHEN:
                     src = code[i, 3] if (k[a] and v[a] != 0.0) else code[i, 4]
                     v[out] = v[src]
                     k[out] = k[src]
-                elif op == SUB:
-                    b = code[i, 3]
-                    if k[a] and k[b]:
-                        v[out] = v[a] - v[b]
-                        k[out] = 1
-                    else:
-                        k[out] = 0
-                elif op == NE:
-                    b = code[i, 3]
-                    if k[a] and k[b]:
-                        v[out] = 0.0 if total_eq(v[a], v[b]) else 1.0
-                        k[out] = 1
-                    else:
-                        k[out] = 0
                 elif op in (RMEAN, RSUM):
                     n = code[i, 6]
                     o = code[i, 8]
@@ -572,19 +579,11 @@ def _run(
                         _kahan_add(st, o, v[a])
                     else:
                         st[o + 6] += 1.0
-                    st[ring + pos] = v[a]
-                    st[ring + n + pos] = 1.0 if k[a] else 0.0
+                    _push(st, ring, n, t, v[a], k[a])
                     valid = min(t + 1, n) - st[o + 6]
                     if valid >= n:
                         total = _kahan_sum(st, o)
                         v[out] = total / valid if op == RMEAN else total
-                        k[out] = 1
-                    else:
-                        k[out] = 0
-                elif op == ADD:
-                    b = code[i, 3]
-                    if k[a] and k[b]:
-                        v[out] = v[a] + v[b]
                         k[out] = 1
                     else:
                         k[out] = 0
@@ -607,13 +606,6 @@ def _run(
                         k[out] = 1
                     else:
                         k[out] = 0
-                elif op == POW:
-                    b = code[i, 3]
-                    if k[a] and k[b]:
-                        v[out] = v[a] ** v[b]
-                        k[out] = 1
-                    else:
-                        k[out] = 0
                 elif op == SQRT:
                     v[out] = math.sqrt(v[a])
                     k[out] = k[a]
@@ -626,16 +618,15 @@ def _run(
                         k[out] = 1 if st[o + n + pos] != 0.0 else 0
                     else:
                         k[out] = 0
-                    st[o + pos] = v[a]
-                    st[o + n + pos] = 1.0 if k[a] else 0.0
-                else:  # LOG
+                    _push(st, o, n, t, v[a], k[a])
+                elif op == LOG:
                     v[out] = math.log(v[a])
                     k[out] = k[a]
-            elif op <= MINH:
-                if op == MASK:
+                else:  # MASK
                     v[out] = v[a]
                     k[out] = k[a] if t >= code[i, 6] else 0
-                elif op == CLIP:
+            elif op <= MINH:
+                if op == CLIP:
                     x = v[a]
                     flags = code[i, 7]
                     f = code[i, 11]
@@ -645,24 +636,6 @@ def _run(
                         x = fp[f + 1]
                     v[out] = x
                     k[out] = k[a]
-                elif op in (EQ, GT, LT, GE, LE):
-                    b = code[i, 3]
-                    if k[a] and k[b]:
-                        x, y = v[a], v[b]
-                        if op == EQ:
-                            res = total_eq(x, y)
-                        elif op == GT:
-                            res = total_gt(x, y)
-                        elif op == LT:
-                            res = total_gt(y, x)
-                        elif op == GE:
-                            res = total_ge(x, y)
-                        else:
-                            res = total_ge(y, x)
-                        v[out] = 1.0 if res else 0.0
-                        k[out] = 1
-                    else:
-                        k[out] = 0
                 elif op == RSTD:
                     var = _rolling_std(st, code[i, 8], code[i, 6], code[i, 7], t, v[a], k[a] != 0)
                     if var == -1.0:
@@ -673,9 +646,7 @@ def _run(
                 elif op in (RMAX, RMIN):
                     n = code[i, 6]
                     o = code[i, 8]
-                    pos = t % n
-                    st[o + pos] = v[a]
-                    st[o + n + pos] = 1.0 if k[a] else 0.0
+                    _push(st, o, n, t, v[a], k[a])
                     if t + 1 < n:
                         k[out] = 0
                     else:
@@ -749,9 +720,7 @@ def _run(
                     n = code[i, 6]
                     o = code[i, 8]
                     f = code[i, 11]
-                    pos = t % n
-                    st[o + pos] = v[a]
-                    st[o + n + pos] = 1.0 if k[a] else 0.0
+                    _push(st, o, n, t, v[a], k[a])
                     if t + 1 < n:
                         k[out] = 0
                     else:
@@ -826,7 +795,7 @@ def _kernel_step(op: int, row: I64, fp: F64, v: F64, k: U8, st: F64, t: int, scr
         if t < n - 1:
             v[out] = math.nan
         elif t == n - 1:
-            st[o] = K.kama_seed(ring, 0, n)
+            st[o] = K.window_mean(ring, 0, n)
             v[out] = st[o]
         else:
             st[o] = K.kama_step(st[o], ring, t, n, fp[row[11]], fp[row[11] + 1], n + 1)

@@ -169,8 +169,7 @@ class FeatureStream:
         self._index = {s: i for i, s in enumerate(self.symbols)}
         self._sessions = _Sessions(config.calendar, config.session)
         self._hourly = 60 % config.timeframe.minutes == 0
-        names = self.registry.names
-        self._names = tuple(names)
+        self._names = tuple(self.registry.names)
         self._compile()
         n = len(self.symbols)
         self._clock = np.iinfo(np.int64).min
@@ -218,8 +217,6 @@ class FeatureStream:
                     "can compute it"
                 )
             warmups[spec.name] = spec.warmup
-        if "_60m_" in " ".join(base) and not self._hourly:
-            raise ProgramError("60-minute context needs a base timeframe that divides 60 minutes")
         for name in self._xs:
             for needed in _xs_inputs(name):
                 if needed not in base:
@@ -227,6 +224,8 @@ class FeatureStream:
         if self._xs:
             base["_r1"] = RETURN_1
         self._programs: dict[str, Program] = {"base": compile_program(base, warmups)}
+        if set(self._programs["base"].inputs) & set(HOURLY_CONTEXT) and not self._hourly:
+            raise ProgramError("60-minute context needs a base timeframe that divides 60 minutes")
         self._programs["hour"] = compile_program(HOURLY_CONTEXT)
         self._programs["day"] = compile_program(DAILY_CONTEXT)
         if "xs_beta_60" in self._xs:
