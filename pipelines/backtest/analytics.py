@@ -108,7 +108,9 @@ def return_stats(
 
 @dataclass(frozen=True)
 class TradeStats:
-    """Statistics of closed trades (returns per trade)."""
+    """Statistics of closed trades, in returns (each trade's pnl over its cost, every trade
+    counting the same) and in dollars (every dollar counting the same); the two can disagree,
+    e.g. many small losing trades and a few large winning ones."""
 
     trades: int
     win_rate: float
@@ -118,9 +120,15 @@ class TradeStats:
     average_loss: float
     longest_win_streak: int
     longest_loss_streak: int
+    pnl_usd: float = NAN
+    profit_factor_usd: float = NAN
+    expectancy_usd: float = NAN
+    average_win_usd: float = NAN
+    average_loss_usd: float = NAN
 
 
-def trade_stats(trade_returns: F64) -> TradeStats:
+def trade_stats(trade_returns: F64, trade_pnl: F64 | None = None) -> TradeStats:
+    """Statistics of closed trades from their returns and, when given, their pnl (USD)."""
     t = np.asarray(trade_returns, dtype=np.float64)
     wins, losses = t[t > 0], t[t < 0]
     streaks = {True: 0, False: 0}
@@ -129,6 +137,17 @@ def trade_stats(trade_returns: F64) -> TradeStats:
         run = run + 1 if w == last else 1
         last = w
         streaks[bool(w)] = max(streaks[bool(w)], run)
+    dollars: dict[str, float] = {}
+    if trade_pnl is not None:
+        d = np.asarray(trade_pnl, dtype=np.float64)
+        won, lost = d[d > 0], d[d < 0]
+        dollars = {
+            "pnl_usd": float(d.sum()),
+            "profit_factor_usd": _ratio(float(won.sum()), float(-lost.sum())),
+            "expectancy_usd": float(d.mean()) if d.size else NAN,
+            "average_win_usd": float(won.mean()) if won.size else NAN,
+            "average_loss_usd": float(lost.mean()) if lost.size else NAN,
+        }
     return TradeStats(
         trades=int(t.size),
         win_rate=_ratio(float(wins.size), float(t.size)),
@@ -138,6 +157,7 @@ def trade_stats(trade_returns: F64) -> TradeStats:
         average_loss=float(losses.mean()) if losses.size else NAN,
         longest_win_streak=streaks[True],
         longest_loss_streak=streaks[False],
+        **dollars,
     )
 
 

@@ -7,7 +7,9 @@ fill to a share of the bar's volume; the rest stays open and carries over. Each 
 slippage (fixed bps + half the spread + a square-root impact, ``impact_k`` x volatility x
 sqrt(quantity / volume)) and a commission (per share with a minimum, plus bps of notional).
 A short position pays a borrow fee: ``borrow_bps`` a year (360-day count) of its value at the
-previous close, accrued over the calendar time between the symbol's bars.
+previous close, accrued exactly over the calendar time between the symbol's bars; whole cents of
+the running total are booked (half even), so the books hold no fraction of a cent and lose
+none.
 Money is booked in ``Decimal``; nothing is silently dropped: every rejected or held order is
 recorded with its reason.
 """
@@ -228,6 +230,8 @@ class SimulatedBroker:
         self._qty = np.zeros(len(self.ids))  # the ledger's positions, as floats, for marking
         self._seen_us = np.zeros(len(self.ids), dtype=np.int64)  # its bar's time, UTC us
         self._borrow = money(config.costs.borrow_bps / 1e4)
+        self._accrued: dict[str, Decimal] = {}  # exact borrow owed per symbol, ever
+        self._booked: dict[str, Decimal] = {}  # of which booked, in whole cents
         self._frac = money((config.costs.slippage_bps + config.costs.half_spread_bps) / 1e4)
         self._commission_bps = money(config.costs.commission_bps / 1e4)
 
@@ -305,9 +309,19 @@ class SimulatedBroker:
             return
         micros = Decimal(_micros(ts) - since)
         value = -self.ledger.positions[symbol] * money(self.last(symbol))
-        fee = value * self._borrow * micros / MICROS_PER_BORROW_YEAR
-        self.ledger.cash -= fee
-        self.ledger.charges.append(Charge(symbol, ts, "borrow", fee))
+        accrued = self._accrued.get(symbol, Decimal(0)) + (
+            value * self._borrow * micros / MICROS_PER_BORROW_YEAR
+        )
+        self._accrued[symbol] = accrued
+        # Book whole cents of the exact running total: no fraction is lost to rounding each
+        # bar's sliver down, and the books never hold a fraction of a cent.
+        fee = accrued.quantize(CENT, rounding=ROUND_HALF_EVEN) - self._booked.get(
+            symbol, Decimal(0)
+        )
+        if fee:
+            self._booked[symbol] = self._booked.get(symbol, Decimal(0)) + fee
+            self.ledger.cash -= fee
+            self.ledger.charges.append(Charge(symbol, ts, "borrow", fee))
 
     def _fill_pending(self, bar: Bar, pending: dict[str, tuple[Order, int]]) -> list[Fill]:
         fills = []
@@ -374,6 +388,11 @@ class SimulatedBroker:
         c = self.config.costs
         impact = 0.0
         if c.impact_k and bar.volume > 0:
+            if not math.isfinite(bar.volatility):
+                raise ValueError(
+                    f"{order.symbol} at {bar.ts.isoformat()}: no volatility to price the impact "
+                    "of a fill with (impact_k > 0); give every traded bar one"
+                )
             impact = c.impact_k * bar.volatility * math.sqrt(quantity / bar.volume)
         frac = money((c.slippage_bps + c.half_spread_bps) / 1e4 + impact) if impact else self._frac
         sign = 1 if order.side == "buy" else -1

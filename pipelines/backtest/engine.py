@@ -133,8 +133,14 @@ def run_backtest(
     broker: Broker | None = None,
 ) -> BacktestResult:
     """Run ``strategy`` over ``bars`` (validated bars of one timeframe); ``volatility``
-    (``symbol``, ``ts``, ``volatility``) feeds the broker's impact model. ``broker`` defaults
-    to a :class:`SimulatedBroker` with ``cash`` and ``config``."""
+    (``symbol``, ``ts``, ``volatility``) feeds the broker's impact model and is required when
+    ``config`` charges impact (a fill on a bar without one is then an error). ``broker``
+    defaults to a :class:`SimulatedBroker` with ``cash`` and ``config``."""
+    if config.costs.impact_k and volatility is None:
+        raise ValueError(
+            "impact_k > 0 prices square-root impact with each bar's volatility: pass "
+            "volatility= (symbol, ts, volatility), or set impact_k to 0"
+        )
     venue: Broker = broker or SimulatedBroker(cash, set(bars["symbol"].unique().to_list()), config)
     frame = bars.sort("ts", "symbol")
     if volatility is not None:
@@ -142,7 +148,7 @@ def run_backtest(
     if "volatility" not in frame.columns:
         frame = frame.with_columns(volatility=pl.lit(0.0))
     frame = frame.with_columns(
-        pl.col("volatility").fill_null(0.0),
+        pl.col("volatility").fill_null(float("nan")),
         _id=pl.col("symbol").replace_strict(venue.ids, return_dtype=pl.Int64),
     )
     runs = frame.select(pl.col("ts").rle()).unnest("ts")  # one row per bar time

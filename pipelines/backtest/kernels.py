@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit
@@ -40,3 +42,120 @@ def ma_cross_step(
             target[j] = shares
         else:
             target[j] = 0
+
+
+@njit(cache=True)
+def bet_size_value(p: float, p0: float, threshold: float, max_bet: float) -> float:
+    """AFML's bet size ``2 * Phi(z) - 1``, ``z = (p - p0) / sqrt(p (1 - p))``, zero inside the
+    dead band ``|p - p0| < threshold`` or for a probability outside (0, 1), capped at
+    ``max_bet``."""
+    if not (0.0 < p < 1.0) or not (0.0 < p0 < 1.0) or abs(p - p0) < threshold:
+        return 0.0
+    z = (p - p0) / math.sqrt(p * (1.0 - p))
+    size = math.erf(z / math.sqrt(2.0))  # 2 * Phi(z) - 1
+    return max(-max_bet, min(max_bet, size))
+
+
+# Rows of the per-symbol state of :func:`model_step`: side (0 flat, +1 long, -1 short), the
+# bet's upper and lower barrier, and the bars since its entry.
+SIDE, UPPER, LOWER, AGE = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def model_step(
+    ids: I64,
+    prob: F64,
+    p0: F64,
+    vol: F64,
+    high: F64,
+    low: F64,
+    close: F64,
+    closing: bool,
+    state: F64,
+    params: F64,
+    capital: float,
+    target: F64,
+    has: npt.NDArray[np.bool_],
+) -> None:
+    """One bar time of the model strategy (see :mod:`pipelines.backtest.strategy`): per symbol
+    id in ``ids``, close a bet whose barrier was touched, whose vertical barrier came or whose
+    session is closing; open one when flat and the probability ``prob`` (NaN: no prediction) is
+    far enough from ``p0``. ``target`` (shares, float before the gross cap's scaling and the
+    cast) and ``has`` (a decision was made) are written per row. ``params``: threshold,
+    max_bet, target_vol, max_position, max_gross, max_holding_bars, allow_short (0/1),
+    profit_take and stop_loss (NaN: none)."""
+    threshold, max_bet, target_vol = params[0], params[1], params[2]
+    max_position, max_gross, max_holding = params[3], params[4], params[5]
+    allow_short, profit_take, stop_loss = params[6] > 0.0, params[7], params[8]
+    gross = 0.0
+    for j in range(len(ids)):
+        i = ids[j]
+        has[j] = False
+        target[j] = 0.0
+        if state[i, SIDE] != 0.0:
+            state[i, AGE] += 1.0
+            touched = high[j] >= state[i, UPPER] or low[j] <= state[i, LOWER]
+            if touched or state[i, AGE] >= max_holding or closing:
+                state[i, SIDE] = 0.0
+                has[j] = True
+        if state[i, SIDE] != 0.0 or closing or not vol[j] > 0.0 or math.isnan(prob[j]):
+            continue
+        size = bet_size_value(prob[j], p0[j], threshold, max_bet)
+        if size < 0.0 and not allow_short:
+            size = 0.0
+        if size == 0.0:
+            continue
+        cap = max_position * capital
+        notional = max(-cap, min(cap, size * capital * target_vol / vol[j]))
+        target[j] = notional / close[j]
+        has[j] = True
+        side = 1.0 if size > 0.0 else -1.0
+        up = profit_take if side > 0.0 else stop_loss
+        down = stop_loss if side > 0.0 else profit_take
+        state[i, SIDE] = side
+        state[i, UPPER] = close[j] * (1.0 + up * vol[j]) if not math.isnan(up) else math.inf
+        state[i, LOWER] = close[j] * (1.0 - down * vol[j]) if not math.isnan(down) else -math.inf
+        state[i, AGE] = 0.0
+        gross += math.floor(abs(target[j]) * close[j] * 100.0)
+    scale = min(1.0, max_gross * capital * 100.0 / gross) if gross > 0.0 else 1.0
+    for j in range(len(ids)):
+        target[j] = float(int(target[j] * scale))
+
+
+@njit(cache=True)
+def model_run(
+    bounds: I64,
+    ids: I64,
+    prob: F64,
+    p0: F64,
+    vol: F64,
+    high: F64,
+    low: F64,
+    close: F64,
+    closing: npt.NDArray[np.bool_],
+    n_symbols: int,
+    params: F64,
+    capital: float,
+    target: F64,
+    has: npt.NDArray[np.bool_],
+) -> None:
+    """:func:`model_step` over every bar time: rows sorted by time, ``bounds`` the start of
+    each time's rows (and the end), ``closing`` one flag per time; fixed ``capital``."""
+    state = np.zeros((n_symbols, 4))
+    for k in range(len(bounds) - 1):
+        a, b = bounds[k], bounds[k + 1]
+        model_step(
+            ids[a:b],
+            prob[a:b],
+            p0[a:b],
+            vol[a:b],
+            high[a:b],
+            low[a:b],
+            close[a:b],
+            closing[k],
+            state,
+            params,
+            capital,
+            target[a:b],
+            has[a:b],
+        )

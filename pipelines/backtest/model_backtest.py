@@ -3,56 +3,216 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 
 import polars as pl
 
 from pipelines.backtest.broker import BrokerConfig
 from pipelines.backtest.engine import BacktestResult, run_backtest
-from pipelines.backtest.report import Report, build_report, equal_weight_index
+from pipelines.backtest.report import (
+    Report,
+    Section,
+    build_report,
+    equal_weight_index,
+    html_table,
+    selection_section,
+)
 from pipelines.backtest.strategy import ModelStrategy, SizingConfig
+from pipelines.backtest.trials import Selection, Trial, TrialLog, daily_returns, deflate
+from pipelines.bars.calendar import Session, session_dates, sessions_between
 from pipelines.labels.triple_barrier import BarrierConfig, barrier_volatility
 
 
 @dataclass(frozen=True)
-class ModelBacktest:
-    result: BacktestResult
-    report: Report
+class Market:
+    """The bars' clock: ``minutes`` a bar, the exchange ``calendar``, the ``session`` and the
+    bars in a year (``periods_per_year``, e.g. 252 * 26 for 15-minute regular-session bars)."""
+
+    minutes: int
+    calendar: str = "XNYS"
+    session: Session = "regular"
+    periods_per_year: float = 252 * 26
 
 
-def run_model_backtest(
+def simulate_model(
     bars: pl.DataFrame,
     predictions: pl.DataFrame,
     *,
     sizing: SizingConfig,
     broker: BrokerConfig,
     cash: Decimal,
-    periods_per_year: float,
-    n_trials: int = 1,
-    barriers: BarrierConfig | None = None,
-) -> ModelBacktest:
-    """Trade the calibrated probabilities in ``predictions`` (``symbol``, ``ts``, ``prob``) on
-    ``bars`` over the predictions' time range. The per-bar volatility (for sizing and the
-    exits) is the labels' (``barriers``, default :class:`BarrierConfig`), known at each bar."""
-    vol = signal_volatility(bars, barriers or BarrierConfig())
-    signals = predictions.select("symbol", "ts", "prob").join(vol, on=["symbol", "ts"], how="left")
-    start, end = predictions["ts"].min(), predictions["ts"].max()
-    window = bars.filter(pl.col("ts").is_between(start, end))  # type: ignore[arg-type]
-    result = run_backtest(window, ModelStrategy(signals, sizing), cash=cash, config=broker)
-    symbols = set(window["symbol"].unique().to_list())
-    benchmark = (
-        window.filter(pl.col("symbol") == "SPY").select("ts", "close")
-        if "SPY" in symbols
-        else equal_weight_index(window)
+    barriers: BarrierConfig,
+    market: Market,
+) -> BacktestResult:
+    """Trade the calibrated probabilities in ``predictions`` (``symbol``, ``ts``, ``prob``,
+    ``base_rate``) on ``bars`` from the first prediction to the end of the last one's session
+    with the event engine. The
+    per-bar volatility (sizing, exits) is the labels' (``barriers``), known at each bar; the
+    broker's impact model reads the one known at the previous bar's close."""
+    vol = signal_volatility(bars, barriers)
+    keep = [c for c in ("symbol", "ts", "prob", "base_rate") if c in predictions.columns]
+    signals = predictions.select(keep).join(vol, on=["symbol", "ts"], how="left")
+    window = _window(bars, predictions)
+    closing = (
+        closing_bars(window["ts"], market.minutes, market.calendar, market.session)
+        if sizing.flat_at_close
+        else frozenset()
     )
+    known = vol.sort("symbol", "ts").with_columns(pl.col("volatility").shift(1).over("symbol"))
+    return run_backtest(
+        window,
+        ModelStrategy(signals, sizing, closing=closing),
+        cash=cash,
+        config=broker,
+        volatility=known,
+    )
+
+
+def benchmark_of(bars: pl.DataFrame) -> pl.DataFrame:
+    """SPY's closes when the bars hold SPY, else the universe's equal-weight index."""
+    if bars.filter(pl.col("symbol") == "SPY").height:
+        return bars.filter(pl.col("symbol") == "SPY").select("ts", "close")
+    return equal_weight_index(bars)
+
+
+@dataclass(frozen=True)
+class BacktestStudy:
+    """The reported configuration's backtest and report, every trial of the grid, the
+    selection figures, and the holdout backtests (by segment) of the reported configuration."""
+
+    selected: Trial
+    result: BacktestResult
+    report: Report
+    trials: list[Trial]
+    selection: Selection
+    holdout: dict[str, Report]
+
+
+def run_backtest_study(
+    bars: pl.DataFrame,
+    predictions: pl.DataFrame,
+    *,
+    configurations: dict[str, SizingConfig],
+    selected: str,
+    broker: BrokerConfig,
+    cash: Decimal,
+    barriers: BarrierConfig,
+    market: Market,
+    trial_log: TrialLog,
+    family: str,
+    basis: str,
+    as_of: datetime,
+    holdout: pl.DataFrame | None = None,
+    sections: tuple[Section, ...] = (),
+    title: str = "QuantDAG model strategy, walk-forward, out of sample",
+) -> BacktestStudy:
+    """Backtest every configuration on the out-of-sample ``predictions`` (each one a trial of
+    ``family`` on ``basis``, recorded in ``trial_log``), report the ``selected`` one with its
+    deflated Sharpe and the grid's PBO, and backtest it once on each ``holdout`` segment."""
+    if selected not in configurations:
+        raise ValueError(f"the selected configuration {selected!r} is not in the grid")
+    results: dict[str, BacktestResult] = {}
+    trials: list[Trial] = []
+    for name, sizing in configurations.items():
+        result = simulate_model(
+            bars,
+            predictions,
+            sizing=sizing,
+            broker=broker,
+            cash=cash,
+            barriers=barriers,
+            market=market,
+        )
+        results[name] = result
+        params = {"configuration": name, **_describe(sizing), **_describe(broker.costs)}
+        trials.append(Trial(name, params, basis, daily_returns(result.equity, float(cash))))
+    chosen = next(t for t in trials if t.name == selected)
+    selection = deflate(chosen, trial_log.record(family, trials, as_of=as_of), trials)
+    table = pl.DataFrame(
+        {
+            "configuration": [t.name for t in trials],
+            "daily Sharpe": [t.sharpe for t in trials],
+            "total return": [float((t.daily["ret"] + 1).product() - 1) for t in trials],
+            "reported": ["yes" if t.name == selected else "" for t in trials],
+        }
+    )
+    held: dict[str, Report] = {}
+    segments = [] if holdout is None else holdout["segment"].unique().sort().to_list()
+    for segment in segments:
+        rows = holdout.filter(pl.col("segment") == segment)  # type: ignore[union-attr]
+        result = simulate_model(
+            bars,
+            rows,
+            sizing=configurations[selected],
+            broker=broker,
+            cash=cash,
+            barriers=barriers,
+            market=market,
+        )
+        held[segment] = build_report(
+            result,
+            benchmark_of(_window(bars, rows)),
+            periods_per_year=market.periods_per_year,
+            title=f"holdout: {segment}",
+        )
+    window = _window(bars, predictions)
     report = build_report(
-        result,
-        benchmark,
-        periods_per_year=periods_per_year,
-        n_trials=n_trials,
-        title="QuantDAG model strategy, walk-forward",
+        results[selected],
+        benchmark_of(window),
+        periods_per_year=market.periods_per_year,
+        title=title,
+        selection=selection,
+        sections=(
+            selection_section(selection, table),
+            *sections,
+            *([holdout_section(held)] if held else []),
+        ),
     )
-    return ModelBacktest(result, report)
+    return BacktestStudy(chosen, results[selected], report, trials, selection, held)
+
+
+HOLDOUT_FIGURES = ("total_return", "sharpe", "max_drawdown", "trades_trades", "beta", "alpha")
+
+
+def holdout_section(held: dict[str, Report]) -> Section:
+    """The reported configuration on each holdout segment, read once, apart from the rest."""
+    rows = []
+    for segment, report in held.items():
+        m = report.metrics
+        rows.append({"segment": segment, **{k: m.get(k, float("nan")) for k in HOLDOUT_FIGURES}})
+    return Section(
+        "Holdout (never used to fit, tune, select or promote)",
+        "<p>The reported configuration on the holdout rows, scored once for this model.</p>"
+        + html_table(pl.DataFrame(rows)),
+    )
+
+
+def _window(bars: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    """The bars from the first of ``rows`` to the end of the last one's session, so that the
+    positions opened on the last predictions are closed as the strategy would close them."""
+    start, last_day = rows["ts"].min(), rows.select(session_dates(pl.col("ts")).max()).item()
+    return bars.filter((pl.col("ts") >= start) & (session_dates(pl.col("ts")) <= last_day))
+
+
+def _describe(config: object) -> dict[str, str]:
+    return {k: str(v) for k, v in vars(config).items()}
+
+
+def closing_bars(
+    ts: pl.Series, minutes: int, calendar: str, session: Session = "regular"
+) -> frozenset[datetime]:
+    """The bar starts (UTC) of ``ts`` at or after the session's second-to-last bar of
+    ``minutes``: an order decided at such a bar's close fills at the session's last bar at the
+    latest. Sessions and early closes come from the exchange calendar."""
+    times = pl.DataFrame({"ts": ts.unique()}).with_columns(session_date=session_dates(pl.col("ts")))
+    if times.height == 0:
+        return frozenset()
+    first, last = times["session_date"].min(), times["session_date"].max()
+    window = sessions_between(calendar, first, last).window(session)  # type: ignore[arg-type]
+    flagged = times.join(window.select("session_date", "end"), on="session_date", how="left")
+    closing = flagged.filter(pl.col("ts") >= pl.col("end") - pl.duration(minutes=2 * minutes))["ts"]
+    return frozenset(closing.to_list())
 
 
 def signal_volatility(bars: pl.DataFrame, barriers: BarrierConfig) -> pl.DataFrame:

@@ -2,7 +2,11 @@
 
 Charts are inline SVG, so the file opens anywhere without a network: equity against the
 benchmark, drawdown, monthly returns, rolling Sharpe, gross exposure, the distribution of trade
-returns, PnL by symbol and costs by kind.
+returns, PnL by symbol and costs by kind; then what selecting this configuration among every
+trial costs (deflated Sharpe with its N, PBO) and any further sections (the skill gate, the
+holdout). A figure that is undefined on a backtest (a profit factor without a losing trade, a
+beta against a flat benchmark) is never a NaN: it is left out of the metrics and listed in
+``undefined`` with the reason.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import cast
 
@@ -20,28 +24,119 @@ import polars as pl
 from pipelines.backtest.analytics import drawdowns, return_stats, trade_stats
 from pipelines.backtest.broker import Ledger
 from pipelines.backtest.engine import BacktestResult
-from pipelines.backtest.statistics import deflated_sharpe_of_returns
+from pipelines.backtest.trials import Selection
+
+UNDEFINED_BECAUSE = {
+    "profit_factor": "no losing trade",
+    "profit_factor_usd": "no losing trade",
+    "average_loss": "no losing trade",
+    "average_loss_usd": "no losing trade",
+    "average_win": "no winning trade",
+    "average_win_usd": "no winning trade",
+    "win_rate": "no closed trade",
+    "expectancy": "no closed trade",
+    "expectancy_usd": "no closed trade",
+    "pnl_usd": "no closed trade",
+    "alpha": "the benchmark did not move",
+    "beta": "the benchmark did not move",
+    "calmar": "no drawdown",
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """A further section of the report: a title and its HTML body."""
+
+    title: str
+    html: str
 
 
 @dataclass(frozen=True)
 class Report:
+    """``metrics``: every defined figure (finite floats); ``undefined``: figure -> why it has
+    no value on this backtest; ``html``: the page."""
+
     metrics: dict[str, float]
     html: str
+    undefined: dict[str, str] = field(default_factory=dict)
+
+
+def defined(values: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """Split figures into the finite ones and the undefined ones (with the reason)."""
+    good, missing = {}, {}
+    for k, v in values.items():
+        if math.isfinite(v):
+            good[k] = v
+        else:
+            suffix = k.removeprefix("trades_")
+            missing[k] = UNDEFINED_BECAUSE.get(suffix, "the returns never varied")
+    return good, missing
+
+
+def html_table(frame: pl.DataFrame) -> str:
+    """A small HTML table of ``frame`` (floats to 4 significant digits)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
+            for v in r
+        )
+        + "</tr>"
+        for r in frame.iter_rows()
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def selection_section(selection: Selection, trials: pl.DataFrame) -> Section:
+    """What choosing this configuration among every trial of its family costs its Sharpe."""
+    pbo = (
+        f"{selection.pbo:.2f} by CSCV over the {selection.pbo_configurations} configurations "
+        "tried together (the chance that the best in-sample one is below the median out of "
+        "sample)"
+        if selection.pbo is not None
+        else "not available"
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in selection.notes)
+    body = f"""<p>Every backtested configuration of this strategy family is a recorded trial.
+Daily Sharpe {selection.sharpe:.3f} ({selection.sharpe * math.sqrt(252):.2f} annualised) over
+{selection.days} sessions. N = {selection.n_trials} trials recorded for the family; V, the
+variance of their daily Sharpe ratios, = {selection.sr_variance:.4g}; the best of N skill-less
+trials would reach a daily Sharpe of {selection.sr0:.3f}. Probabilistic Sharpe (P[true Sharpe
+&gt; 0]) {selection.psr:.3f}; <b>deflated Sharpe {selection.dsr:.3f}</b> (the same, against the
+best of N). PBO: {pbo}.</p><ul>{notes}</ul>{html_table(trials)}"""
+    return Section("Trials, deflated Sharpe and overfitting", body)
 
 
 def closed_trades(ledger: Ledger) -> pl.DataFrame:
     """Every fill that reduces a position closes that part of it at average cost: ``symbol``,
-    ``ts``, ``quantity`` closed, ``pnl`` (USD, less the fill's commission) and ``ret`` (pnl over
-    the closed part's cost). Positions that keep being resized still yield trades this way."""
+    ``ts``, ``quantity`` closed, ``pnl`` (USD, net of every cost the closed part bore: its
+    share of the entry commissions, of the borrow fees charged while it was held, and the
+    closing fill's commission) and ``ret`` (pnl over the closed part's cost). Positions that
+    keep being resized still yield trades this way. When every position is closed, the trades'
+    pnl adds up to the change in cash, to the cent."""
     rows = []
     pos: dict[str, int] = {}
     cost: dict[str, Decimal] = {}  # average entry price of the open position
+    carry: dict[str, Decimal] = {}  # costs the open position bore and no trade has taken yet
+    charges = sorted(ledger.charges, key=lambda c: c.ts)
+    k = 0
     for f in ledger.fills:
+        # Borrow accrues at a bar before that bar's fills.
+        while k < len(charges) and charges[k].ts <= f.ts:
+            c = charges[k]
+            carry[c.symbol] = carry.get(c.symbol, Decimal(0)) + c.amount
+            k += 1
         held, avg = pos.get(f.symbol, 0), cost.get(f.symbol, Decimal(0))
+        opened_commission = f.commission
         if held and (held > 0) != (f.quantity > 0):
             closed = min(abs(f.quantity), abs(held))
             direction = 1 if held > 0 else -1
-            pnl = Decimal(direction * closed) * (f.price - avg) - f.commission
+            share = carry.get(f.symbol, Decimal(0)) * closed / abs(held)
+            carry[f.symbol] = carry.get(f.symbol, Decimal(0)) - share
+            closing_commission = f.commission * closed / abs(f.quantity)
+            opened_commission = f.commission - closing_commission
+            pnl = Decimal(direction * closed) * (f.price - avg) - closing_commission - share
             basis = Decimal(closed) * avg
             rows.append(
                 {
@@ -53,6 +148,8 @@ def closed_trades(ledger: Ledger) -> pl.DataFrame:
                 }
             )
         new = held + f.quantity
+        if opened_commission and new:
+            carry[f.symbol] = carry.get(f.symbol, Decimal(0)) + opened_commission
         if new == 0:
             cost.pop(f.symbol, None)
         elif held == 0 or (held > 0) != (new > 0):
@@ -156,48 +253,45 @@ def build_report(
     benchmark: pl.DataFrame,
     *,
     periods_per_year: float,
-    n_trials: int = 1,
     title: str = "Backtest",
+    selection: Selection | None = None,
+    sections: tuple[Section, ...] = (),
 ) -> Report:
     """Metrics and HTML for ``result``; ``benchmark`` has ``ts`` and ``close`` (e.g. SPY or an
-    equal-weight index). The DSR deflates by ``n_trials`` with the variance of the monthly
-    Sharpe ratios as the trials' Sharpe variance (stated in the report)."""
+    equal-weight index); ``selection`` adds the deflated Sharpe with its N and the PBO;
+    ``sections`` are appended as they are."""
     eq = result.equity.sort("ts")
     r = eq.select(pl.col("ts"), r=pl.col("equity").pct_change().fill_null(0.0))
     bench = benchmark.sort("ts").select("ts", b=pl.col("close").pct_change().fill_null(0.0))
     joined = r.join(bench, on="ts", how="left").with_columns(pl.col("b").fill_null(0.0))
     stats = return_stats(joined["r"].to_numpy(), periods_per_year, joined["b"].to_numpy())
     trips = closed_trades(result.ledger)
-    trades = trade_stats(trips["ret"].to_numpy())
-    monthly_sr = (
-        joined.group_by(pl.col("ts").dt.strftime("%Y-%m"))
-        .agg((pl.col("r").mean() / pl.col("r").std()).alias("sr"))["sr"]
-        .drop_nulls()
-    )
-    sr_var = float(monthly_sr.var()) if monthly_sr.len() > 1 else float("nan")  # type: ignore[arg-type]
+    trades = trade_stats(trips["ret"].to_numpy(), trips["pnl"].to_numpy())
     returns = joined["r"].to_numpy()
-    dsr = float("nan")
-    if np.std(returns) > 0 and math.isfinite(sr_var):
-        dsr = deflated_sharpe_of_returns(returns, n_trials=max(n_trials, 1), sr_variance=sr_var).dsr
     commissions = float(sum(f.commission for f in result.ledger.fills))
     slippage = float(sum(f.slippage for f in result.ledger.fills))
     borrow = float(sum(c.amount for c in result.ledger.charges if c.kind == "borrow"))
     mean_equity = cast(float, eq["equity"].mean()) or 1.0
     turnover = float(sum(abs(f.quantity) * f.price for f in result.ledger.fills)) / mean_equity
     exposure = cast(float, (eq["gross"] / eq["equity"]).mean()) or 0.0
-    metrics = {
-        **stats.as_dict(),
-        **{f"trades_{k}": float(v) for k, v in trades.__dict__.items()},
-        "deflated_sharpe": dsr,
-        "n_trials": float(n_trials),
-        "commissions_usd": commissions,
-        "slippage_usd": slippage,
-        "borrow_usd": borrow,
-        "turnover": turnover,
-        "average_gross_exposure": exposure,
-        "fills": float(len(result.ledger.fills)),
-        "rejected_or_held": float(len(result.ledger.events)),
-    }
+    metrics, undefined = defined(
+        {
+            **stats.as_dict(),
+            **{f"trades_{k}": float(v) for k, v in trades.__dict__.items()},
+            **(selection.as_dict() if selection is not None else {}),
+            "commissions_usd": commissions,
+            "slippage_usd": slippage,
+            "borrow_usd": borrow,
+            "turnover": turnover,
+            "average_gross_exposure": exposure,
+            "fills": float(len(result.ledger.fills)),
+            "rejected_or_held": float(len(result.ledger.events)),
+        }
+    )
+    if selection is None:
+        undefined["deflated_sharpe"] = "no trials were recorded for this backtest"
+    elif selection.pbo is None:
+        undefined["pbo"] = "; ".join(selection.notes) or "not available"
     underwater, _, _ = drawdowns(returns)
     bench_curve = (1 + joined["b"]).cum_prod() * float(eq["equity"][0])
     roll = joined.with_columns(
@@ -212,7 +306,11 @@ def build_report(
         hist, edges = counts.astype(float).tolist(), bounds.tolist()
     table = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>" for k, v in metrics.items()
+    ) + "".join(
+        f"<tr><td>{html.escape(k)}</td><td>undefined: {html.escape(why)}</td></tr>"
+        for k, why in undefined.items()
     )
+    extra = "".join(f"<h2>{html.escape(x.title)}</h2>{x.html}" for x in sections)
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:24px;max-width:900px}}td,th{{padding:2px 6px}}
 .heat td{{font-size:11px;text-align:right}}</style></head><body>
@@ -231,10 +329,9 @@ def build_report(
 <h2>Costs by kind</h2><table><tr><td>commissions</td><td>{commissions:,.2f} USD</td></tr>
 <tr><td>slippage and impact</td><td>{slippage:,.2f} USD</td></tr>
 <tr><td>borrow on shorts</td><td>{borrow:,.2f} USD</td></tr></table>
-<h2>Metrics</h2><table>{table}</table>
-<p>The deflated Sharpe ratio deflates by {n_trials} trial(s), with the variance of the monthly
-Sharpe ratios standing in for the variance across trials.</p></body></html>"""
-    return Report(metrics, body)
+{extra}
+<h2>Metrics</h2><table>{table}</table></body></html>"""
+    return Report(metrics, body, undefined)
 
 
 def write_report(report: Report, html_path: str, json_path: str) -> None:
@@ -242,7 +339,8 @@ def write_report(report: Report, html_path: str, json_path: str) -> None:
 
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)
     Path(html_path).write_text(report.html)
-    Path(json_path).write_text(json.dumps(report.metrics, indent=2, sort_keys=True))
+    body = {"metrics": report.metrics, "undefined": report.undefined}
+    Path(json_path).write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False))
 
 
 def equal_weight_index(bars: pl.DataFrame) -> pl.DataFrame:

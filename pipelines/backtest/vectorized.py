@@ -12,14 +12,16 @@ and the model strategy compute their targets as columns and share it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import cast
 
 import numpy as np
 import polars as pl
-from scipy.special import ndtr
 
-from pipelines.backtest.broker import CostModel
-from pipelines.backtest.strategy import SizingConfig
+from pipelines.backtest.broker import CENT, MICROS_PER_BORROW_YEAR, CostModel, money
+from pipelines.backtest.kernels import model_run
+from pipelines.backtest.strategy import SizingConfig, kernel_params, signal_columns
 
 S = pl.col("symbol")
 
@@ -44,6 +46,35 @@ def _commission(costs: CostModel) -> pl.Expr:
     return (cents + up.cast(pl.Int64)).map_batches(
         lambda c: pl.Series(c.to_numpy() / 100.0), return_dtype=pl.Float64
     )
+
+
+def _borrow(df: pl.DataFrame, costs: CostModel) -> pl.Series:
+    """The borrow booked at each row (USD): the broker's arithmetic exactly, in Decimal: the
+    exact fee of the short held into the bar, over the time since the symbol's previous bar at
+    its previous close, accumulated per symbol, and whole cents of the running total booked."""
+    out = np.zeros(df.height)
+    if not costs.borrow_bps:
+        return pl.Series(out)
+    rate = money(costs.borrow_bps / 1e4)
+    before = df["pos"] - df["quantity"]  # held into this bar, since the previous one
+    rows = np.flatnonzero((before < 0).to_numpy())
+    if rows.size == 0:
+        return pl.Series(out)
+    us = df["ts"].dt.epoch("us").to_numpy()
+    close, symbol, held = df["close"].to_numpy(), df["symbol"].to_list(), before.to_numpy()
+    accrued: dict[str, Decimal] = {}
+    booked: dict[str, Decimal] = {}
+    for i in rows.tolist():
+        # rows are sorted by symbol and time, and a short is held into a bar only after one
+        s = symbol[i]
+        fee = Decimal(int(-held[i])) * money(float(close[i - 1])) * rate
+        accrued[s] = accrued.get(s, Decimal(0)) + fee * Decimal(int(us[i] - us[i - 1])) / (
+            MICROS_PER_BORROW_YEAR
+        )
+        cents = accrued[s].quantize(CENT, rounding=ROUND_HALF_EVEN) - booked.get(s, Decimal(0))
+        booked[s] = booked.get(s, Decimal(0)) + cents
+        out[i] = float(cents)
+    return pl.Series(out)
 
 
 def simulate_targets(
@@ -72,18 +103,8 @@ def simulate_targets(
         price=pl.col("open") * (1.0 + pl.col("quantity").sign() * frac),
         commission=_commission(costs),
     )
-    rate = costs.borrow_bps / 1e4 / (360 * 86400)
-    before = pl.col("pos") - pl.col("quantity")  # held into this bar, since the previous one
     df = df.with_columns(
-        borrow=pl.when(before < 0)
-        .then(
-            -before
-            * pl.col("close").shift(1).over(S)
-            * (pl.col("ts") - pl.col("ts").shift(1).over(S)).dt.total_seconds()
-            * rate
-        )
-        .otherwise(0.0),
-        value=pl.col("pos") * pl.col("close"),
+        borrow=_borrow(df, costs), value=pl.col("pos") * pl.col("close")
     ).with_columns(d_value=pl.col("value") - pl.col("value").shift(1).fill_null(0.0).over(S))
     flows = (
         df.join(
@@ -141,71 +162,57 @@ def ma_cross_vectorized(
     return simulate_targets(bars, targets, costs=costs, cash=cash)
 
 
-def model_targets(bars: pl.DataFrame, signals: pl.DataFrame, sizing: SizingConfig) -> pl.DataFrame:
-    """:class:`~pipelines.backtest.strategy.ModelStrategy` as columns (``sizing.capital``
-    must be set: sizing on the running equity is path-dependent)."""
+def model_targets(
+    bars: pl.DataFrame,
+    signals: pl.DataFrame,
+    sizing: SizingConfig,
+    closing: frozenset[datetime] = frozenset(),
+) -> pl.DataFrame:
+    """:class:`~pipelines.backtest.strategy.ModelStrategy`'s decisions over every bar at once
+    (its numba step run in one loop; ``sizing.capital`` must be set: sizing on the running
+    equity is path-dependent; ``closing`` as the strategy's)."""
     if sizing.capital is None:
         raise ValueError(
             "the vectorized model strategy sizes on fixed capital: set SizingConfig.capital "
             "(USD), or run the event engine to size on the running equity"
         )
-    s, capital = sizing, sizing.capital
-    p, vol = pl.col("prob"), pl.col("volatility")
-    z = (p - 0.5) / (p * (1.0 - p)).sqrt()
-    raw = (
-        2.0 * z.map_batches(lambda x: pl.Series(ndtr(x.to_numpy())), return_dtype=pl.Float64) - 1.0
-    ).clip(-s.max_bet, s.max_bet)
-    live = (p > 0.0) & (p < 1.0) & ((p - 0.5).abs() >= s.threshold) & (vol > 0)
-    size = pl.when(live).then(raw).otherwise(0.0)
-    if not s.allow_short:
-        size = pl.when(size < 0).then(0.0).otherwise(size)
-    cap = s.max_position * capital
+    if sizing.flat_at_close and not closing:
+        raise ValueError("flat_at_close needs the closing bars' times (closing_bars)")
     df = (
         bars.select("symbol", "ts", "high", "low", "close")
-        .join(signals.select("symbol", "ts", "prob", "volatility"), on=["symbol", "ts"], how="left")
-        .sort("symbol", "ts")
-        .with_columns(size=size.fill_null(0.0))
-        .with_columns(
-            q=pl.when(pl.col("size") != 0).then(
-                (pl.col("size") * capital * s.target_vol / vol).clip(-cap, cap) / pl.col("close")
-            )
+        .join(
+            signal_columns(signals, sizing).select("symbol", "ts", "prob", "volatility", "p0"),
+            on=["symbol", "ts"],
+            how="left",
         )
+        .sort("ts", "symbol")
+        .with_columns(_id=pl.col("symbol").rank("dense").cast(pl.Int64) - 1)
     )
-    gross = (
-        df.group_by("ts")
-        .agg(cents=(pl.col("q").abs() * pl.col("close") * 100.0).floor().sum())
-        .with_columns(
-            scale=pl.when(pl.col("cents") > 0)
-            .then(pl.min_horizontal(pl.lit(1.0), s.max_gross * capital * 100.0 / pl.col("cents")))
-            .otherwise(1.0)
-        )
+    runs = df.select(pl.col("ts").rle()).unnest("ts")
+    bounds = np.concatenate([[0], np.cumsum(runs["len"].to_numpy())]).astype(np.int64)
+    shut = np.array([ts in closing for ts in runs["value"].to_list()], dtype=np.bool_)
+    if not sizing.flat_at_close:
+        shut[:] = False
+    target = np.zeros(df.height)
+    has = np.zeros(df.height, dtype=np.bool_)
+    model_run(
+        bounds,
+        df["_id"].to_numpy(),
+        df["prob"].fill_null(float("nan")).to_numpy(),
+        df["p0"].fill_null(0.5).to_numpy(),
+        df["volatility"].fill_null(float("nan")).to_numpy(),
+        df["high"].cast(pl.Float64).to_numpy(),
+        df["low"].cast(pl.Float64).to_numpy(),
+        df["close"].cast(pl.Float64).to_numpy(),
+        shut,
+        int(cast(int, df["_id"].max() or 0)) + 1,
+        kernel_params(sizing),
+        sizing.capital,
+        target,
+        has,
     )
-    up_mult = s.profit_take, s.stop_loss
-    entry = pl.col("size") != 0
-    side = pl.when(entry).then(pl.col("size").sign())
-    df = df.join(gross.select("ts", "scale"), on="ts", how="left").with_columns(
-        _side=side.forward_fill().over(S),
-        _close0=pl.when(entry).then(pl.col("close")).forward_fill().over(S),
-        _vol0=pl.when(entry).then(vol).forward_fill().over(S),
-        _k=pl.int_range(pl.len()).over(S)
-        - pl.when(entry).then(pl.int_range(pl.len())).forward_fill().over(S),
-    )
-
-    def barrier(mult: float | None, sign: float) -> pl.Expr:
-        if mult is None:
-            return pl.lit(np.inf * sign)
-        return pl.col("_close0") * (1.0 + sign * mult * pl.col("_vol0"))
-
-    long_ = pl.col("_side") > 0
-    upper = pl.when(long_).then(barrier(up_mult[0], 1.0)).otherwise(barrier(up_mult[1], 1.0))
-    lower = pl.when(long_).then(barrier(up_mult[1], -1.0)).otherwise(barrier(up_mult[0], -1.0))
-    touched = (pl.col("high") >= upper) | (pl.col("low") <= lower)
-    exit_ = (pl.col("_k") >= 1) & (touched | (pl.col("_k") >= s.max_holding_bars))
     return df.select(
         "symbol",
         "ts",
-        target=pl.when(entry)
-        .then((pl.col("q") * pl.col("scale")).cast(pl.Int64))
-        .when(exit_)
-        .then(0),
+        target=pl.when(pl.Series(has)).then(pl.Series(target).cast(pl.Int64)),
     )

@@ -1,18 +1,25 @@
-"""MLflow tracking and the model registry: champion and challenger by rule.
+"""MLflow tracking and the model registry: champion and challenger, decided by the gate.
 
-A training run logs its parameters, the metrics of every fold (as steps) and overall, the
-feature-set version and data range, and as artifacts the final model in its native format with
-its checksum, the ordered feature list, the calibration and feature importances (gain, and mean
-absolute SHAP values from LightGBM's ``pred_contrib``). The model is then registered as the
-``challenger``; it becomes the ``champion`` only if its out-of-sample metric beats the current
-champion's by ``margin``. The decision and its reason are logged on the run and the version.
+A training run logs its parameters (and each fold's tuned ones), the metrics of every fold (as
+steps) and overall, the skill gate's figures, the feature-set version and data range, and as
+artifacts the final model in its native format, the ordered feature list, the calibration, the
+feature transform and feature importances (gain, and mean absolute SHAP values from LightGBM's
+``pred_contrib``). The SHA-256 of every artifact file is recorded on the run itself, so a model
+is loaded only if each file matches what the registry recorded (rewriting a file and the
+manifest beside it is not enough). The model is registered as the ``challenger``; it becomes
+the ``champion`` only as :func:`pipelines.models.promotion.decide` rules, and the decision and
+its reason are logged on the run and the version. The holdout is scored once per version
+(:func:`score_holdout`); a second read is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +28,34 @@ import polars as pl
 
 from pipelines.features.transform import FeatureTransform
 from pipelines.models.estimators import FittedModel, ModelConfig, ModelError
-from pipelines.models.walk_forward import Calibrator, WalkForwardResult
+from pipelines.models.evaluation import auc_score, log_loss_skill, log_losses, session_clusters
+from pipelines.models.holdout import HoldoutError
+from pipelines.models.promotion import Comparison, GateVerdict, PromotionRule, decide
+from pipelines.models.walk_forward import Calibrator, FoldFit, WalkForwardResult
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass(frozen=True)
-class PromotionRule:
-    """Promote when the challenger's ``metric`` beats the champion's by more than ``margin``
-    (a tie keeps the champion).
-    Example: ``PromotionRule("log_loss", lower_is_better=True, margin=0.001)``."""
-
-    metric: str = "log_loss"
-    lower_is_better: bool = True
-    margin: float = 0.0
-
-
-@dataclass(frozen=True)
 class RegistryDecision:
+    """What happened to a registered model version: promoted or not, and why."""
+
     run_id: str
     version: str
     promoted: bool
     reason: str
-    challenger_value: float
+    gate_passed: bool
     champion_version: str | None
-    champion_value: float | None
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    """The current champion as the registry holds it."""
+
+    version: str
+    run_id: str
+    source: str
+    trained_through: datetime | None
 
 
 def feature_importance(model: FittedModel, sample: pl.DataFrame) -> dict[str, dict[str, float]]:
@@ -98,30 +108,54 @@ def _redact(uri: str) -> str:
     return uri
 
 
+ChampionRescore = Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison | str]
+"""Given the champion and a function that loads its verified recipe into a directory, the
+comparison with the challenger on the same rows, or why there cannot be one."""
+ARTIFACTS_TAG = "artifacts_sha256"
+HOLDOUT_TAG = "holdout.scored_at"
+
+
+def _importance(fit: FoldFit, sample: pl.DataFrame) -> dict[str, dict[str, float]]:
+    return feature_importance(fit.model, fit.transform.apply(sample) if fit.transform else sample)
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
 def log_and_register(
     result: WalkForwardResult,
     *,
     config: ModelConfig,
+    verdict: GateVerdict,
+    rule: PromotionRule,
+    rescore: ChampionRescore,
     tracking_uri: str,
     experiment: str,
     model_name: str,
     feature_set_version: str,
     data_range: tuple[str, str],
-    rule: PromotionRule,
     importance_sample: pl.DataFrame | None = None,
-    extra_artifacts: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> RegistryDecision:
     """Log the walk-forward run, register its final (most recent) model as challenger, and
-    promote it to champion by ``rule``. Raises before registering if anything fails to log."""
+    decide the champion: the model must have passed the gate (``verdict``) and, against a
+    champion, beat it on the same rows (``rescore`` re-scores the champion; see
+    :func:`pipelines.models.promotion.decide`). Raises before registering if anything fails to
+    log."""
     import mlflow
 
-    if not result.models:
+    if not result.fits:
         raise ModelError("no fold produced a model: nothing to register")
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    final, calibrator = result.models[-1], result.calibrators[-1]
+    final = result.final
     overall = result.overall()
     with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_params(
@@ -131,6 +165,7 @@ def log_and_register(
                 "num_boost_round": config.num_boost_round,
                 "early_stopping_rounds": config.early_stopping_rounds,
                 **{f"param.{k}": v for k, v in config.params.items()},
+                **{f"final.param.{k}": v for k, v in result.records[-1].params.items()},
             }
         )
         mlflow.set_tags(
@@ -140,109 +175,248 @@ def log_and_register(
                 "data_end": data_range[1],
                 "folds": str(len(result.metrics)),
                 "skipped_folds": json.dumps(result.skipped),
+                "trained_through": final.trained_through.isoformat(),
+                "tuning.trials": str(result.trials),
+                "gate.passed": str(verdict.passed).lower(),
+                "gate.reason": verdict.reason,
                 **(tags or {}),
             }
         )
         for m in result.metrics:
             step = int(m["fold"])
             mlflow.log_metrics({f"fold.{k}": v for k, v in m.items() if k != "fold"}, step=step)
-        mlflow.log_metrics({f"oos.{k}": v for k, v in overall.items()})
+        for r in result.records:
+            mlflow.log_metrics(
+                {"fold.base_rate": r.base_rate, "fold.trials": float(r.trials)}, step=r.index
+            )
+        mlflow.log_metrics(
+            {
+                **{f"oos.{k}": v for k, v in overall.items()},
+                **{f"gate.{k}": v for k, v in verdict.figures.items()},
+                "final.base_rate": final.base_rate,
+                **(metrics or {}),
+            }
+        )
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
-            digest = final.save(model_dir)
-            (model_dir / "features.json").write_text(json.dumps(list(final.features)))
+            digest = final.model.save(model_dir)
+            (model_dir / "features.json").write_text(json.dumps(list(final.model.features)))
             (model_dir / "calibration.json").write_text(
-                json.dumps({"method": calibrator.method, "params": calibrator.params})
+                json.dumps({"method": final.calibrator.method, "params": final.calibrator.params})
             )
-            transform = result.transforms[-1] if result.transforms else None
-            if transform is not None:
-                (model_dir / "transform.json").write_text(transform.to_json())
-            for name, text in (extra_artifacts or {}).items():
-                (model_dir / name).write_text(text)
+            (model_dir / "base_rate.json").write_text(json.dumps(final.base_rate))
+            if final.transform is not None:
+                (model_dir / "transform.json").write_text(final.transform.to_json())
             if importance_sample is not None:
-                sample = transform.apply(importance_sample) if transform else importance_sample
                 (model_dir / "importance.json").write_text(
-                    json.dumps(feature_importance(final, sample), indent=1)
+                    json.dumps(_importance(final, importance_sample), indent=1)
                 )
+            digests = _digests(model_dir)
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
             if importance_sample is not None:
                 folds_dir = Path(tmp) / "importance"
                 folds_dir.mkdir()
-                transforms = result.transforms or [None] * len(result.models)
-                for k, (model, tf) in enumerate(zip(result.models, transforms, strict=True)):
-                    sample = tf.apply(importance_sample) if tf else importance_sample
+                for k, fit in enumerate(result.fits):
                     (folds_dir / f"fold_{k}.json").write_text(
-                        json.dumps(feature_importance(model, sample), indent=1)
+                        json.dumps(_importance(fit, importance_sample), indent=1)
                     )
                 mlflow.log_artifacts(str(folds_dir), artifact_path="importance")
-        mlflow.set_tag("model_sha256", digest)
+        mlflow.set_tags({"model_sha256": digest, ARTIFACTS_TAG: json.dumps(digests)})
         run_id = run.info.run_id
         source = f"{run.info.artifact_uri}/model"
-    return _register(client, model_name, run_id, source, overall[rule.metric], rule)
+    return _register(client, model_name, run_id, source, verdict, rule, rescore)
+
+
+def _champion(client: Any, name: str) -> ChampionInfo | None:
+    """The champion, or None when the registry positively has none (no such registered model,
+    or no ``champion`` alias on it). Any other registry error propagates."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = (model.aliases or {}).get(CHAMPION)
+    if version is None:
+        return None
+    mv = client.get_model_version(name, str(version))
+    tag = client.get_run(mv.run_id).data.tags.get("trained_through")
+    through = datetime.fromisoformat(tag) if tag else None
+    return ChampionInfo(str(mv.version), mv.run_id, mv.source, through)
 
 
 def _register(
-    client: Any, name: str, run_id: str, source: str, value: float, rule: PromotionRule
+    client: Any,
+    name: str,
+    run_id: str,
+    source: str,
+    verdict: GateVerdict,
+    rule: PromotionRule,
+    rescore: ChampionRescore,
 ) -> RegistryDecision:
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         client.create_registered_model(name)
-    version = client.create_model_version(name, source=source, run_id=run_id).version
+    champion = _champion(client, name)
+    version = str(client.create_model_version(name, source=source, run_id=run_id).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
-    champion_value = None
-    if champion is None:
-        promoted, reason = True, "no champion yet"
-    else:
-        champion_run = client.get_run(champion.run_id)
-        champion_value = champion_run.data.metrics.get(f"oos.{rule.metric}")
-        if champion_value is None:
-            promoted, reason = True, f"the champion has no oos.{rule.metric}"
-        else:
-            gain = (champion_value - value) if rule.lower_is_better else (value - champion_value)
-            promoted = gain > rule.margin  # "better by the margin": a tie keeps the champion
-            reason = (
-                f"oos.{rule.metric} {value:.6f} vs champion v{champion.version} "
-                f"{champion_value:.6f}: improvement {gain:+.6f} "
-                f"{'>' if promoted else '<='} margin {rule.margin}"
-            )
-    if promoted:
+
+    def rescore_champion() -> Comparison | str:
+        assert champion is not None
+        info = champion
+        return rescore(info, lambda into: load_version(client, info.source, info.run_id, into))
+
+    decision = decide(
+        verdict, rule, None if champion is None else champion.version, rescore_champion
+    )
+    if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_tag(run_id, "registry.decision", "promoted" if promoted else "kept challenger")
-    client.set_tag(run_id, "registry.reason", reason)
-    client.set_model_version_tag(name, version, "decision_reason", reason)
+    label = "promoted" if decision.promoted else "kept challenger"
+    client.set_tag(run_id, "registry.decision", label)
+    client.set_tag(run_id, "registry.reason", decision.reason)
+    if decision.comparison is not None:
+        c = decision.comparison
+        client.log_metric(run_id, "champion.improvement", c.improvement.value)
+        client.log_metric(run_id, "champion.improvement_se", c.improvement.se)
+        client.log_metric(run_id, "champion.rows", float(c.rows))
+    client.set_model_version_tag(name, version, "decision_reason", decision.reason)
+    client.set_model_version_tag(name, version, "deployable", str(verdict.passed).lower())
     return RegistryDecision(
         run_id,
-        str(version),
-        promoted,
-        reason,
-        float(value),
-        None if champion is None else str(champion.version),
-        champion_value,
+        version,
+        decision.promoted,
+        decision.reason,
+        verdict.passed,
+        None if champion is None else champion.version,
     )
 
 
-def load_champion(
-    tracking_uri: str, model_name: str, into: Path
-) -> tuple[FittedModel, Calibrator, FeatureTransform | None]:
-    """Download the champion's artifacts into ``into`` and load them (checksums verified): the
-    model, its calibration and the feature transform fitted in training (applied, never
-    refitted, at inference)."""
+def load_version(client: Any, source: str, run_id: str, into: Path) -> FoldFit:
+    """Download a registered model's artifacts into ``into`` and load them, refusing any file
+    whose SHA-256 differs from what its run recorded: the model, its calibration, the feature
+    transform fitted in training (applied, never refitted) and the base rate it knew."""
     import mlflow
 
-    client = _client(tracking_uri)
-    version = client.get_model_version_by_alias(model_name, CHAMPION)
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(into))
-    )
+    recorded = client.get_run(run_id).data.tags.get(ARTIFACTS_TAG)
+    if recorded is None:
+        raise ModelError(
+            f"run {run_id} recorded no artifact checksums ({ARTIFACTS_TAG}); it was logged by "
+            "an older version: retrain it before loading"
+        )
+    expected: dict[str, str] = json.loads(recorded)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into)))
+    found = _digests(local)
+    for file, digest in expected.items():
+        if found.get(file) != digest:
+            raise ModelError(
+                f"{local / file}: its SHA-256 does not match the one run {run_id} recorded; "
+                "refusing to load a model whose files were changed"
+            )
     model = FittedModel.load(local)
     cal = json.loads((local / "calibration.json").read_text())
     path = local / "transform.json"
     transform = FeatureTransform.from_json(path.read_text()) if path.exists() else None
-    return model, Calibrator(cal["method"], cal["params"]), transform
+    base_rate = float(json.loads((local / "base_rate.json").read_text()))
+    through = datetime.fromisoformat(client.get_run(run_id).data.tags["trained_through"])
+    return FoldFit(model, Calibrator(cal["method"], cal["params"]), transform, base_rate, through)
+
+
+def load_champion(tracking_uri: str, model_name: str, into: Path) -> tuple[str, FoldFit]:
+    """The champion's version and its verified recipe (see :func:`load_version`)."""
+    client = _client(tracking_uri)
+    champion = _champion(client, model_name)
+    if champion is None:
+        raise ModelError(f"{model_name} has no champion: nothing passed the gate yet")
+    return champion.version, load_version(client, champion.source, champion.run_id, into)
+
+
+@dataclass(frozen=True)
+class HoldoutScore:
+    """A model version's one reading of the holdout: its figures (overall and per segment)
+    and its predictions (``symbol``, ``ts``, ``segment``, ``y``, ``prob``, ``base_rate``)."""
+
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    predictions: pl.DataFrame
+
+
+def score_holdout(
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    holdout: pl.DataFrame,
+    *,
+    as_of: datetime,
+    into: Path,
+) -> HoldoutScore:
+    """Score model ``version`` once on the ``holdout`` rows (features, ``y``, ``segment``) and
+    record the figures on its run. A version already scored is refused: the holdout is read
+    once per model, so it can never choose between models."""
+    client = _client(tracking_uri)
+    mv = client.get_model_version(model_name, version)
+
+    def refuse_if_read() -> None:
+        done = client.get_run(mv.run_id).data.tags.get(HOLDOUT_TAG)
+        if done:
+            raise HoldoutError(
+                f"{model_name} v{version} was already scored on the holdout (at {done}); its "
+                f"figures are on MLflow run {mv.run_id}. A second read is refused: the holdout "
+                "is read once per model so that it can never choose between models"
+            )
+
+    refuse_if_read()
+    if holdout.height == 0:
+        raise HoldoutError(
+            "the holdout holds no labelled rows: declare research.holdout in the settings "
+            "(a start date inside the data, or symbols of the universe)"
+        )
+    fit = load_version(client, mv.source, mv.run_id, into)
+    raw, prob = fit.predict(holdout)
+    predictions = holdout.select("symbol", "ts", "segment", "y", *_maybe(holdout, "ret", "t1"))
+    predictions = predictions.with_columns(
+        prob_raw=pl.Series(raw), prob=pl.Series(prob), base_rate=pl.lit(fit.base_rate)
+    )
+    metrics = holdout_metrics(predictions)
+    refuse_if_read()
+    from mlflow.entities import Metric, RunTag
+
+    stamp = int(as_of.timestamp() * 1000)
+    client.log_batch(
+        mv.run_id,
+        metrics=[Metric(f"holdout.{k}", v, stamp, 0) for k, v in metrics.items()],
+        tags=[RunTag(HOLDOUT_TAG, as_of.isoformat())],
+    )
+    return HoldoutScore(str(version), mv.run_id, metrics, predictions)
+
+
+def _maybe(frame: pl.DataFrame, *columns: str) -> list[str]:
+    return [c for c in columns if c in frame.columns]
+
+
+def holdout_metrics(predictions: pl.DataFrame) -> dict[str, float]:
+    """Rows, base rate, AUC and log loss with their skill over the base-rate forecast (both
+    with cluster-robust standard errors), overall and for each segment with both classes."""
+    out: dict[str, float] = {}
+    groups = [("all", predictions)] + [
+        (str(key[0]), part) for key, part in predictions.group_by("segment", maintain_order=True)
+    ]
+    for name, part in groups:
+        y, p = part["y"].to_numpy(), part["prob"].to_numpy()
+        out[f"{name}.rows"] = float(part.height)
+        out[f"{name}.positive_share"] = float(y.mean()) if y.size else 0.0
+        clusters = session_clusters(part["ts"])
+        if np.unique(y).size < 2 or np.unique(clusters).size < 2:
+            continue
+        out[f"{name}.log_loss"] = float(log_losses(y, p).mean())
+        out |= {f"{name}.{k}": v for k, v in auc_score(y, p, clusters).as_dict("auc").items()}
+        skill = log_loss_skill(y, p, part["base_rate"].to_numpy(), clusters)
+        out |= {f"{name}.{k}": v for k, v in skill.as_dict("log_loss_skill").items()}
+    return out

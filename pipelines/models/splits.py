@@ -98,12 +98,15 @@ def walk_forward(
     validation: Size = 0,
     anchored: bool = False,
     embargo: timedelta = timedelta(0),
+    purge_spans: bool = True,
 ) -> list[Fold]:
     """Consecutive test windows of ``test``; before each, a ``validation`` window (for early
     stopping and calibration; may be 0) and a training window of ``train`` (rolling) or
     everything since the start (``anchored``). Test windows start every ``step`` (default:
     ``test``, so they tile the time axis; a shorter step would predict a bar twice and is
-    refused). Training and validation samples are purged against the windows they precede.
+    refused). Training and validation samples are purged against the windows they precede;
+    ``purge_spans=False`` switches purging and the embargo off, which only a leakage canary
+    should ever do (it shows what the purge prevents).
 
     Example: ``walk_forward(labels, train=timedelta(days=60), validation=timedelta(days=10),
     test=timedelta(days=10))``.
@@ -130,8 +133,11 @@ def walk_forward(
         in_val = (t0 >= unique[val_start]) & (t0 < unique[start])
         in_train = (t0 >= unique[train_start]) & (t0 < unique[val_start])
         test_rows = rows[in_test]
-        val_rows = purge(rows[in_val], test_rows, t0, t1, emb)
-        train_rows = purge(purge(rows[in_train], test_rows, t0, t1, emb), val_rows, t0, t1, emb)
+        if purge_spans:
+            val_rows = purge(rows[in_val], test_rows, t0, t1, emb)
+            train_rows = purge(purge(rows[in_train], test_rows, t0, t1, emb), val_rows, t0, t1, emb)
+        else:
+            val_rows, train_rows = rows[in_val], rows[in_train]
         folds.append(_fold(len(folds), train_rows, val_rows, test_rows, t0))
         start = _boundaries(unique, start, step)
     if not folds:

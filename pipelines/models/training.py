@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Literal, cast
 
 import polars as pl
 
 from pipelines.features.registry import CATEGORIES
 from pipelines.models.estimators import Kind, ModelConfig
-from pipelines.models.registry import PromotionRule, RegistryDecision, log_and_register
+from pipelines.models.promotion import (
+    Comparison,
+    GateConfig,
+    GateVerdict,
+    PromotionRule,
+    compare_on_rows,
+    skill_gate,
+)
+from pipelines.models.registry import ChampionInfo, RegistryDecision, log_and_register
 from pipelines.models.splits import Fold, walk_forward
 from pipelines.models.stacking import stack_out_of_fold
-from pipelines.models.tuning import TuningConfig, best_params, trials_taken, tune
-from pipelines.models.walk_forward import Calibration, WalkForwardResult, run_walk_forward
+from pipelines.models.tuning import TuningConfig, trials_taken, tune_fold
+from pipelines.models.walk_forward import (
+    Calibration,
+    FoldFit,
+    FoldTuner,
+    WalkForwardResult,
+    run_walk_forward,
+)
 
 Mode = Literal["quick", "full"]
 
@@ -30,7 +47,7 @@ class TrainingPlan:
     model: ModelConfig
     test_windows: int
     train_multiple: int = 3
-    calibration: Calibration = "isotonic"
+    calibration: Calibration = "platt"
     embargo: timedelta = field(default_factory=lambda: timedelta(hours=4))
 
 
@@ -82,8 +99,10 @@ def folds_for(data: pl.DataFrame, plan: TrainingPlan) -> list[Fold]:
 
 
 def train_walk_forward(
-    data: pl.DataFrame, plan: TrainingPlan, features: list[str]
+    data: pl.DataFrame, plan: TrainingPlan, features: list[str], tuner: FoldTuner | None = None
 ) -> WalkForwardResult:
+    """The walk-forward of ``plan`` on ``data`` (sample weights when it has a ``weight``
+    column), each fold tuned by ``tuner`` when given."""
     weight = "weight" if "weight" in data.columns else None
     return run_walk_forward(
         data,
@@ -92,6 +111,7 @@ def train_walk_forward(
         features=features,
         weight=weight,
         calibration=plan.calibration,
+        tuner=tuner,
     )
 
 
@@ -116,8 +136,9 @@ def build_meta_training_set(
 @dataclass(frozen=True)
 class TrainingRequest:
     """What one training run does: ``mode``, model ``kind`` and ``seed``; in full mode
-    ``tune_trials`` Optuna trials first (study ``study_name`` in ``study_storage``); ``stack``
-    also fits the LightGBM + CatBoost stack on out-of-fold predictions."""
+    ``tune_trials`` Optuna trials per walk-forward fold, on that fold's own rows (studies
+    named from ``study_name`` in ``study_storage``); ``gate`` and ``rule`` decide promotion;
+    ``stack`` also fits the LightGBM + CatBoost stack on out-of-fold predictions."""
 
     mode: Mode = "full"
     kind: Kind = "lightgbm"
@@ -126,18 +147,83 @@ class TrainingRequest:
     study_storage: str | None = None
     study_name: str = "quantdag"
     stack: bool = False
+    gate: GateConfig = field(default_factory=GateConfig)
+    rule: PromotionRule = field(default_factory=PromotionRule)
 
 
 @dataclass(frozen=True)
 class TrainingOutcome:
-    """The walk-forward result, the registry decision, the trials taken, and the out-of-sample
-    predictions with the registered model version (and ``prob_stacked`` when stacked)."""
+    """The walk-forward result, the gate's verdict, the registry decision, and the
+    out-of-sample predictions with the registered model version (and ``prob_stacked`` when
+    stacked)."""
 
     result: WalkForwardResult
+    verdict: GateVerdict
     decision: RegistryDecision
-    trials: int
     predictions: pl.DataFrame
     stacked_metrics: dict[str, float]
+
+    @property
+    def trials(self) -> int:
+        return self.result.trials
+
+
+def fold_tuner(request: TrainingRequest, features: list[str], weight: str | None) -> FoldTuner:
+    """Nested tuning: each fold's configuration is tuned on that fold's own rows."""
+
+    def tuner(data: pl.DataFrame, fold: Fold) -> tuple[ModelConfig, int]:
+        base = plan_for(request.mode, request.kind, request.seed).model
+        config = TuningConfig(
+            study_name=request.study_name,
+            n_trials=request.tune_trials,
+            storage=request.study_storage,
+            seed=request.seed,
+        )
+        tuned, study = tune_fold(
+            data, fold, base=base, features=features, config=config, weight=weight
+        )
+        return tuned, trials_taken(study)
+
+    return tuner
+
+
+def champion_rescore(
+    data: pl.DataFrame,
+    predictions: pl.DataFrame,
+    *,
+    metric: str,
+    embargo: timedelta,
+    min_rows: int = 200,
+) -> Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison | str]:
+    """Re-scores a champion on the challenger's out-of-sample rows that start after the last
+    label the champion learnt from (plus ``embargo``): the same rows for both models, and out
+    of sample for both."""
+
+    def rescore(info: ChampionInfo, load: Callable[[Path], FoldFit]) -> Comparison | str:
+        if info.trained_through is None:
+            return "it records no trained_through date"
+        after = info.trained_through + embargo
+        rows = predictions.filter(pl.col("ts") > after)
+        if rows.height < min_rows or rows["y"].n_unique() < 2:
+            return (
+                f"only {rows.height} of the challenger's out-of-sample rows start after "
+                f"{after.isoformat()}, when the champion's training ended (need {min_rows} "
+                "with both classes)"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            fit = load(Path(tmp))
+        missing = [c for c in fit.model.features if c not in data.columns]
+        if missing:
+            return f"its features are not in this training set (e.g. {missing[:3]})"
+        frame = rows.select("symbol", "ts", "y", "prob").join(
+            data.select("symbol", "ts", *fit.model.features), on=["symbol", "ts"], how="left"
+        )
+        _, champion = fit.predict(frame)
+        return compare_on_rows(
+            frame["y"].to_numpy(), frame["prob"].to_numpy(), champion, frame["ts"], metric
+        )
+
+    return rescore
 
 
 def run_training(
@@ -147,38 +233,45 @@ def run_training(
     tracking_uri: str,
     experiment: str,
     model_name: str,
-    rule: PromotionRule,
     feature_set_version: str,
+    tags: dict[str, str] | None = None,
 ) -> TrainingOutcome:
-    """Tune (full mode), train walk-forward, log to MLflow, register and decide the champion,
-    and optionally stack; the one core call of the training assets."""
+    """Train walk-forward (tuning each fold on its own rows in full mode), judge the result by
+    the skill gate, log to MLflow, register and decide the champion, and optionally stack; the
+    one core call of the training assets. ``data`` holds development rows only: split the
+    holdout off first (:func:`pipelines.models.holdout.split_holdout`)."""
     features = [c for c in data.columns if c.split("_", 1)[0] in CATEGORIES]
     plan = plan_for(request.mode, request.kind, request.seed)
-    trials = 0
+    weight = "weight" if "weight" in data.columns else None
+    tuner = None
     if request.mode == "full" and request.tune_trials > 0:
-        tuning = TuningConfig(
-            study_name=request.study_name,
-            n_trials=request.tune_trials,
-            storage=request.study_storage,
-            seed=request.seed,
-        )
-        study = tune(data, features=features, kind=request.kind, config=tuning)
-        trials = trials_taken(study)
-        plan = replace(
-            plan, model=replace(plan.model, params={**plan.model.params, **best_params(study)})
-        )
-    result = train_walk_forward(data, plan, features)
+        tuner = fold_tuner(request, features, weight)
+    folds = folds_for(data, plan)
+    result = run_walk_forward(
+        data,
+        folds,
+        plan.model,
+        features=features,
+        weight=weight,
+        calibration=plan.calibration,
+        tuner=tuner,
+    )
+    verdict = skill_gate(result.predictions, request.gate)
     decision = log_and_register(
         result,
         config=plan.model,
+        verdict=verdict,
+        rule=request.rule,
+        rescore=champion_rescore(
+            data, result.predictions, metric=request.rule.metric, embargo=plan.embargo
+        ),
         tracking_uri=tracking_uri,
         experiment=experiment,
         model_name=model_name,
         feature_set_version=feature_set_version,
         data_range=(str(data["ts"].min()), str(data["ts"].max())),
-        rule=rule,
         importance_sample=data.tail(2000),
-        tags={"optuna.trials": str(trials), "mode": request.mode},
+        tags={"mode": request.mode, **(tags or {})},
     )
     predictions = result.predictions.with_columns(
         model_version=pl.lit(decision.version), run_id=pl.lit(decision.run_id)
@@ -186,11 +279,11 @@ def run_training(
     stacked_metrics: dict[str, float] = {}
     if request.stack:
         bases = {k: plan_for(request.mode, k, request.seed).model for k in ("lightgbm", "catboost")}
-        stacked = stack_out_of_fold(data, folds_for(data, plan), bases, features=features)
+        stacked = stack_out_of_fold(data, folds, bases, features=features)
         predictions = predictions.join(
             stacked.predictions.select("symbol", "ts", "fold", prob_stacked=pl.col("prob")),
             on=["symbol", "ts", "fold"],
             how="left",
         )
         stacked_metrics = stacked.metrics()
-    return TrainingOutcome(result, decision, trials, predictions, stacked_metrics)
+    return TrainingOutcome(result, verdict, decision, predictions, stacked_metrics)

@@ -1,16 +1,21 @@
-"""Hyper-parameter search with Optuna, scored out of sample on purged, embargoed k-fold CV.
+"""Hyper-parameter search with Optuna, nested inside the walk-forward.
 
-The study lives in memory, in SQLite or in PostgreSQL (any SQLAlchemy URL): with a shared
-database several workers on several machines add trials to one study. Unpromising trials are
-pruned after each fold (median rule). The number of trials taken is what the Deflated Sharpe
-Ratio needs later.
+Each walk-forward fold is tuned on its own rows only: every trial fits the fold's recipe
+(:func:`pipelines.models.walk_forward.fit_fold`: the same feature transform, sample weights and
+early stopping as the final fit) on the fold's training rows and is scored on its validation
+rows. No trial ever reads a test row, so the out-of-sample figures, the champion decision and
+the backtest do not inherit a choice made knowing the test windows.
+
+Each fold's study lives in memory, in SQLite or in PostgreSQL (any SQLAlchemy URL): with a
+shared database several workers on several machines add trials to one study. Its name carries
+a fingerprint of the fold's rows, so a study never mixes trials scored on different data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -20,8 +25,8 @@ import polars as pl
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.models.estimators import Kind, ModelConfig, ModelError, train_classifier
-from pipelines.models.splits import purged_kfold
-from pipelines.models.walk_forward import fold_metrics
+from pipelines.models.splits import Fold
+from pipelines.models.walk_forward import Trainer, fit_fold, fold_metrics
 
 Metric = Literal["log_loss", "auc", "trade_return"]
 
@@ -32,16 +37,16 @@ class TuningError(RuntimeError):
 
 @dataclass(frozen=True)
 class TuningConfig:
-    """``n_trials`` and ``timeout_s`` bound the search (whichever comes first); ``storage`` is
-    None (in memory) or a SQLAlchemy URL; ``metric`` is minimised (log loss) or maximised
-    (AUC). Example: ``TuningConfig(n_trials=50, storage="sqlite:///optuna.db")``."""
+    """``n_trials`` and ``timeout_s`` bound each fold's search (whichever comes first);
+    ``storage`` is None (in memory) or a SQLAlchemy URL; ``metric`` is minimised (log loss) or
+    maximised (AUC, trade return) on the fold's validation rows; ``max_rounds`` caps the
+    boosting rounds of a trial (early stopping picks fewer).
+    Example: ``TuningConfig(n_trials=50, storage="sqlite:///optuna.db")``."""
 
     study_name: str = "quantdag"
     n_trials: int = 20
     timeout_s: float | None = None
     storage: str | None = None
-    n_splits: int = 4
-    embargo: timedelta = timedelta(hours=4)
     metric: Metric = "log_loss"
     seed: int = 0
     max_rounds: int = 400
@@ -90,70 +95,85 @@ def _direction(config: TuningConfig) -> Literal["minimize", "maximize"]:
     return "minimize" if config.metric == "log_loss" else "maximize"
 
 
-def prepare_study(config: TuningConfig) -> None:
-    """Create the study's tables and the study itself once, before several workers join it
-    (workers racing to create the schema of an empty database would collide)."""
+def prepare_study(config: TuningConfig, name: str | None = None) -> None:
+    """Create the study's tables and the study ``name`` (default ``config.study_name``) once,
+    before several workers join it (workers racing to create the schema of an empty database
+    would collide)."""
     optuna.create_study(
-        study_name=config.study_name,
+        study_name=name or config.study_name,
         storage=_storage(config.storage),
         load_if_exists=True,
         direction=_direction(config),
     )
 
 
-def tune(
+def fold_fingerprint(data: pl.DataFrame, fold: Fold) -> str:
+    """A short digest of the rows a fold's tuning reads (their symbols, times and labels)."""
+    rows = np.concatenate([fold.train, fold.validation])
+    digest = hashlib.sha256()
+    for column in ("symbol", "ts", "y"):
+        if column in data.columns:
+            digest.update(data[column][rows].hash(seed=0).to_numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
+def tune_fold(
     data: pl.DataFrame,
+    fold: Fold,
     *,
+    base: ModelConfig,
     features: list[str],
-    kind: Kind,
     config: TuningConfig,
+    weight: str | None = None,
     worker: str = "main",
-) -> optuna.Study:
-    """Run trials (joining the study if it exists) and return the study."""
-    folds = purged_kfold(data, n_splits=config.n_splits, embargo=config.embargo)
-    y = data["y"].to_numpy()
+    trainer: Trainer = train_classifier,
+) -> tuple[ModelConfig, optuna.Study]:
+    """Tune ``base`` on ``fold``: each trial fits the fold's recipe on its training rows with
+    early stopping on its validation rows and is scored there. Returns ``base`` with the best
+    trial's parameters, and the study (``study_name-f{fold}-{fingerprint}``)."""
+    if not fold.validation.size:
+        raise TuningError(f"fold {fold.index} has no validation rows to score trials on")
+    val = data[fold.validation]
+    y_val = val["y"].to_numpy()
     if config.metric == "trade_return" and "ret" not in data.columns:
         raise TuningError("the trade_return metric needs the labels' `ret` column")
-    ret = data["ret"].to_numpy() if "ret" in data.columns else np.zeros(data.height)
-    direction = _direction(config)
+    ret = val["ret"].to_numpy() if "ret" in val.columns else np.zeros(val.height)
+    rounds = min(base.num_boost_round, config.max_rounds)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)
-        params = _params(trial, kind)
-        rounds = trial.suggest_int(
-            "num_boost_round", min(50, config.max_rounds), config.max_rounds, log=True
-        )
-        model_cfg = ModelConfig(kind, params, seed=config.seed, num_boost_round=rounds)
-        scores = []
-        for step, fold in enumerate(folds):
-            try:
-                model = train_classifier(
-                    model_cfg, data[fold.train], y[fold.train], features=features
-                )
-            except ModelError as exc:
-                raise optuna.TrialPruned(f"fold {fold.index}: {exc}") from None
-            p = model.predict_proba(data[fold.test])
-            if config.metric == "trade_return":
-                scores.append(trade_return(p, ret[fold.test]))
-            else:
-                scores.append(fold_metrics(y[fold.test], p)[config.metric])
-            trial.report(float(np.mean(scores)), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return float(np.mean(scores))
+        params = {**base.params, **_params(trial, base.kind)}
+        cfg = replace(base, params=params, num_boost_round=rounds)
+        try:
+            fit = fit_fold(
+                data,
+                fold,
+                cfg,
+                features=features,
+                weight=weight,
+                calibration="none",
+                trainer=trainer,
+            )
+        except ModelError as exc:
+            raise optuna.TrialPruned(f"fold {fold.index}: {exc}") from None
+        p = fit.model.predict_proba(fit.transform.apply(val) if fit.transform else val)
+        if config.metric == "trade_return":
+            return trade_return(p, ret)
+        return fold_metrics(y_val, p)[config.metric]
 
     study = optuna.create_study(
-        study_name=config.study_name,
+        study_name=f"{config.study_name}-f{fold.index}-{fold_fingerprint(data, fold)}",
         storage=_storage(config.storage),
         load_if_exists=True,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        direction=_direction(config),
+        sampler=optuna.samplers.TPESampler(seed=config.seed + fold.index),
     )
     study.optimize(
         objective, n_trials=config.n_trials, timeout=config.timeout_s, gc_after_trial=False
     )
-    return study
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise TuningError(f"fold {fold.index}: no tuning trial completed")
+    return replace(base, params={**base.params, **best_params(study)}), study
 
 
 def trials_taken(study: optuna.Study) -> int:

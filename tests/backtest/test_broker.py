@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import polars as pl
 import pytest
@@ -156,8 +156,9 @@ def test_short_pays_borrow_over_calendar_time_and_a_long_pays_none(
     seconds = Decimal((week[2].ts - week[1].ts).total_seconds())
     assert seconds > 2 * 86400  # the weekend counts
     expected = 100 * money(week[1].close) * Decimal("0.0036") * seconds / Decimal(360 * 86400)
-    assert charge.kind == "borrow" and charge.amount == expected
-    assert broker.ledger.cash == cash - expected  # booked exactly
+    booked = expected.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+    assert charge.kind == "borrow" and charge.amount == booked == Decimal("0.41")
+    assert broker.ledger.cash == cash - booked  # booked to the cent
     longs = _broker(costs=CostModel(borrow_bps=36.0))
     longs.submit(Order.create("t", "AAPL", week[0].ts, "long", "buy", 100))
     for bar in week:
@@ -179,3 +180,30 @@ def test_orders_for_targets_are_deltas_with_replayable_ids(bars: list[Bar]) -> N
     assert [o.client_order_id for o in again] == [o.client_order_id for o in orders]
     later = orders_for_targets("model", bars[1].ts, targets, positions)
     assert not {o.client_order_id for o in later} & {o.client_order_id for o in orders}
+
+
+def test_borrow_slivers_add_up_to_whole_cents(bars: list[Bar]) -> None:
+    """A small short owes less than half a cent a bar: rounding each bar's fee would book
+    nothing, ever; the exact running total is booked in whole cents instead."""
+    from datetime import timedelta
+
+    broker = _broker(costs=CostModel(borrow_bps=30.0), max_leverage=2.0)
+    first = bars[0]
+    broker.submit(Order.create("t", first.symbol, first.ts, "short", "sell", 10))
+    broker.on_bar(first)
+    steps = [first._replace(ts=first.ts + timedelta(minutes=15 * k)) for k in range(1, 400)]
+    for bar in steps:
+        broker.on_bar(bar)
+    charges = broker.ledger.charges
+    exact = (
+        10
+        * money(first.close)
+        * Decimal("0.003")
+        * Decimal((steps[-1].ts - steps[0].ts).total_seconds())
+        / Decimal(360 * 86400)
+    )
+    per_bar = 10 * first.close * 0.003 * 900 / (360 * 86400)
+    assert per_bar < 0.005  # each bar's fee alone would round to nothing
+    total = sum((c.amount for c in charges), Decimal(0))
+    assert charges and all(c.amount == c.amount.quantize(Decimal("0.01")) for c in charges)
+    assert abs(total - exact) <= Decimal("0.005")

@@ -11,7 +11,11 @@ import pytest
 
 from pipelines.backtest.broker import BrokerConfig, CostModel
 from pipelines.backtest.engine import run_backtest
-from pipelines.backtest.model_backtest import signal_volatility, sizing_with_label_exits
+from pipelines.backtest.model_backtest import (
+    closing_bars,
+    signal_volatility,
+    sizing_with_label_exits,
+)
 from pipelines.backtest.strategy import ModelStrategy, SizingConfig
 from pipelines.backtest.vectorized import model_targets, simulate_targets
 from pipelines.labels.triple_barrier import BarrierConfig
@@ -31,8 +35,9 @@ def _signals(bars: pl.DataFrame, barriers: BarrierConfig, seed: int) -> pl.DataF
     rng = np.random.default_rng(seed)
     vol = signal_volatility(bars, barriers)
     pick = rng.random(vol.height) < 0.33
+    n = int(pick.sum())
     return vol.filter(pl.Series(pick)).with_columns(
-        prob=pl.Series(rng.uniform(0.3, 0.7, int(pick.sum())))
+        prob=pl.Series(rng.uniform(0.3, 0.7, n)), base_rate=pl.Series(rng.uniform(0.45, 0.6, n))
     )
 
 
@@ -58,6 +63,10 @@ def _ledger_fills(result: object) -> pl.DataFrame:
             BarrierConfig(profit_take=1.0, stop_loss=1.5, max_holding_bars=6, volatility="std"),
             SizingConfig(capital=1_000_000.0, threshold=0.05, max_position=0.02),
         ),
+        (
+            BarrierConfig(),
+            SizingConfig(capital=1_000_000.0, max_gross=0.5, flat_at_close=True, reference="half"),
+        ),
     ],
 )
 def test_model_strategy_same_trades_and_pnl(
@@ -66,14 +75,15 @@ def test_model_strategy_same_trades_and_pnl(
     bars = sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT", "SPY", "JPM", "TSLA"]))
     signals = _signals(bars, barriers, seed=7)
     sizing = sizing_with_label_exits(sizing, barriers)
+    closing = closing_bars(bars["ts"], 15, "XNYS") if sizing.flat_at_close else frozenset()
     event = run_backtest(
         bars,
-        ModelStrategy(signals, sizing),
+        ModelStrategy(signals, sizing, closing=closing),
         cash=Decimal("1000000"),
         config=BrokerConfig(COSTS, max_leverage=4.0),
     )
     fast = simulate_targets(
-        bars, model_targets(bars, signals, sizing), costs=COSTS, cash=1_000_000.0
+        bars, model_targets(bars, signals, sizing, closing), costs=COSTS, cash=1_000_000.0
     )
     ev = _ledger_fills(event)
     assert not event.ledger.events  # nothing refused: the vectorized path's premise
@@ -86,8 +96,12 @@ def test_model_strategy_same_trades_and_pnl(
     diff = ev.with_columns(v=fast.fills["commission"]).filter(pl.col("commission") != pl.col("v"))
     assert diff.height == 0, diff.select("quantity", "commission", "v").head(5).rows()
     borrow = sum((c.amount for c in event.ledger.charges), Decimal(0))
-    assert borrow > 0 and abs(float(borrow) - fast.borrow) < 0.01
-    assert abs(float(event.ledger.cash) - fast.cash) < 0.01  # to the cent
+    assert borrow > 0 and abs(float(borrow) - fast.borrow) < 0.005  # the same cents
+    assert abs(float(event.ledger.cash) - fast.cash) < 0.005  # to the cent
+    if sizing.flat_at_close:  # nothing is held over a session's close
+        held = event.equity.with_columns(day=pl.col("ts").dt.date())
+        last = held.group_by("day").agg(pl.col("gross").last())
+        assert (last["gross"] == 0).all(), last
     joined = event.equity.join(fast.equity, on="ts", suffix="_v")
     assert joined.height == event.equity.height
     assert (joined["equity"] - joined["equity_v"]).abs().max() < 0.01  # type: ignore[operator]
@@ -98,7 +112,7 @@ def test_exits_by_barrier_and_by_holding_period(sample_bars: pl.DataFrame) -> No
     barriers = BarrierConfig(profit_take=0.5, stop_loss=0.5, max_holding_bars=8)
     vol = signal_volatility(bars, barriers).drop_nulls()
     signals = vol.gather_every(40).with_columns(prob=pl.lit(0.8))
-    sizing = sizing_with_label_exits(SizingConfig(capital=1_000_000.0), barriers)
+    sizing = sizing_with_label_exits(SizingConfig(capital=1_000_000.0, reference="half"), barriers)
     result = run_backtest(
         bars, ModelStrategy(signals, sizing), cash=Decimal("1000000"), config=BrokerConfig()
     )

@@ -1,0 +1,190 @@
+"""The champion gate: a model must show skill out of sample, and beat the champion on the same
+rows, before it may trade.
+
+Three tests, each stated in the decision's reason with its numbers:
+
+1. **Better than knowing the base rate.** The out-of-sample log loss must be lower than that of
+   the constant forecast each fold knew when it was fitted (its ``base_rate``), by at least
+   ``min_log_loss_z`` cluster-robust standard errors (clusters: New York sessions).
+2. **Ranks better than chance.** The AUC must exceed 0.5 by ``min_auc_z`` standard errors. The
+   AUC is taken within each fold and averaged by the fold's number of label pairs, so that a
+   fold's level (its base rate) cannot pass for ranking skill or hide it; see
+   ``docs/research/anti_skill.md``.
+3. **Better than the champion, on the same rows.** The champion is re-scored on the
+   challenger's out-of-sample rows that the champion never learnt from (after the last label it
+   was trained or calibrated on, plus an embargo) and the challenger must beat it there by more
+   than the margin of the :class:`PromotionRule`.
+
+Example: ``skill_gate(result.predictions, GateConfig(min_log_loss_z=2.0, min_auc_z=2.0))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from pipelines.models.evaluation import (
+    EvaluationError,
+    Score,
+    auc_difference,
+    auc_score,
+    log_loss_skill,
+    log_losses,
+    mean_difference,
+    session_clusters,
+    stratified_auc,
+)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """``min_log_loss_z`` 2.0: the log loss must beat the base-rate forecast by two standard
+    errors; ``min_auc_z`` 2.0: the AUC must exceed 0.5 by two standard errors; ``min_rows``:
+    fewer out-of-sample rows than this cannot pass."""
+
+    min_log_loss_z: float = 2.0
+    min_auc_z: float = 2.0
+    min_rows: int = 500
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """Against a champion: promote when the challenger's ``metric`` (``log_loss`` or ``auc``)
+    beats the champion's on the same rows by more than ``margin`` (a tie keeps the champion).
+    Example: ``PromotionRule("log_loss", margin=0.001)``: 0.001 nats a row lower."""
+
+    metric: str = "log_loss"
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("log_loss", "auc"):
+            raise ValueError(f'metric must be "log_loss" or "auc", got {self.metric!r}')
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Whether the model may trade, why, and the figures behind it."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def skill_scores(predictions: pl.DataFrame) -> tuple[Score, Score]:
+    """Log-loss skill over the base rate and the within-fold AUC of out-of-sample
+    ``predictions`` (``ts``, ``fold``, ``y``, ``prob``, ``base_rate``)."""
+    clusters = session_clusters(predictions["ts"])
+    y, p = predictions["y"].to_numpy(), predictions["prob"].to_numpy()
+    skill = log_loss_skill(y, p, predictions["base_rate"].to_numpy(), clusters)
+    auc = stratified_auc(y, p, predictions["fold"].to_numpy(), clusters)
+    return skill, auc
+
+
+def skill_gate(predictions: pl.DataFrame, config: GateConfig) -> GateVerdict:
+    """Tests 1 and 2 of the module docstring on out-of-sample ``predictions``."""
+    n = predictions.height
+    if n < config.min_rows:
+        return GateVerdict(
+            False, (f"only {n} out-of-sample rows (the gate needs {config.min_rows})",)
+        )
+    try:
+        skill, auc = skill_scores(predictions)
+    except EvaluationError as exc:
+        return GateVerdict(False, (f"out-of-sample scores cannot be computed: {exc}",))
+    figures = {**skill.as_dict("log_loss_skill"), **auc.as_dict("auc_within_fold")}
+    reasons = []
+    loss_ok = skill.z >= config.min_log_loss_z
+    reasons.append(
+        f"log loss {'beats' if loss_ok else 'does not beat'} the base-rate forecast by "
+        f"{config.min_log_loss_z:g} SE (gain {skill.value:+.5f} nats a row, "
+        f"z {skill.z:+.2f}, {skill.clusters} sessions)"
+    )
+    auc_ok = auc.z >= config.min_auc_z
+    reasons.append(
+        f"AUC {auc.value:.4f} (SE {auc.se:.4f}, z {auc.z:+.2f}) "
+        f"{'is' if auc_ok else 'is not'} above 0.5 by {config.min_auc_z:g} SE"
+    )
+    return GateVerdict(loss_ok and auc_ok, tuple(reasons), figures)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Challenger against champion on the same rows: ``improvement`` > 0 means the challenger
+    is better (lower log loss, or higher AUC), with its standard error."""
+
+    metric: str
+    improvement: Score
+    challenger: float
+    champion: float
+    rows: int
+
+
+def compare_on_rows(
+    y: npt.NDArray[np.int64],
+    challenger: npt.NDArray[np.float64],
+    champion: npt.NDArray[np.float64],
+    ts: pl.Series,
+    metric: str,
+) -> Comparison:
+    """The paired comparison of two forecasts of the same rows (``ts`` gives the sessions)."""
+    clusters = session_clusters(ts)
+    if metric == "log_loss":
+        a, b = log_losses(y, challenger), log_losses(y, champion)
+        diff = mean_difference(b - a, clusters)
+        return Comparison(metric, diff, float(a.mean()), float(b.mean()), int(y.size))
+    diff = auc_difference(y, challenger, champion, clusters)
+    champ = auc_score(y, champion, clusters).value
+    return Comparison(metric, diff, champ + diff.value, champ, int(y.size))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The promotion decision: ``promoted`` and the reason, in one sentence or a few."""
+
+    promoted: bool
+    reason: str
+    comparison: Comparison | None = None
+
+
+ChampionRescore = Callable[[], Comparison | str]
+"""Re-scores the champion on the challenger's rows: a :class:`Comparison`, or the reason it
+cannot be compared."""
+
+
+def decide(
+    verdict: GateVerdict,
+    rule: PromotionRule,
+    champion: str | None,
+    rescore: ChampionRescore,
+) -> Decision:
+    """Promote only a model that passed the gate, and, when there is a champion (``champion``
+    names its version), only if it beats it on the same rows by more than ``rule.margin``."""
+    if not verdict.passed:
+        return Decision(False, f"not deployable: the skill gate refused it ({verdict.reason})")
+    if champion is None:
+        return Decision(True, f"passed the skill gate ({verdict.reason}); no champion yet")
+    outcome = rescore()
+    if isinstance(outcome, str):
+        return Decision(
+            False,
+            f"passed the skill gate, but champion v{champion} cannot be compared on the same "
+            f"rows ({outcome}); kept as challenger",
+        )
+    gain = outcome.improvement
+    promoted = gain.value > rule.margin
+    return Decision(
+        promoted,
+        f"passed the skill gate ({verdict.reason}); on {outcome.rows} out-of-sample rows both "
+        f"models never learnt from, {rule.metric} {outcome.challenger:.5f} vs champion "
+        f"v{champion} {outcome.champion:.5f}: improvement {gain.value:+.5f} (SE {gain.se:.5f}) "
+        f"{'>' if promoted else '<='} margin {rule.margin:g}",
+        outcome,
+    )
