@@ -51,6 +51,14 @@ def _append_session(directory: Path, session: date) -> int:
     return added
 
 
+def _rows_between(directory: Path, first: date, last: date) -> int:
+    """Rows of the files in ``directory`` stamped from ``first`` to ``last`` (New York dates)."""
+    return sum(
+        sum(1 for r in p.read_text().splitlines()[1:] if str(first) <= r[:10] <= str(last))
+        for p in directory.glob("*.csv")
+    )
+
+
 @pytest.fixture
 def nightly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -153,8 +161,9 @@ def test_nightly_learns_each_new_session(nightly) -> None:  # type: ignore[no-un
         data_run = _launch(defs, instance, data_request, "all_assets_job", {})
         ingest = _meta(data_run, "bars_15m")
         assert ingest["as_of"] == as_of
-        if session == D2:
-            # Only the new session was fetched: every row appended, nothing of the days before.
+        if session == D1:  # the month's first nightly: February up to D1
+            assert ingest["rows_in"] == _rows_between(files, date(2019, 2, 1), D1) > 0
+        else:  # only the new session was fetched: every row appended, none of the days before
             assert ingest["rows_in"] == ingest["rows_stored"] == appended > 0
         built = {e.asset_key.to_user_string() for e in data_run.get_asset_materialization_events()}
         assert built == {
@@ -237,10 +246,7 @@ def test_ingestion_runs_up_to_the_configured_as_of(tmp_path: Path) -> None:
         trading_db=TradingDatabaseResource(url=f"sqlite:///{tmp_path / 'trading.db'}"),
     )
     # Bar-END stamps in the files: the rows of February 1 to 12, and none later.
-    expected = sum(
-        sum(1 for r in p.read_text().splitlines()[1:] if "2019-02-01" <= r[:10] <= "2019-02-12")
-        for p in SAMPLE.glob("*.csv")
-    )
+    expected = _rows_between(SAMPLE, date(2019, 2, 1), date(2019, 2, 12))
     assert result.metadata["rows_in"] == result.metadata["rows_stored"] == expected
     assert result.metadata["as_of"] == as_of.astimezone(UTC).isoformat()
 
