@@ -26,6 +26,26 @@ class IngestConfig(dg.Config):  # type: ignore[misc]
 
     refetch: bool = False
     """Fetch the whole partition again even where it was fetched before."""
+    as_of: str | None = None
+    """Ingest bars starting before this instant (ISO 8601 with its offset, e.g.
+    ``2019-02-12T18:30:00-05:00``); default: now. The nightly schedule sets its tick's time, so a
+    run ingests up to its session whenever it runs. Never later than now: coverage would be
+    recorded for bars the source does not have yet."""
+
+
+def ingest_as_of(config: IngestConfig, now: datetime) -> datetime:
+    """The instant the ingestion runs up to: ``config.as_of`` (checked) or ``now``."""
+    if config.as_of is None:
+        return now
+    as_of = datetime.fromisoformat(config.as_of)
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {config.as_of!r} has no UTC offset: write e.g. {now.isoformat()}")
+    if as_of > now:
+        raise ValueError(
+            f"as_of {config.as_of} is later than now ({now.isoformat()}): the ingestion would "
+            "record as fetched bars the source cannot have yet"
+        )
+    return as_of.astimezone(UTC)
 
 
 def build_source_bars_asset(
@@ -51,13 +71,14 @@ def build_source_bars_asset(
     ) -> dg.MaterializeResult:
         store = trading_db.store()
         window = partition_window(context)
+        as_of = ingest_as_of(config, datetime.now(UTC))
         report = ingest_window(
             market_data.source(universe),
             store,
             universe,
             rules,
             window,
-            as_of=datetime.now(UTC),
+            as_of=as_of,
             batch=f"{name}/{context.partition_key}",
             refetch=config.refetch,
         )
@@ -68,6 +89,7 @@ def build_source_bars_asset(
         )
         return dg.MaterializeResult(
             metadata={
+                "as_of": as_of.isoformat(),
                 "rows_in": report.rows_in,
                 "rows_stored": report.rows_stored,
                 "rows_quarantined": report.rows_quarantined,

@@ -19,7 +19,8 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
     all_assets_job = dg.define_asset_job(
         "all_assets_job",
         selection=dg.AssetSelection.groups(MARKET_DATA_GROUP, RESEARCH_GROUP),
-        description="Everything of one month: bars, aggregates, features and labels.",
+        description="Everything of one month: bars, aggregates, features and labels (the "
+        "nightly's data run).",
     )
     training_job = dg.define_asset_job(
         "training_job",

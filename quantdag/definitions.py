@@ -12,10 +12,13 @@ from jobs import build_jobs
 from jobs.schedules import build_nightly_retraining_schedule
 from quantdag.project import PROJECT_ROOT, Project, load_project
 from quantdag.resources import build_resources
+from sensors.nightly import build_nightly_sensors
 
 
 def build_definitions(project: Project) -> dg.Definitions:
     jobs = build_jobs()
+    job = {j.name: j for j in jobs}
+    data_job = job["all_assets_job"]
     return dg.Definitions(
         assets=[
             *build_bar_assets(project.universe, project.settings.validation),
@@ -25,7 +28,8 @@ def build_definitions(project: Project) -> dg.Definitions:
             build_backtest_report_asset(project.universe, project.settings, PROJECT_ROOT),
         ],
         jobs=jobs,
-        schedules=[build_nightly_retraining_schedule(jobs[2], project.universe.calendar)],
+        schedules=[build_nightly_retraining_schedule(data_job, project.universe, project.settings)],
+        sensors=build_nightly_sensors(data_job, job["training_job"], job["backtest_job"]),
         resources=build_resources(project),
     )
 

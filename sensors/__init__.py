@@ -1,2 +1,2 @@
-"""Sensors. The market-hours sensor that starts live trading comes with the live issue; there
-are none yet."""
+"""Sensors: the nightly's chain after its data run (``nightly``). The market-hours sensor that
+starts live trading comes with the live issue."""

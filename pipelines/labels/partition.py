@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 import polars as pl
 
@@ -31,6 +31,26 @@ def label_padding_days(settings: LabelSettings, bars_per_session: int) -> tuple[
     before = (math.ceil(warm / bars_per_session) + 1) * 7 // 5 + 7
     after = (math.ceil(settings.max_holding_bars / bars_per_session) + 1) * 7 // 5 + 5
     return before, after
+
+
+def label_months_reading(session: date, after_days: int, first_month: date) -> tuple[date, ...]:
+    """First days of the months before ``session``'s whose label partitions read bars of
+    ``session``, latest first, none before ``first_month``.
+
+    A month's labels load bars up to ``after_days`` calendar days past its end (the horizon, see
+    :func:`label_padding_days`), so a session that close to a month's end changes them. Example:
+    with ``after_days=7``, the session of 2019-03-04 changes February's labels
+    (``(date(2019, 2, 1),)``) and the session of 2019-03-11 changes none.
+    """
+    months: list[date] = []
+    end = session.replace(day=1)  # the end of the month before the session's
+    while (session - end).days < after_days:
+        start = (end - timedelta(days=1)).replace(day=1)
+        if start < first_month:
+            break
+        months.append(start)
+        end = start
+    return tuple(months)
 
 
 @dataclass(frozen=True)

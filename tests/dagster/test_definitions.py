@@ -100,24 +100,31 @@ def test_docker_compose_points_at_the_same_code_location() -> None:
     assert "DAGSTER_PG_URL" in env and "QUANTDAG_DATABASE_URL" in env
 
 
-def test_nightly_retraining_follows_the_exchange_calendar() -> None:
+def test_nightly_retraining_follows_the_exchange_calendar(tmp_path: Path) -> None:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
     from quantdag.definitions import defs
 
     schedule = defs.resolve_schedule_def("nightly_retraining_schedule")
+    assert schedule.job_name == "all_assets_job"
+    assert {s.name for s in defs.sensors} == {"nightly_training_sensor", "nightly_backtest_sensor"}
     ny = ZoneInfo("America/New_York")
-    session = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2019, 2, 14, 18, 30, tzinfo=ny)
-    )
-    requests = list(schedule.evaluate_tick(session).run_requests or [])
-    assert len(requests) == 1 and requests[0].run_key == "retrain-2019-02-14"
-    holiday = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2019, 2, 18, 18, 30, tzinfo=ny)
-    )
-    result = schedule.evaluate_tick(holiday)  # Presidents' Day
-    assert not result.run_requests and "not a XNYS session" in (result.skip_message or "")
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+
+        def tick(day: int) -> dg.ScheduleExecutionData:
+            context = dg.build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=datetime(2019, 2, day, 18, 30, tzinfo=ny),
+                repository_def=defs.get_repository_def(),
+            )
+            return schedule.evaluate_tick(context)
+
+        requests = list(tick(14).run_requests or [])
+        assert len(requests) == 1 and requests[0].run_key == "nightly-2019-02-14-data"
+        for day in (18, 16):  # Presidents' Day, a Saturday
+            result = tick(day)
+            assert not result.run_requests and "not a XNYS session" in (result.skip_message or "")
 
 
 def test_backtest_report_is_defined() -> None:
