@@ -1,12 +1,14 @@
 """Small helpers every asset module uses: partition windows, check specs and results,
 markdown tables, and reading the bars around a partition."""
 
+import warnings
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
 
-from pipelines.checks import CheckOutcome
+from pipelines.checks import CheckDefinition, CheckOutcome
 from pipelines.config import UniverseConfig
 from resources import TradingDatabaseResource
 
@@ -17,8 +19,28 @@ def partition_window(context: dg.AssetExecutionContext) -> tuple[datetime, datet
     return tw.start.astimezone(UTC), tw.end.astimezone(UTC)
 
 
-def check_specs(asset: str, descriptions: dict[str, str]) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(n, asset=asset, description=d) for n, d in descriptions.items()]
+def check_specs(
+    asset: str,
+    definitions: Mapping[str, CheckDefinition],
+    partitions_def: dg.PartitionsDefinition,
+) -> list[dg.AssetCheckSpec]:
+    """One spec per check of the table, blocking as the table says, evaluated per partition.
+
+    Partitioned checks (a preview feature of Dagster 1.13) record each evaluation with its
+    partition, so the latest verdict on each month can be asked for.
+    """
+    with warnings.catch_warnings():  # Dagster's preview notice: we use the feature on purpose
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                d.name,
+                asset=asset,
+                description=d.description,
+                blocking=d.blocking,
+                partitions_def=partitions_def,
+            )
+            for d in definitions.values()
+        ]
 
 
 def check_results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:
