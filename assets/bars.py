@@ -8,9 +8,9 @@ from assets.common import check_results, check_specs, markdown_table, partition_
 from assets.partitions import monthly_partitions
 from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.checks import (
-    aggregate_check_descriptions,
+    aggregate_check_definitions,
     aggregate_checks,
-    ingest_check_descriptions,
+    ingest_check_definitions,
     ingest_checks,
 )
 from pipelines.config import UniverseConfig, ValidationConfig
@@ -53,12 +53,13 @@ def build_source_bars_asset(
 ) -> dg.AssetsDefinition:
     tf = universe.base_timeframe.label
     name = f"bars_{tf}"
+    partitions = monthly_partitions(universe)
 
     @dg.asset(
         name=name,
         group_name=GROUP,
-        partitions_def=monthly_partitions(universe),
-        check_specs=check_specs(name, ingest_check_descriptions(rules)),
+        partitions_def=partitions,
+        check_specs=check_specs(name, ingest_check_definitions(rules), partitions),
         kinds={"polars", "sql"},
         description=f"Validated {tf} bars of the universe from the market-data source, UTC "
         "bar starts; rejected rows go to the quarantine table with their reason.",
@@ -113,13 +114,14 @@ def build_source_bars_asset(
 def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.AssetsDefinition:
     base = universe.base_timeframe
     name = f"bars_{target}"
+    partitions = monthly_partitions(universe)
 
     @dg.asset(
         name=name,
         group_name=GROUP,
-        partitions_def=monthly_partitions(universe),
+        partitions_def=partitions,
         deps=[f"bars_{base}"],
-        check_specs=check_specs(name, aggregate_check_descriptions(base)),
+        check_specs=check_specs(name, aggregate_check_definitions(base), partitions),
         kinds={"polars", "sql"},
         description=f"{target} bars aggregated from {base} bars, session-aware; a bar is "
         "written once its window has closed.",
@@ -143,6 +145,7 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
         outcomes = aggregate_checks(
             source,
             bars,
+            source=base,
             target=target,
             session=universe.session,
             calendar=universe.calendar,

@@ -1,13 +1,21 @@
-"""Small helpers every asset module uses: partition windows, check specs and results,
-markdown tables, and reading the bars around a partition."""
+"""Small helpers every asset module uses: partition windows, check specs and results, what
+the instance holds per partition, markdown tables, and reading the bars around a partition."""
 
+import warnings
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import (
+    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+    AssetCheckExecutionRecordStatus,
+)
 
-from pipelines.checks import CheckOutcome
+from pipelines.checks import CheckDefinition, CheckOutcome
 from pipelines.config import UniverseConfig
+from pipelines.months import PartitionRecord, PartitionState
 from resources import TradingDatabaseResource
 
 
@@ -17,8 +25,28 @@ def partition_window(context: dg.AssetExecutionContext) -> tuple[datetime, datet
     return tw.start.astimezone(UTC), tw.end.astimezone(UTC)
 
 
-def check_specs(asset: str, descriptions: dict[str, str]) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(n, asset=asset, description=d) for n, d in descriptions.items()]
+def check_specs(
+    asset: str,
+    definitions: Mapping[str, CheckDefinition],
+    partitions_def: dg.PartitionsDefinition,
+) -> list[dg.AssetCheckSpec]:
+    """One spec per check of the table, blocking as the table says, evaluated per partition.
+
+    Partitioned checks (a preview feature of Dagster 1.13) record each evaluation with its
+    partition, which is what lets the training set ask for the latest verdict on each month.
+    """
+    with warnings.catch_warnings():  # Dagster's preview notice: we use the feature on purpose
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                d.name,
+                asset=asset,
+                description=d.description,
+                blocking=d.blocking,
+                partitions_def=partitions_def,
+            )
+            for d in definitions.values()
+        ]
 
 
 def check_results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:
@@ -31,6 +59,47 @@ def check_results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:
         )
         for o in outcomes
     ]
+
+
+_STATES = {
+    dg.AssetPartitionStatus.MATERIALIZED: PartitionState.MATERIALIZED,
+    dg.AssetPartitionStatus.FAILED: PartitionState.FAILED,
+    dg.AssetPartitionStatus.IN_PROGRESS: PartitionState.IN_PROGRESS,
+}
+
+
+def partition_records(
+    instance: dg.DagsterInstance, asset: dg.AssetsDefinition, keys: Sequence[str]
+) -> dict[str, PartitionRecord]:
+    """What the instance holds for each partition of ``asset`` that it knows of: the status of
+    its materialization and the blocking checks whose latest evaluation for it failed."""
+    if asset.partitions_def is None:
+        raise ValueError(f"{asset.key.to_user_string()} is not partitioned: it has no months")
+    status = instance.get_status_by_partition(asset.key, keys, asset.partitions_def) or {}
+    blocking = [s.key for s in asset.check_specs if s.blocking and s.asset_key == asset.key]
+    records = {}
+    for month, st in status.items():
+        if st is None:
+            continue
+        failed = tuple(
+            check.name for check in blocking if _latest_evaluation_failed(instance, check, month)
+        )
+        records[month] = PartitionRecord(_STATES[st], failed)
+    return records
+
+
+def _latest_evaluation_failed(
+    instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str
+) -> bool:
+    """Whether the latest evaluation (planned executions that never ran are not evaluations)
+    of ``check`` on ``partition`` failed."""
+    latest = instance.event_log_storage.get_asset_check_execution_history(
+        check,
+        limit=1,
+        status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+        partition_filter=PartitionKeyFilter(key=partition),
+    )
+    return bool(latest) and latest[0].status is AssetCheckExecutionRecordStatus.FAILED
 
 
 def markdown_table(frame: pl.DataFrame) -> dg.MetadataValue:

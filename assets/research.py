@@ -8,7 +8,7 @@ from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FEATURE_SET_VERSION, FeatureConfig, feature_registry
 from pipelines.features.partition import (
     build_feature_partition,
-    feature_check_descriptions,
+    feature_check_definitions,
     feature_checks,
     history_days,
 )
@@ -28,14 +28,16 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
     config = FeatureConfig(universe.base_timeframe, universe.session, universe.calendar)
     registry = feature_registry(config)
     lookback = history_days(registry, config)
+    partitions = monthly_partitions(universe)
+    checks = feature_check_definitions(MAX_MISSING_SHARE)
 
     @dg.asset(
         group_name=GROUP,
-        partitions_def=monthly_partitions(universe),
+        partitions_def=partitions,
         deps=[f"bars_{universe.base_timeframe}"],
         io_manager_key="parquet_io_manager",
         kinds={"polars", "parquet"},
-        check_specs=check_specs("feature_matrix", feature_check_descriptions(MAX_MISSING_SHARE)),
+        check_specs=check_specs("feature_matrix", checks, partitions),
         metadata={
             "feature_set_version": FEATURE_SET_VERSION,
             "features": len(registry),
@@ -66,14 +68,15 @@ def build_labels_asset(universe: UniverseConfig, settings: Settings) -> dg.Asset
     labels_cfg = settings.labels
     per_session = FeatureConfig(universe.base_timeframe, universe.session).bars_per_session
     before, after = label_padding_days(labels_cfg, per_session)
+    partitions = monthly_partitions(universe)
 
     @dg.asset(
         group_name=GROUP,
-        partitions_def=monthly_partitions(universe),
+        partitions_def=partitions,
         deps=[f"bars_{universe.base_timeframe}"],
         io_manager_key="parquet_io_manager",
         kinds={"polars", "parquet"},
-        check_specs=check_specs("triple_barrier_labels", LABEL_CHECKS),
+        check_specs=check_specs("triple_barrier_labels", LABEL_CHECKS, partitions),
         metadata={"config": labels_cfg.model_dump()},
     )
     def triple_barrier_labels(  # type: ignore[no-untyped-def]

@@ -1,18 +1,28 @@
 """Training assets: the training set, out-of-sample predictions and the champion model."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 
-from assets.common import markdown_table
+from assets.common import markdown_table, partition_records
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.models.registry import PromotionRule
 from pipelines.models.training import TrainingRequest, build_training_set, run_training
+from pipelines.months import rows_in_windows, select_training_months
 from resources import MlflowResource, OptunaResource
 
 GROUP = "training"
+
+
+class TrainingSetConfig(dg.Config):  # type: ignore[misc]
+    """Run config of the training set."""
+
+    allow_gaps: bool = False
+    """Train on the usable months when others failed a blocking check or were never
+    materialized; those are left out and named in the log and the metadata."""
 
 
 class TrainingConfig(dg.Config):  # type: ignore[misc]
@@ -29,32 +39,70 @@ class TrainingConfig(dg.Config):  # type: ignore[misc]
     """Also train CatBoost and a stacker on out-of-fold predictions (column prob_stacked)."""
 
 
-@dg.asset(
-    group_name=GROUP,
-    ins={
-        "feature_matrix": dg.AssetIn(metadata={"allow_missing_partitions": True}),
-        "triple_barrier_labels": dg.AssetIn(metadata={"allow_missing_partitions": True}),
-    },
-    io_manager_key="parquet_io_manager",
-    kinds={"polars", "parquet"},
-)
-def training_set(
-    context: dg.AssetExecutionContext,
-    feature_matrix: pl.DataFrame,
-    triple_barrier_labels: pl.DataFrame,
-):  # type: ignore[no-untyped-def]
-    """Every labelled bar with its features and target y (label +1), over all partitions."""
-    data = build_training_set(feature_matrix, triple_barrier_labels)
-    return dg.MaterializeResult(
-        value=data,
-        metadata={
-            "rows": data.height,
-            "symbols": data["symbol"].n_unique(),
-            "start": str(data["ts"].min()),
-            "end": str(data["ts"].max()),
-            "positive_share": float(data["y"].mean() or 0.0),
-        },  # type: ignore[arg-type]
+def build_training_set_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.AssetsDefinition:
+    """The training set over the months that every asset of ``upstream`` (the feature matrix
+    and the labels it reads, and the bars they are built from) holds and passed the blocking
+    checks of; all on one set of time partitions."""
+    partitions = upstream[0].partitions_def if upstream else None
+    if not isinstance(partitions, dg.TimeWindowPartitionsDefinition) or any(
+        a.partitions_def != partitions for a in upstream
+    ):
+        raise ValueError(
+            "training_set needs upstream assets on one set of time partitions; got "
+            f"{ {a.key.to_user_string(): a.partitions_def for a in upstream} }"
+        )
+    reads = ("feature_matrix", "triple_barrier_labels")
+    if not set(reads) <= {a.key.to_user_string() for a in upstream}:
+        raise ValueError(f"training_set reads {list(reads)}: give their definitions in upstream")
+
+    @dg.asset(
+        group_name=GROUP,
+        ins={name: dg.AssetIn(metadata={"allow_missing_partitions": True}) for name in reads},
+        deps=[a.key for a in upstream if a.key.to_user_string() not in reads],
+        io_manager_key="parquet_io_manager",
+        kinds={"polars", "parquet"},
     )
+    def training_set(
+        context: dg.AssetExecutionContext,
+        config: TrainingSetConfig,
+        feature_matrix: pl.DataFrame,
+        triple_barrier_labels: pl.DataFrame,
+    ):  # type: ignore[no-untyped-def]
+        """Every labelled bar with its features and target y (label +1), over every month that
+        is materialized and passed its blocking checks (run config ``allow_gaps``)."""
+        keys = partitions.get_partition_keys(dynamic_partitions_store=context.instance)
+        records = {
+            a.key.to_user_string(): partition_records(context.instance, a, keys) for a in upstream
+        }
+        months = select_training_months(keys, records, allow_gaps=config.allow_gaps)
+        if months.left_out:
+            n = len(months.left_out)
+            context.log.warning(
+                f"allow_gaps: {n} month{'s' if n > 1 else ''} left out of the training set:\n"
+                + months.describe_left_out()
+            )
+        windows = [
+            (w.start.astimezone(UTC), w.end.astimezone(UTC))
+            for w in map(partitions.time_window_for_partition_key, months.used)
+        ]
+        data = build_training_set(
+            rows_in_windows(feature_matrix, windows),
+            rows_in_windows(triple_barrier_labels, windows),
+        )
+        return dg.MaterializeResult(
+            value=data,
+            metadata={
+                "rows": data.height,
+                "symbols": data["symbol"].n_unique(),
+                "start": str(data["ts"].min()),
+                "end": str(data["ts"].max()),
+                "positive_share": float(data["y"].mean() or 0.0),
+                "months": list(months.used),
+                "left_out_months": {m: "; ".join(why) for m, why in months.left_out.items()},
+            },  # type: ignore[arg-type]
+        )
+
+    return training_set
 
 
 @dg.multi_asset(

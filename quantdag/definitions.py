@@ -7,7 +7,7 @@ import dagster as dg
 from assets.backtest import build_backtest_report_asset
 from assets.bars import build_bar_assets
 from assets.research import build_research_assets
-from assets.training import training_set, walk_forward_models
+from assets.training import build_training_set_asset, walk_forward_models
 from jobs import build_jobs
 from jobs.schedules import build_nightly_retraining_schedule
 from quantdag.project import PROJECT_ROOT, Project, load_project
@@ -16,14 +16,16 @@ from sensors.nightly import build_nightly_sensors
 
 
 def build_definitions(project: Project) -> dg.Definitions:
+    bars = build_bar_assets(project.universe, project.settings.validation)
+    research = build_research_assets(project.universe, project.settings)
     jobs = build_jobs()
     job = {j.name: j for j in jobs}
     data_job = job["all_assets_job"]
     return dg.Definitions(
         assets=[
-            *build_bar_assets(project.universe, project.settings.validation),
-            *build_research_assets(project.universe, project.settings),
-            training_set,
+            *bars,
+            *research,
+            build_training_set_asset([bars[0], *research]),
             walk_forward_models,
             build_backtest_report_asset(project.universe, project.settings, PROJECT_ROOT),
         ],

@@ -14,7 +14,7 @@ from pipelines.bars.calendar import (
     session_dates,
     sessions_between,
 )
-from pipelines.checks import CheckOutcome
+from pipelines.checks import CheckDefinition, CheckOutcome, check_table
 from pipelines.config import ValidationConfig
 from pipelines.data.ingest import IngestReport
 from pipelines.timeframes import Timeframe
@@ -99,90 +99,100 @@ def volume_balance(
     return expected - float(aggregated["volume"].sum())
 
 
-def ingest_check_descriptions(rules: ValidationConfig) -> dict[str, str]:
-    """Names and one-line descriptions of :func:`ingest_checks`, for the asset's check specs."""
-    return {
-        "rows_accounted": "rows in = rows stored + rows quarantined",
-        "bar_integrity": "stored bars: unique keys, positive prices, OHLC consistent",
-        "quarantine_share": f"at most {rules.max_quarantine_share:.0%} of the rows quarantined",
-        "whole_sessions_present": "no symbol misses a whole session inside its span",
-        "price_jumps": (
-            f"no close-to-close |log return| above {rules.max_abs_log_return} "
-            "(such bars are flagged and kept)"
+def ingest_check_definitions(rules: ValidationConfig) -> dict[str, CheckDefinition]:
+    """The checks of :func:`ingest_checks`, for the asset's check specs and its verdicts."""
+    return check_table(
+        CheckDefinition(
+            "rows_accounted", "rows in = rows stored + rows quarantined", blocking=True
         ),
-    }
+        CheckDefinition(
+            "bar_integrity",
+            "stored bars: unique keys, positive prices, OHLC consistent",
+            blocking=True,
+        ),
+        CheckDefinition(
+            "quarantine_share",
+            f"at most {rules.max_quarantine_share:.0%} of the rows quarantined",
+            blocking=False,
+        ),
+        CheckDefinition(
+            "whole_sessions_present",
+            "no symbol misses a whole session inside its span",
+            blocking=False,
+        ),
+        CheckDefinition(
+            "price_jumps",
+            f"no close-to-close |log return| above {rules.max_abs_log_return} "
+            "(such bars are flagged and kept)",
+            blocking=False,
+        ),
+    )
 
 
 def ingest_checks(
     report: IngestReport, stored: pl.DataFrame, rules: ValidationConfig
 ) -> list[CheckOutcome]:
     """Verdicts on one ingestion (``report``) and the bars now stored for its window."""
+    checks = ingest_check_definitions(rules)
     problems = bar_integrity(stored)
     share = report.rows_quarantined / report.rows_in if report.rows_in else 0.0
     return [
-        CheckOutcome(
-            "rows_accounted",
+        checks["rows_accounted"].outcome(
             report.accounted,
-            True,
             {
                 "rows_in": report.rows_in,
                 "rows_stored": report.rows_stored,
                 "rows_quarantined": report.rows_quarantined,
             },
         ),
-        CheckOutcome("bar_integrity", not problems, True, {"problems": problems or "none"}),
-        CheckOutcome(
-            "quarantine_share",
+        checks["bar_integrity"].outcome(not problems, {"problems": problems or "none"}),
+        checks["quarantine_share"].outcome(
             share <= rules.max_quarantine_share,
-            False,
-            {
-                "share": share,
-                "by_reason": dict(report.by_reason),
-            },
+            {"share": share, "by_reason": dict(report.by_reason)},
         ),
-        CheckOutcome(
-            "whole_sessions_present",
+        checks["whole_sessions_present"].outcome(
             report.missing_sessions == 0,
-            False,
-            {
-                "missing_sessions": report.missing_sessions,
-                "missing_bars": report.missing_bars,
-            },
+            {"missing_sessions": report.missing_sessions, "missing_bars": report.missing_bars},
         ),
-        CheckOutcome(
-            "price_jumps",
-            report.price_jumps == 0,
-            False,
-            {
-                "flagged_bars": report.price_jumps,
-            },
+        checks["price_jumps"].outcome(
+            report.price_jumps == 0, {"flagged_bars": report.price_jumps}
         ),
     ]
 
 
-def aggregate_check_descriptions(source: Timeframe) -> dict[str, str]:
-    """Names and descriptions of :func:`aggregate_checks`."""
-    return {
-        "bar_integrity": "unique keys, OHLC consistent, each bar inside one session segment",
-        "volume_conserved": f"volume equals the {source} volume it was built from",
-    }
+def aggregate_check_definitions(source: Timeframe) -> dict[str, CheckDefinition]:
+    """The checks of :func:`aggregate_checks`."""
+    return check_table(
+        CheckDefinition(
+            "bar_integrity",
+            "unique keys, OHLC consistent, each bar inside one session segment",
+            blocking=True,
+        ),
+        CheckDefinition(
+            "volume_conserved",
+            f"volume equals the {source} volume it was built from",
+            blocking=True,
+        ),
+    )
 
 
 def aggregate_checks(
     source_bars: pl.DataFrame,
     bars: pl.DataFrame,
     *,
+    source: Timeframe,
     target: Timeframe,
     session: Session,
     calendar: str | SessionCalendar,
     as_of: datetime,
 ) -> list[CheckOutcome]:
-    """Verdicts on ``bars`` built from ``source_bars``."""
+    """Verdicts on ``bars`` (``target``) built from ``source_bars`` (``source``)."""
+    checks = aggregate_check_definitions(source)
     problems = bar_integrity(bars, timeframe=target, session=session, calendar=calendar)
     balance = volume_balance(
         source_bars, bars, target=target, session=session, calendar=calendar, as_of=as_of
     )
     return [
-        CheckOutcome("bar_integrity", not problems, True, {"problems": problems or "none"}),
-        CheckOutcome("volume_conserved", balance == 0.0, True, {"difference_shares": balance}),
+        checks["bar_integrity"].outcome(not problems, {"problems": problems or "none"}),
+        checks["volume_conserved"].outcome(balance == 0.0, {"difference_shares": balance}),
     ]

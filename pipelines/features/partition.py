@@ -9,7 +9,7 @@ from datetime import datetime
 
 import polars as pl
 
-from pipelines.checks import CheckOutcome
+from pipelines.checks import CheckDefinition, CheckOutcome, check_table
 from pipelines.features.build import FeatureConfig, build_features
 from pipelines.features.checks import (
     constant_features,
@@ -85,48 +85,55 @@ def build_feature_partition(
     )
 
 
-def feature_check_descriptions(max_missing_share: float) -> dict[str, str]:
-    return {
-        "finite_after_warmup": "no NaN or infinite value after warm-up",
-        "missing_after_warmup": (
-            f"at most {max_missing_share:.0%} undefined (null) per feature after warm-up"
+def feature_check_definitions(max_missing_share: float) -> dict[str, CheckDefinition]:
+    """The checks of :func:`feature_checks`, for the asset's check specs and its verdicts."""
+    return check_table(
+        CheckDefinition(
+            "finite_after_warmup", "no NaN or infinite value after warm-up", blocking=True
         ),
-        "constant_columns": "no feature is constant over the partition",
-        "point_in_time": "rebuilding on data cut at sampled times changes nothing before the cut",
-        "stream_parity": (
-            "the live path, stepped bar by bar over the same bars, gives exactly this matrix"
+        CheckDefinition(
+            "missing_after_warmup",
+            f"at most {max_missing_share:.0%} undefined (null) per feature after warm-up",
+            blocking=False,
         ),
-    }
+        CheckDefinition(
+            "constant_columns", "no feature is constant over the partition", blocking=False
+        ),
+        CheckDefinition(
+            "point_in_time",
+            "rebuilding on data cut at sampled times changes nothing before the cut",
+            blocking=True,
+        ),
+        CheckDefinition(
+            "stream_parity",
+            "the live path, stepped bar by bar over the same bars, gives exactly this matrix",
+            blocking=True,
+        ),
+    )
 
 
 def feature_checks(part: FeaturePartition, max_missing_share: float) -> list[CheckOutcome]:
+    checks = feature_check_definitions(max_missing_share)
     worst = dict(sorted(part.null_share.items(), key=lambda kv: -kv[1])[:5])
     return [
-        CheckOutcome(
-            "finite_after_warmup", not part.nonfinite, True, {"nonfinite": part.nonfinite or "none"}
+        checks["finite_after_warmup"].outcome(
+            not part.nonfinite, {"nonfinite": part.nonfinite or "none"}
         ),
-        CheckOutcome(
-            "missing_after_warmup",
-            all(v <= max_missing_share for v in worst.values()),
-            False,
-            {"worst": worst},
+        checks["missing_after_warmup"].outcome(
+            all(v <= max_missing_share for v in worst.values()), {"worst": worst}
         ),
-        CheckOutcome(
-            "constant_columns", not part.constant, False, {"constant": part.constant or "none"}
+        checks["constant_columns"].outcome(
+            not part.constant, {"constant": part.constant or "none"}
         ),
-        CheckOutcome(
-            "point_in_time",
+        checks["point_in_time"].outcome(
             not part.lookahead,
-            True,
             {
                 "cuts": [c.isoformat() for c in part.cuts],
                 "violations": part.lookahead[:10] or "none",
             },
         ),
-        CheckOutcome(
-            "stream_parity",
+        checks["stream_parity"].outcome(
             not part.stream,
-            True,
             {"rows": part.matrix.height, "differences": part.stream[:10] or "none"},
         ),
     ]

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 
-from pipelines.checks import CheckOutcome
+from pipelines.checks import CheckDefinition, CheckOutcome, check_table
 from pipelines.config import LabelSettings
 from pipelines.labels.triple_barrier import BarrierConfig, label_triple_barrier
 from pipelines.labels.weights import sample_weights
@@ -79,26 +79,26 @@ def build_label_partition(
     return LabelPartition(weighted, result.unlabelled, distribution, held)
 
 
-LABEL_CHECKS = {
-    "label_balance": "each of the -1 and +1 labels holds at least 10%",
-    "within_vertical_barrier": "no label is held past its vertical barrier",
-}
+LABEL_CHECKS = check_table(
+    CheckDefinition(
+        "label_balance", "each of the -1 and +1 labels holds at least 10%", blocking=False
+    ),
+    CheckDefinition(
+        "within_vertical_barrier", "no label is held past its vertical barrier", blocking=True
+    ),
+)
+"""The checks of :func:`label_checks`, for the asset's check specs and its verdicts."""
 
 
 def label_checks(part: LabelPartition, settings: LabelSettings) -> list[CheckOutcome]:
     total = max(part.labels.height, 1)
     shares = {k: v / total for k, v in part.distribution.items()}
     return [
-        CheckOutcome(
-            "label_balance",
-            min(shares.get("-1", 0.0), shares.get("1", 0.0)) >= 0.10,
-            False,
-            {"shares": shares},
+        LABEL_CHECKS["label_balance"].outcome(
+            min(shares.get("-1", 0.0), shares.get("1", 0.0)) >= 0.10, {"shares": shares}
         ),
-        CheckOutcome(
-            "within_vertical_barrier",
+        LABEL_CHECKS["within_vertical_barrier"].outcome(
             part.max_bars_held <= settings.max_holding_bars,
-            True,
             {"max_bars_held": part.max_bars_held, "max_holding_bars": settings.max_holding_bars},
         ),
     ]

@@ -134,16 +134,26 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     assert labels["rows"].value > 0 and set(labels["label_distribution"].value) <= {"-1", "0", "1"}
 
     # Training on what is stored (one month): quick mode, registry in a temporary MLflow store.
-    from assets.training import training_set, walk_forward_models
+    # January's bars are stored but not its features and labels: a gap, allowed here.
+    from assets.training import build_training_set_asset, walk_forward_models
 
+    training_set = build_training_set_asset([bar_assets[0], *research])
     trained = dg.materialize(
         [*research, training_set, walk_forward_models],
         resources=resources,
         instance=instance,
         selection=["training_set", "oos_predictions", "champion_model"],
-        run_config={"ops": {"walk_forward_models": {"config": {"mode": "quick", "stack": True}}}},
+        run_config={
+            "ops": {
+                "training_set": {"config": {"allow_gaps": True}},
+                "walk_forward_models": {"config": {"mode": "quick", "stack": True}},
+            }
+        },
     )
     assert trained.success
+    tmeta = trained.asset_materializations_for_node("training_set")[0].metadata
+    assert tmeta["months"].value == ["2019-02-01"]
+    assert set(tmeta["left_out_months"].value) == {"2019-01-01"}
     meta = {
         m.asset_key.to_user_string(): m.metadata
         for m in trained.asset_materializations_for_node("walk_forward_models")
@@ -181,9 +191,10 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
 
 def test_full_mode_tunes_before_training(tmp_path: Path) -> None:
     """Full mode runs an Optuna study first and logs how many trials it took."""
-    from assets.training import training_set, walk_forward_models
+    from assets.training import build_training_set_asset, walk_forward_models
 
     bar_assets, research, resources, instance = _sample_setup(tmp_path)
+    training_set = build_training_set_asset([bar_assets[0], *research])
     for key in ("2019-01-01", "2019-02-01"):
         assert dg.materialize(
             [*bar_assets[:1], *research], partition_key=key, resources=resources, instance=instance
