@@ -22,6 +22,7 @@ import polars as pl
 from pipelines.features.transform import FeatureTransform
 from pipelines.models.estimators import FittedModel, ModelConfig, ModelError
 from pipelines.models.walk_forward import Calibrator, WalkForwardResult
+from pipelines.secrets import redact_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -84,18 +85,11 @@ def _client(tracking_uri: str) -> Any:
         client.search_experiments(max_results=1)
     except (MlflowException, SQLAlchemyError, OSError) as exc:
         raise ModelError(
-            f"the MLflow store at {_redact(tracking_uri)} does not answer ({type(exc).__name__}); "
-            "start it or point QUANTDAG_MLFLOW_URI elsewhere; nothing was logged or registered"
+            f"the MLflow store at {redact_uri(tracking_uri)} does not answer "
+            f"({type(exc).__name__}); start it or point QUANTDAG_MLFLOW_URI elsewhere; "
+            "nothing was logged or registered"
         ) from None
     return client
-
-
-def _redact(uri: str) -> str:
-    """The URI without a password."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
 
 
 def log_and_register(
