@@ -34,7 +34,8 @@ def partition_keys(project: Project) -> list[str]:
 
 
 def summary(project: Project) -> pl.DataFrame:
-    store = build_resources(project)["trading_db"].store()
+    # Outside a run the resource holds an EnvVar reference: resolve it as Dagster does.
+    store = build_resources(project)["trading_db"].process_config_and_initialize().store()
     bars = store.bar_counts().pivot(on="timeframe", index="symbol", values="bars")
     quarantine = store.quarantine_counts()
     if quarantine.height:
