@@ -153,3 +153,36 @@ def test_a_settings_file_with_a_password_is_refused_without_showing_it(tmp_path:
     assert "environments.paper.source.alpaca.url_override" in message
     assert "postgresql://***@db:5432/trading" in message
     assert "Pw-hunter" not in message
+
+
+def test_the_secret_search_sees_into_compressed_blobs_sqlite_and_parquet(tmp_path: Path) -> None:
+    """The search the no-secrets tests rely on finds a secret where a plain grep of the bytes
+    does not: a zlib blob in a SQLite table (as Dagster stores its snapshots) and a column of a
+    compressed Parquet file."""
+    import sqlite3
+    import uuid
+    import zlib
+
+    import polars as pl
+
+    from tests.secrets_search import Search, scan_file
+
+    token = f"S3cr3t-test-{uuid.uuid4().hex}"
+    blob = zlib.compress(f'{{"tracking_uri": "postgresql://u:{token}@h/db"}}'.encode() * 50)
+    assert token.encode() not in blob
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        conn.execute("CREATE TABLE snapshots (id INTEGER, body BLOB)")
+        conn.execute("INSERT INTO snapshots VALUES (1, ?)", (blob,))
+    conn.close()
+    pl.DataFrame({"n": range(1000), "note": [f"uri {token} uri"] * 1000}).write_parquet(
+        tmp_path / "frame.parquet", compression="zstd"
+    )
+    pl.DataFrame({"n": range(1000), "note": ["nothing"] * 1000}).write_parquet(
+        tmp_path / "clean.parquet", compression="zstd"
+    )
+    search = Search({"QUANTDAG_MLFLOW_URI": token})
+    for name in ("runs.db", "frame.parquet", "clean.parquet"):
+        scan_file(search, tmp_path / name, tmp_path)
+    assert any("in sqlite runs.db:snapshots" in h for h in search.hits), search.hits
+    assert any("in parquet:frame.parquet.note" in h for h in search.hits), search.hits
+    assert not any("clean.parquet" in h for h in search.hits), search.hits
