@@ -10,13 +10,14 @@ event log, runs and snapshots, every table of the four databases, and every file
 the test's directory (Parquet read column by column, SQLite files table by table, compressed
 blobs decompressed). The UI's view of the definitions is searched the same way.
 
-Duration, on this 2-core machine shared with other work (load 4-6): the run takes 60-110 s.
-The slow parts: LightGBM's two OpenMP threads spin-waiting for cores that other processes hold
-(the quick walk-forward: 20-56 s with the default wait policy, 8-11 s with
-``OMP_WAIT_POLICY=PASSIVE``, which the run here is given: it changes no result), importing
-without a bytecode cache where ``PYTHONDONTWRITEBYTECODE`` is set (start-up 20 s instead of
-6 s), MLflow's migrations of a fresh store (5 s on PostgreSQL, 7 s on SQLite) and Dagster's
-PostgreSQL event log (a new connection per event).
+Duration, on the 2-core development machine shared with other work: the run takes 33 s (load
+2.3) to 59 s (load 5.5), the whole test 36-65 s. Without ``OMP_WAIT_POLICY=PASSIVE``, which the
+run is given here (it changes no result), it took 85-110 s at load 5-6: LightGBM's two OpenMP
+threads spin-wait for cores that other processes hold (the quick walk-forward alone: 20-56 s,
+against 8-11 s with passive waiting or one thread). The rest: start-up 20 s where
+``PYTHONDONTWRITEBYTECODE`` is set (every module compiled again; 6 s with a bytecode cache),
+the bars and features of two months 15 s, MLflow's migrations of a fresh store 5 s (7 s on
+SQLite), Dagster's PostgreSQL event log a new connection per event (about 1,000, 6 s).
 """
 
 from __future__ import annotations
