@@ -4,13 +4,16 @@
 (best of N), then the PostgreSQL load of the validated bars (COPY + upsert, fresh database).
 ``--mode memory``: the production path once, as the assets run it: ``ingest_window`` over the
 whole file into a fresh PostgreSQL database, then each aggregate read back, built and stored;
-its peak resident memory is the figure. Each mode prints one JSON object.
+its peak resident memory is the figure. Each mode prints one JSON object. The PostgreSQL
+server is ``QUANTDAG_BENCH_PG_URL`` (an admin URL), read from the environment: a password on
+the command line would be visible to every user of the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 import uuid
@@ -30,6 +33,7 @@ from pipelines.data.sources import FileBarSource
 from pipelines.data.store import BarStore
 from pipelines.timeframes import Timeframe
 
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATASETS = {
     # name: (file, source timeframe, label, session, targets)
     "15m": ("us_equities_15min_2020_2022_av.parquet", "15m", "end", "extended", ["60m", "1d"]),
@@ -156,13 +160,13 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
     parser.add_argument("--mode", choices=("speed", "memory"), required=True)
     parser.add_argument("--shared", type=Path, required=True)
-    parser.add_argument("--pg", required=True)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    pg = os.environ.get("QUANTDAG_BENCH_PG_URL", DEFAULT_PG_URL)
     if args.mode == "speed":
-        figures = speed(args.dataset, args.shared, args.pg, args.repeats)
+        figures = speed(args.dataset, args.shared, pg, args.repeats)
     else:
-        figures = memory(args.dataset, args.shared, args.pg)
+        figures = memory(args.dataset, args.shared, pg)
     print(json.dumps(figures))
 
 

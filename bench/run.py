@@ -15,9 +15,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 SHARED = Path(os.environ.get("QUANTDAG_SHARED_DATA", ROOT.parent / "shared" / "data"))
-PG = os.environ.get(
-    "QUANTDAG_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def ingest() -> dict[str, object]:
@@ -36,8 +33,6 @@ def ingest() -> dict[str, object]:
                     mode,
                     "--shared",
                     str(SHARED),
-                    "--pg",
-                    PG,
                 ],
                 cwd=ROOT,
                 check=True,

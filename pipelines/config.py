@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.secrets import has_password, redact_uri
 from pipelines.timeframes import Timeframe
 
 ENVIRONMENTS = ("local", "paper", "live")
@@ -148,6 +149,17 @@ class FileSourceConfig(_Frozen):
         return self
 
 
+def _without_password(url: str, variable: str) -> str:
+    """A settings-file URL, refused when it holds a password: the settings are shown in the
+    Dagster UI and stored with every run, the environment is not."""
+    if has_password(url):
+        raise ValueError(
+            f"{redact_uri(url)} holds a password; secrets come only from the environment: "
+            f"remove it here and set {variable} instead"
+        )
+    return url
+
+
 class AlpacaSourceConfig(_Frozen):
     """Alpaca historical bars through alpaca-py. Credentials come from the environment only:
     ``APCA_API_KEY_ID`` and ``APCA_API_SECRET_KEY``."""
@@ -160,6 +172,13 @@ class AlpacaSourceConfig(_Frozen):
     max_retries: Annotated[int, Field(ge=0, le=20)] = 6
     backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
     backoff_cap_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("url_override")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        return (
+            None if v is None else _without_password(v, "APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+        )
 
 
 SourceConfig = Annotated[FileSourceConfig | AlpacaSourceConfig, Field(discriminator="kind")]
@@ -197,6 +216,11 @@ class EnvironmentConfig(_Frozen):
 
     source: SourceConfig
     database_url: str = "sqlite:///.quantdag/trading.db"
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        return _without_password(v, "QUANTDAG_DATABASE_URL")
 
 
 class Settings(_Frozen):

@@ -14,6 +14,7 @@ import polars as pl
 from assets.partitions import monthly_partitions
 from pipelines.bars.calendar import NEW_YORK
 from pipelines.config import FileSourceConfig
+from pipelines.secrets import redact_uri
 from quantdag.definitions import build_definitions
 from quantdag.project import Project, load_project
 from quantdag.resources import build_resources
@@ -33,7 +34,8 @@ def partition_keys(project: Project) -> list[str]:
 
 
 def summary(project: Project) -> pl.DataFrame:
-    store = build_resources(project)["trading_db"].store()
+    # Outside a run the resource holds an EnvVar reference: resolve it as Dagster does.
+    store = build_resources(project)["trading_db"].process_config_and_initialize().store()
     bars = store.bar_counts().pivot(on="timeframe", index="symbol", values="bars")
     quarantine = store.quarantine_counts()
     if quarantine.height:
@@ -113,11 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print("\nRows stored (per timeframe) and quarantined (per reason), per symbol:")
         print(table)
-    where = (
-        "$QUANTDAG_DATABASE_URL"
-        if os.environ.get("QUANTDAG_DATABASE_URL")
-        else project.env.database_url
-    )
+    where = redact_uri(os.environ.get("QUANTDAG_DATABASE_URL") or project.env.database_url)
     print(f"\nTrading database: {where}")
     print(
         f"Training (quick mode): {quality['folds'].value} walk-forward folds, out-of-sample "

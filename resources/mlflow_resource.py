@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from pipelines.secrets import redact_uri
+
 
 class MlflowResource(dg.ConfigurableResource):  # type: ignore[misc]
     """Where runs and registered models go. Give a Postgres-backed URI through
@@ -17,7 +19,7 @@ class MlflowResource(dg.ConfigurableResource):  # type: ignore[misc]
         return mlflow.MlflowClient(self.tracking_uri)
 
     def run_link(self, run_id: str) -> str:
-        return f"{self.tracking_uri} run {run_id} (mlflow ui --backend-store-uri <uri>)"
+        return f"{redact_uri(self.tracking_uri)} run {run_id} (mlflow ui --backend-store-uri <uri>)"
 
 
 class OptunaResource(dg.ConfigurableResource):  # type: ignore[misc]

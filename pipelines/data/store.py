@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from pipelines.data.schema import STORED_BAR_SCHEMA
 from pipelines.data.tables import bars as bars_table
 from pipelines.data.tables import ingest_coverage, quarantine
+from pipelines.secrets import redact_uri
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _BAR_COLS = [c.name for c in bars_table.columns]
@@ -102,7 +103,7 @@ class BarStore:
         current = self.schema_version()
         if current != head:
             raise StoreError(
-                f"the trading database at {self.engine.url!r} is at schema {current}, the code "
+                f"the trading database at {redact_uri(self.url)} is at schema {current}, the code "
                 f"needs {head}: run BarStore.migrate() (the assets do this at start)"
             )
 

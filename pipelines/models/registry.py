@@ -32,6 +32,7 @@ from pipelines.models.evaluation import auc_score, log_loss_skill, log_losses, s
 from pipelines.models.holdout import HoldoutError
 from pipelines.models.promotion import Comparison, GateVerdict, PromotionRule, decide
 from pipelines.models.walk_forward import Calibrator, FoldFit, WalkForwardResult
+from pipelines.secrets import redact_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -94,18 +95,11 @@ def _client(tracking_uri: str) -> Any:
         client.search_experiments(max_results=1)
     except (MlflowException, SQLAlchemyError, OSError) as exc:
         raise ModelError(
-            f"the MLflow store at {_redact(tracking_uri)} does not answer ({type(exc).__name__}); "
-            "start it or point QUANTDAG_MLFLOW_URI elsewhere; nothing was logged or registered"
+            f"the MLflow store at {redact_uri(tracking_uri)} does not answer "
+            f"({type(exc).__name__}); start it or point QUANTDAG_MLFLOW_URI elsewhere; "
+            "nothing was logged or registered"
         ) from None
     return client
-
-
-def _redact(uri: str) -> str:
-    """The URI without a password."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
 
 
 ChampionRescore = Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison | str]

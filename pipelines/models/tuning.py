@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pipelines.models.estimators import Kind, ModelConfig, ModelError, train_classifier
 from pipelines.models.splits import Fold
 from pipelines.models.walk_forward import Trainer, fit_fold, fold_metrics
+from pipelines.secrets import redact_uri
 
 Metric = Literal["log_loss", "auc", "trade_return"]
 
@@ -79,10 +80,9 @@ def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
     try:
         return optuna.storages.RDBStorage(url)
     except SQLAlchemyError as exc:
-        where = url.split("@", 1)[-1] if "@" in url else url
         raise TuningError(
-            f"the Optuna study storage at {where} does not answer ({type(exc).__name__}); "
-            "start it or choose another storage"
+            f"the Optuna study storage at {redact_uri(url)} does not answer "
+            f"({type(exc).__name__}); start it or choose another storage"
         ) from None
 
 

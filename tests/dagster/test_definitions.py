@@ -132,3 +132,12 @@ def test_backtest_report_is_defined() -> None:
 
     assert defs.resolve_job_def("backtest_job") is not None
     assert dg.AssetKey("backtest_report") in defs.resolve_all_asset_keys()
+
+
+def test_mlflow_run_link_shows_where_but_no_password() -> None:
+    from resources import MlflowResource
+
+    uri = "postgresql+psycopg://quant:Pw-hunter2@db:5432/mlflow"
+    link = MlflowResource(tracking_uri=uri).run_link("abc123")
+    assert link.startswith("postgresql+psycopg://***@db:5432/mlflow run abc123")
+    assert "Pw-hunter2" not in link

@@ -87,3 +87,24 @@ def test_a_fold_with_one_class_is_skipped_with_its_reason(
 def test_mlflow_on_postgres(result: WalkForwardResult, pg_database: str, tmp_path: Path) -> None:
     decision = _register(result, pg_database)
     assert decision.promoted and decision.version == "1"
+
+
+@pytest.mark.integration
+def test_optuna_on_postgres_stores_no_password(sample_data: pl.DataFrame, pg_database: str) -> None:
+    """A study on a storage URL holding a password: no table of the storage holds it."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from pipelines.models.tuning import TuningConfig, trials_taken, tune
+    from tests.secrets_search import Search, postgres_rows, scan_rows
+
+    secret = f"S3cr3t-optuna-{uuid.uuid4().hex}"
+    url = sa.make_url(pg_database).set(password=secret).render_as_string(hide_password=False)
+    config = TuningConfig(study_name="s", n_trials=2, n_splits=2, storage=url, max_rounds=50)
+    study = tune(sample_data, features=FEATURES[:10], kind="logistic", config=config)
+    assert trials_taken(study) == 2
+    search = Search({"QUANTDAG_OPTUNA_URI": secret})
+    scan_rows(search, "optuna", postgres_rows(pg_database))
+    assert not search.hits, "\n".join(search.hits)
+    assert search.searched["optuna"] > 10  # the study, its two trials, their parameters...
