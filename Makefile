@@ -9,6 +9,8 @@ UV := $(TOOLS)/bin/uv
 PY := .venv/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# LightGBM's OpenMP threads spin while they wait; on a busy machine that starves everything else.
+export OMP_WAIT_POLICY := PASSIVE
 BENCH ?= all
 
 .PHONY: help env dagster-home run test dev bench lint

@@ -1,6 +1,8 @@
 """The backtest report of the model strategy on the out-of-sample predictions."""
 
-from datetime import timedelta
+import html
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -8,9 +10,10 @@ import dagster as dg
 import polars as pl
 
 from pipelines.backtest.broker import BrokerConfig, CostModel
-from pipelines.backtest.model_backtest import run_model_backtest, sizing_with_label_exits
-from pipelines.backtest.report import write_report
+from pipelines.backtest.model_backtest import Market, run_backtest_study, sizing_with_label_exits
+from pipelines.backtest.report import Section, write_report
 from pipelines.backtest.strategy import SizingConfig
+from pipelines.backtest.trials import MlflowTrialLog
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FeatureConfig
 from pipelines.labels.partition import barrier_config
@@ -22,9 +25,12 @@ HEADLINE = (
     "annual_return",
     "sharpe",
     "deflated_sharpe",
+    "n_trials",
+    "pbo",
     "max_drawdown",
     "trades_trades",
     "trades_win_rate",
+    "trades_profit_factor_usd",
     "commissions_usd",
     "borrow_usd",
     "beta",
@@ -34,8 +40,10 @@ HEADLINE = (
 
 class BacktestConfig(dg.Config):  # type: ignore[misc]
     """Costs and sizing of the backtest (bps of price; USD per share; ``borrow_bps`` a year
-    on shorts). ``exits``: ``"barriers"`` closes a position at the labels' profit-take,
-    stop-loss or vertical barrier, ``"holding"`` only after ``max_holding_bars``."""
+    on shorts). ``exits``: ``"barriers"`` closes a bet at the labels' profit-take, stop-loss or
+    vertical barrier, ``"holding"`` only after ``max_holding_bars``. Every pair of
+    ``grid_thresholds`` x ``grid_exits`` (and the configured pair) is backtested and recorded
+    as a trial; the configured pair is the one reported, deflated by all trials."""
 
     cash: float = 1_000_000.0
     slippage_bps: float = 1.0
@@ -51,32 +59,67 @@ class BacktestConfig(dg.Config):  # type: ignore[misc]
     max_position: float = 0.10
     max_gross: float = 1.0
     max_holding_bars: int = 16
+    grid_thresholds: list[float] = [0.0, 0.02, 0.05]
+    grid_exits: list[str] = ["barriers", "holding"]
+
+
+def configurations(
+    config: BacktestConfig, settings: Settings
+) -> tuple[dict[str, SizingConfig], str]:
+    """The grid of sizing configurations (name -> config) and the reported one's name."""
+    barriers = barrier_config(settings.labels)
+    base = SizingConfig(
+        target_vol=config.target_vol,
+        max_position=config.max_position,
+        max_gross=config.max_gross,
+        max_holding_bars=config.max_holding_bars,
+        flat_at_close=barriers.cut_at_session_close,
+    )
+    grid: dict[str, SizingConfig] = {}
+    pairs = [(t, e) for t in config.grid_thresholds for e in config.grid_exits]
+    for threshold, exits in [*pairs, (config.threshold, config.exits)]:
+        if exits not in ("barriers", "holding"):
+            raise ValueError(f'exits must be "barriers" or "holding", got {exits!r}')
+        sizing = replace(base, threshold=threshold)
+        if exits == "barriers":
+            sizing = sizing_with_label_exits(sizing, barriers)
+        grid[f"threshold={threshold:g} exits={exits}"] = sizing
+    return grid, f"threshold={config.threshold:g} exits={config.exits}"
 
 
 def build_backtest_report_asset(
     universe: UniverseConfig, settings: Settings, project_root: Path
 ) -> dg.AssetsDefinition:
-    per_year = 252 * FeatureConfig(universe.base_timeframe, universe.session).bars_per_session
+    tf = universe.base_timeframe
+    per_year = 252 * FeatureConfig(tf, universe.session).bars_per_session
+    market = Market(tf.minutes, universe.calendar, universe.session, per_year)
     reports = project_root / settings.data_dir / "reports"
     barriers = barrier_config(settings.labels)
 
-    @dg.asset(group_name=GROUP, kinds={"html"}, ins={"oos_predictions": dg.AssetIn()})
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"html"},
+        ins={n: dg.AssetIn() for n in ("oos_predictions", "holdout_predictions", "champion_model")},
+    )
     def backtest_report(  # type: ignore[no-untyped-def]
         context: dg.AssetExecutionContext,
         config: BacktestConfig,
         trading_db: TradingDatabaseResource,
         mlflow: MlflowResource,
         oos_predictions: pl.DataFrame,
+        holdout_predictions: pl.DataFrame,
+        champion_model: pl.DataFrame,
     ):
-        """Walk-forward backtest of the model strategy with costs; HTML report and metrics."""
-        start, end = oos_predictions["ts"].min(), oos_predictions["ts"].max()
+        """Out-of-sample backtest of the model strategy with costs over a grid of trials; the
+        deflated Sharpe with its N, the PBO, the holdout apart; HTML report and metrics."""
+        rows = pl.concat([oos_predictions.select("ts"), holdout_predictions.select("ts")])
         bars = trading_db.store().read_bars(
-            timeframe=universe.base_timeframe.label,
-            start=start - timedelta(days=10),  # type: ignore[operator]
-            end=end + timedelta(minutes=universe.base_timeframe.minutes),
-        )  # type: ignore[operator]
-        run_id = oos_predictions["run_id"][0]
-        trials = int(mlflow.client().get_run(run_id).data.tags.get("optuna.trials", "0") or 0)
+            timeframe=tf.label,
+            start=rows["ts"].min() - timedelta(days=10),  # type: ignore[operator]
+            end=rows["ts"].max() + timedelta(days=1),  # type: ignore[operator]
+        )
+        grid, selected = configurations(config, settings)
+        decision = champion_model.row(0, named=True)
         costs = CostModel(
             config.slippage_bps,
             config.half_spread_bps,
@@ -85,39 +128,58 @@ def build_backtest_report_asset(
             Decimal(repr(config.commission_min)),
             borrow_bps=config.borrow_bps,
         )
-        if config.exits not in ("barriers", "holding"):
-            raise ValueError(f'exits must be "barriers" or "holding", got {config.exits!r}')
-        sizing = SizingConfig(
-            threshold=config.threshold,
-            target_vol=config.target_vol,
-            max_position=config.max_position,
-            max_gross=config.max_gross,
-            max_holding_bars=config.max_holding_bars,
-        )
-        if config.exits == "barriers":
-            sizing = sizing_with_label_exits(sizing, barriers)
-        bt = run_model_backtest(
+        context.log.info(f"backtesting {len(grid)} configurations (trials) out of sample")
+        study = run_backtest_study(
             bars,
             oos_predictions,
-            sizing=sizing,
+            configurations=grid,
+            selected=selected,
             broker=BrokerConfig(costs, participation=config.participation, max_leverage=1.0),
             cash=Decimal(repr(config.cash)),
-            periods_per_year=per_year,
-            n_trials=max(trials, 1),
             barriers=barriers,
+            market=market,
+            trial_log=MlflowTrialLog(mlflow.tracking_uri, f"{mlflow.experiment}-trials"),
+            family=f"{universe.name} model strategy ({tf.label})",
+            basis=str(decision["run_id"]),
+            as_of=datetime.now(UTC),
+            holdout=holdout_predictions if holdout_predictions.height else None,
+            sections=(gate_section(decision),),
         )
-        html_path = reports / f"backtest_{run_id}.html"
-        write_report(bt.report, str(html_path), str(html_path.with_suffix(".json")))
-        m = bt.report.metrics
-        summary = "\n".join(f"| {k} | {m[k]:.4g} |" for k in HEADLINE)
+        html_path = reports / f"backtest_{decision['run_id']}.html"
+        write_report(study.report, str(html_path), str(html_path.with_suffix(".json")))
+        m, undefined = study.report.metrics, study.report.undefined
+        headline = {k: m[k] for k in HEADLINE if k in m}
+        summary = "\n".join(f"| {k} | {v:.4g} |" for k, v in headline.items())
+        summary += "".join(
+            f"\n| {k} | undefined: {undefined[k]} |" for k in HEADLINE if k in undefined
+        )
+        held = {
+            f"holdout_{seg}_{k}": float(r.metrics[k])
+            for seg, r in study.holdout.items()
+            for k in ("total_return", "sharpe", "trades_trades")
+            if k in r.metrics
+        }
         return dg.MaterializeResult(
             metadata={
                 "report": dg.MetadataValue.path(str(html_path)),
                 "summary": dg.MetadataValue.md(
                     f"| metric | value |\n|---|---|\n{summary}\n\nReport: `{html_path}`"
                 ),
-                **{k: float(m[k]) for k in HEADLINE},
+                "deployable": bool(decision["deployable"]),
+                "configuration": selected,
+                **headline,
+                **held,
             }
         )
 
     return backtest_report
+
+
+def gate_section(decision: dict[str, object]) -> Section:
+    """Whether the model behind this backtest may trade, and why."""
+    verdict = "deployable" if decision["deployable"] else "NOT deployable"
+    return Section(
+        f"The model: {verdict}",
+        f"<p>Model version {html.escape(str(decision['version']))}: "
+        f"{html.escape(str(decision['reason']))}.</p>",
+    )

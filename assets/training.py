@@ -1,7 +1,9 @@
 """Training assets: the training set, out-of-sample predictions and the champion model."""
 
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -9,7 +11,9 @@ import polars as pl
 
 from assets.common import markdown_table, partition_records
 from pipelines.features import FEATURE_SET_VERSION
-from pipelines.models.registry import PromotionRule
+from pipelines.models.holdout import HoldoutConfig, split_holdout
+from pipelines.models.promotion import GateConfig, PromotionRule
+from pipelines.models.registry import score_holdout
 from pipelines.models.training import TrainingRequest, build_training_set, run_training
 from pipelines.months import rows_in_windows, select_training_months
 from resources import MlflowResource, OptunaResource
@@ -32,17 +36,32 @@ class TrainingConfig(dg.Config):  # type: ignore[misc]
     kind: Literal["lightgbm", "catboost", "logistic"] = "lightgbm"
     seed: int = 0
     promote_metric: Literal["log_loss", "auc"] = "log_loss"
+    """Against a champion: compared on the rows both models never learnt from."""
     promote_margin: float = 0.0
     tune_trials: int = 20
-    """Optuna trials before training in full mode (0: use the plan's parameters as they are)."""
+    """Optuna trials per walk-forward fold in full mode, on that fold's own training and
+    validation rows (0: use the plan's parameters as they are)."""
+    gate_log_loss_z: float = 2.0
+    """The out-of-sample log loss must beat the base-rate forecast by this many standard
+    errors (session-clustered) for the model to be deployable."""
+    gate_auc_z: float = 2.0
+    """The within-fold AUC must exceed 0.5 by this many standard errors."""
+    gate_min_rows: int = 500
+    """Fewer out-of-sample rows than this cannot pass the gate."""
+    test_windows: int | None = None
+    """Walk-forward test windows (None: the mode's plan, 3 in quick mode and 12 in full)."""
     stack: bool = False
     """Also train CatBoost and a stacker on out-of-fold predictions (column prob_stacked)."""
 
 
-def build_training_set_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.AssetsDefinition:
-    """The training set over the months that every asset of ``upstream`` (the feature matrix
-    and the labels it reads, and the bars they are built from) holds and passed the blocking
-    checks of; all on one set of time partitions."""
+def build_training_set_asset(
+    upstream: Sequence[dg.AssetsDefinition], holdout: HoldoutConfig | None = None
+) -> dg.AssetsDefinition:
+    """The training set (development rows) and the holdout set over the months that every
+    asset of ``upstream`` (the feature matrix and the labels it reads, and the bars they are
+    built from) holds and passed the blocking checks of; all on one set of time partitions.
+    ``holdout`` (None: none) is split off before anything is fitted."""
+    holdout = holdout or HoldoutConfig()
     partitions = upstream[0].partitions_def if upstream else None
     if not isinstance(partitions, dg.TimeWindowPartitionsDefinition) or any(
         a.partitions_def != partitions for a in upstream
@@ -55,12 +74,26 @@ def build_training_set_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.Asse
     if not set(reads) <= {a.key.to_user_string() for a in upstream}:
         raise ValueError(f"training_set reads {list(reads)}: give their definitions in upstream")
 
-    @dg.asset(
+    @dg.multi_asset(
         group_name=GROUP,
         ins={name: dg.AssetIn(metadata={"allow_missing_partitions": True}) for name in reads},
         deps=[a.key for a in upstream if a.key.to_user_string() not in reads],
-        io_manager_key="parquet_io_manager",
-        kinds={"polars", "parquet"},
+        outs={
+            "training_set": dg.AssetOut(
+                io_manager_key="parquet_io_manager",
+                kinds={"polars", "parquet"},
+                description="Every labelled bar outside the holdout with its features and "
+                "target y (label +1): the only rows tuning, training, selection and "
+                "promotion read.",
+            ),
+            "holdout_set": dg.AssetOut(
+                io_manager_key="parquet_io_manager",
+                kinds={"polars", "parquet"},
+                description="The holdout's labelled bars (time range and symbols declared in "
+                "the settings' research.holdout), each with its segment; read once per model.",
+            ),
+        },
+        can_subset=False,
     )
     def training_set(
         context: dg.AssetExecutionContext,
@@ -69,7 +102,8 @@ def build_training_set_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.Asse
         triple_barrier_labels: pl.DataFrame,
     ):  # type: ignore[no-untyped-def]
         """Every labelled bar with its features and target y (label +1), over every month that
-        is materialized and passed its blocking checks (run config ``allow_gaps``)."""
+        is materialized and passed its blocking checks (run config ``allow_gaps``), split into
+        development rows and the holdout."""
         keys = partitions.get_partition_keys(dynamic_partitions_store=context.instance)
         records = {
             a.key.to_user_string(): partition_records(context.instance, a, keys) for a in upstream
@@ -85,12 +119,15 @@ def build_training_set_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.Asse
             (w.start.astimezone(UTC), w.end.astimezone(UTC))
             for w in map(partitions.time_window_for_partition_key, months.used)
         ]
-        data = build_training_set(
+        labelled = build_training_set(
             rows_in_windows(feature_matrix, windows),
             rows_in_windows(triple_barrier_labels, windows),
         )
-        return dg.MaterializeResult(
-            value=data,
+        split = split_holdout(labelled, holdout)
+        data = split.development
+        yield dg.Output(
+            data,
+            output_name="training_set",
             metadata={
                 "rows": data.height,
                 "symbols": data["symbol"].n_unique(),
@@ -99,7 +136,19 @@ def build_training_set_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.Asse
                 "positive_share": float(data["y"].mean() or 0.0),
                 "months": list(months.used),
                 "left_out_months": {m: "; ".join(why) for m, why in months.left_out.items()},
+                "holdout": holdout.describe(),
+                "purged_before_holdout": split.purged,
             },  # type: ignore[arg-type]
+        )
+        counts = split.holdout.group_by("segment").len().sort("segment")
+        yield dg.Output(
+            split.holdout,
+            output_name="holdout_set",
+            metadata={
+                "holdout": holdout.describe(),
+                "rows": split.holdout.height,
+                "rows_by_segment": dict(counts.iter_rows()),
+            },
         )
 
     return training_set
@@ -111,16 +160,17 @@ def build_training_set_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.Asse
         "oos_predictions": dg.AssetOut(
             io_manager_key="parquet_io_manager",
             kinds={"polars", "parquet"},
-            description="Calibrated out-of-sample probability, fold and model version for "
-            "every bar of every walk-forward test window.",
+            description="Calibrated out-of-sample probability, base rate, fold and model "
+            "version for every bar of every walk-forward test window.",
         ),
         "champion_model": dg.AssetOut(
             io_manager_key="parquet_io_manager",
             kinds={"mlflow"},
-            description="The registry decision of the last training run: the newest model is "
-            "promoted to champion only if it beats the champion out of sample.",
+            description="The registry decision of the last training run: the new model is "
+            "champion only if it passed the skill gate and beat the champion on the same rows.",
         ),
     },
+    ins={"training_set": dg.AssetIn()},
     can_subset=False,
 )
 def walk_forward_models(
@@ -130,7 +180,8 @@ def walk_forward_models(
     optuna: OptunaResource,
     training_set: pl.DataFrame,
 ):  # type: ignore[no-untyped-def]
-    """Purged walk-forward training, MLflow tracking and the champion/challenger decision."""
+    """Purged walk-forward training (nested tuning in full mode), the skill gate and the
+    champion decision, tracked in MLflow."""
     end = str(training_set["ts"].max())[:10]
     request = TrainingRequest(
         mode=config.mode,
@@ -140,6 +191,13 @@ def walk_forward_models(
         study_storage=optuna.storage,
         study_name=f"{mlflow.model_name}-{config.kind}-{end}",
         stack=config.stack,
+        gate=GateConfig(config.gate_log_loss_z, config.gate_auc_z, config.gate_min_rows),
+        rule=PromotionRule(config.promote_metric, config.promote_margin),
+        test_windows=config.test_windows,
+    )
+    context.log.info(
+        f"training {config.kind} in {config.mode} mode on {training_set.height} rows"
+        + (f", {config.tune_trials} tuning trials a fold" if config.mode == "full" else "")
     )
     outcome = run_training(
         training_set,
@@ -148,22 +206,34 @@ def walk_forward_models(
         experiment=mlflow.experiment,
         model_name=mlflow.model_name,
         feature_set_version=FEATURE_SET_VERSION,
-        rule=PromotionRule(
-            config.promote_metric, config.promote_metric != "auc", config.promote_margin
-        ),
     )
     result, decision, predictions = outcome.result, outcome.decision, outcome.predictions
+    verdict = outcome.verdict
+    folds = pl.DataFrame(
+        [
+            {
+                "fold": r.index,
+                "test_start": str(r.test_start),
+                "base_rate": round(r.base_rate, 4),
+                "trials": r.trials,
+                "best_iteration": r.best_iteration,
+            }
+            for r in result.records
+        ]
+    )
+    per_fold = pl.DataFrame(result.metrics).with_columns(pl.col("fold").cast(pl.Int64))
     yield dg.Output(
         predictions,
         output_name="oos_predictions",
         metadata={
             "rows": predictions.height,
-            "folds": len(result.metrics),
+            "folds": len(result.records),
             "skipped_folds": result.skipped or "none",
-            "optuna_trials": outcome.trials,
+            "tuning_trials": outcome.trials,
             **{f"stacked_{k}": v for k, v in outcome.stacked_metrics.items()},
             **{f"oos_{k}": v for k, v in result.overall().items()},
-            "per_fold": markdown_table(pl.DataFrame(result.metrics)),
+            **{f"gate_{k}": v for k, v in verdict.figures.items()},
+            "per_fold": markdown_table(folds.join(per_fold, on="fold", how="left")),
         },
     )
     yield dg.Output(
@@ -172,6 +242,7 @@ def walk_forward_models(
                 "run_id": [decision.run_id],
                 "version": [decision.version],
                 "promoted": [decision.promoted],
+                "deployable": [decision.gate_passed],
                 "reason": [decision.reason],
                 "decided_at": [datetime.now(UTC)],
             }
@@ -181,7 +252,49 @@ def walk_forward_models(
             "mlflow_run": mlflow.run_link(decision.run_id),
             "version": decision.version,
             "promoted": decision.promoted,
+            "deployable": decision.gate_passed,
             "reason": decision.reason,
-            "oos_metric": decision.challenger_value,
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    io_manager_key="parquet_io_manager",
+    kinds={"polars", "parquet"},
+    ins={"champion_model": dg.AssetIn(), "holdout_set": dg.AssetIn()},
+)
+def holdout_predictions(
+    context: dg.AssetExecutionContext,
+    mlflow: MlflowResource,
+    champion_model: pl.DataFrame,
+    holdout_set: pl.DataFrame,
+):  # type: ignore[no-untyped-def]
+    """The last trained model's one reading of the holdout: its predictions and figures."""
+    version = str(champion_model["version"][0])
+    if holdout_set.height == 0:
+        context.log.warning("no holdout rows: declare research.holdout in the settings")
+        return dg.MaterializeResult(
+            value=holdout_set.select("symbol", "ts", "segment", "y").with_columns(
+                prob=pl.lit(None, pl.Float64), base_rate=pl.lit(None, pl.Float64)
+            ),
+            metadata={"model_version": version, "holdout": "none declared (research.holdout)"},
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        score = score_holdout(
+            mlflow.tracking_uri,
+            mlflow.model_name,
+            version,
+            holdout_set,
+            as_of=datetime.now(UTC),
+            into=Path(tmp),
+        )
+    context.log.info(f"model v{version} scored once on {holdout_set.height} holdout rows")
+    return dg.MaterializeResult(
+        value=score.predictions,
+        metadata={
+            "model_version": version,
+            "mlflow_run": mlflow.run_link(score.run_id),
+            **{k: float(v) for k, v in score.metrics.items()},
         },
     )

@@ -91,9 +91,12 @@ def features() -> dict[str, object]:
 
 
 def training() -> dict[str, object]:
-    """`training.*` (full walk-forward) and `predict.*` (one bar of 50 symbols)."""
-    wf = _json(["-m", "bench.training", "--mode", "walk_forward", "--shared", str(SHARED)])
-    return wf | _json(["-m", "bench.training", "--mode", "predict", "--shared", str(SHARED)])
+    """`training.*` (full walk-forward, nested-tuning audit), `validity.*` (positive control,
+    block shuffle, purge-off canary) and `predict.*` (one bar of 50 symbols)."""
+    out: dict[str, object] = {}
+    for mode in ("walk_forward", "tuning", "validity", "predict"):
+        out |= _json(["-m", "bench.training", "--mode", mode, "--shared", str(SHARED)])
+    return out
 
 
 def backtest() -> dict[str, object]:

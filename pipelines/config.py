@@ -223,14 +223,31 @@ class EnvironmentConfig(_Frozen):
         return _without_password(v, "QUANTDAG_DATABASE_URL")
 
 
+class HoldoutSettings(_Frozen):
+    """The final holdout, never used to tune, train, select or promote a model, and read once
+    per model version (see :mod:`pipelines.models.holdout`). ``start``: the first New York date
+    of the time holdout (every row from it on); ``symbols``: symbols held out over the whole
+    range. Example: ``{start: 2022-06-01, symbols: [AMZN, JPM]}``."""
+
+    start: date | None = None
+    symbols: tuple[str, ...] = ()
+
+
+class ResearchSettings(_Frozen):
+    """How research is kept honest: the holdout."""
+
+    holdout: HoldoutSettings = HoldoutSettings()
+
+
 class Settings(_Frozen):
-    """The settings file: the universe to load, validation rules, label settings, where large
-    frames (Parquet) are kept, and one section per environment (``local``, ``paper``,
-    ``live``)."""
+    """The settings file: the universe to load, validation rules, label settings, research
+    (the holdout), where large frames (Parquet) are kept, and one section per environment
+    (``local``, ``paper``, ``live``)."""
 
     universe: str
     validation: ValidationConfig = ValidationConfig()
     labels: LabelSettings = LabelSettings()
+    research: ResearchSettings = ResearchSettings()
     data_dir: str = ".quantdag"
     environments: dict[Environment, EnvironmentConfig]
 
@@ -325,4 +342,11 @@ def load_settings(path: str | Path) -> tuple[Settings, UniverseConfig]:
     universe_path = Path(settings.universe)
     if not universe_path.is_absolute():
         universe_path = p.parent / universe_path
-    return settings, load_model(universe_path, UniverseConfig)
+    universe = load_model(universe_path, UniverseConfig)
+    unknown = sorted(set(settings.research.holdout.symbols) - set(universe.symbol_names))
+    if unknown:
+        raise ConfigError(
+            f"{p}: research.holdout.symbols: {', '.join(unknown)} are not in the universe "
+            f"{universe_path}; hold out symbols of the universe only"
+        )
+    return settings, universe

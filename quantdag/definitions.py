@@ -7,9 +7,10 @@ import dagster as dg
 from assets.backtest import build_backtest_report_asset
 from assets.bars import build_bar_assets
 from assets.research import build_research_assets
-from assets.training import build_training_set_asset, walk_forward_models
+from assets.training import build_training_set_asset, holdout_predictions, walk_forward_models
 from jobs import build_jobs
 from jobs.schedules import build_nightly_retraining_schedule
+from pipelines.models.holdout import HoldoutConfig
 from quantdag.project import PROJECT_ROOT, Project, load_project
 from quantdag.resources import build_resources
 from sensors.nightly import build_nightly_sensors
@@ -25,8 +26,9 @@ def build_definitions(project: Project) -> dg.Definitions:
         assets=[
             *bars,
             *research,
-            build_training_set_asset([bars[0], *research]),
+            build_training_set_asset([bars[0], *research], holdout_config(project)),
             walk_forward_models,
+            holdout_predictions,
             build_backtest_report_asset(project.universe, project.settings, PROJECT_ROOT),
         ],
         jobs=jobs,
@@ -34,6 +36,12 @@ def build_definitions(project: Project) -> dg.Definitions:
         sensors=build_nightly_sensors(data_job, job["training_job"], job["backtest_job"]),
         resources=build_resources(project),
     )
+
+
+def holdout_config(project: Project) -> HoldoutConfig:
+    """The settings' research.holdout as the core's :class:`HoldoutConfig`."""
+    h = project.settings.research.holdout
+    return HoldoutConfig(start=h.start, symbols=h.symbols)
 
 
 defs = build_definitions(load_project())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     oos = training.asset_materializations_for_node("walk_forward_models")
     by_key = {m.asset_key.to_user_string(): m.metadata for m in oos}
     decision, quality = by_key["champion_model"], by_key["oos_predictions"]
+    holdout = training.asset_materializations_for_node("holdout_predictions")[0].metadata
     backtest = defs.resolve_job_def("backtest_job").execute_in_process(
         instance=instance,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
@@ -117,24 +120,77 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
     where = redact_uri(os.environ.get("QUANTDAG_DATABASE_URL") or project.env.database_url)
     print(f"\nTrading database: {where}")
-    print(
-        f"Training (quick mode): {quality['folds'].value} walk-forward folds, out-of-sample "
-        f"AUC {quality['oos_auc'].value:.3f}, log loss {quality['oos_log_loss'].value:.3f} "
-        f"on {quality['rows'].value} bars; model version {decision['version'].value}: "
-        f"{'promoted to champion' if decision['promoted'].value else 'kept as challenger'} "
-        f"({decision['reason'].value})"
-    )
-    print(
-        f"Backtest (model strategy, out of sample, with costs): total return "
-        f"{report['total_return'].value:+.2%}, annualised Sharpe {report['sharpe'].value:.2f}, "
-        f"deflated Sharpe {report['deflated_sharpe'].value:.2f}, max drawdown "
-        f"{report['max_drawdown'].value:.2%}, {int(report['trades_trades'].value)} closed trades; "
-        f"beta {report['beta'].value:.2f} and alpha {report['alpha'].value:+.2%} a year against "
-        "the benchmark"
-    )
+    for line in research_summary(quality, decision, holdout, report):
+        print(line)
     print(f"Backtest report: {report['report'].value}")
     print("Open the Dagster UI with `make dev` to see assets, partitions and checks.")
     return 0
+
+
+def _v(meta: Mapping[str, Any], key: str) -> Any:
+    return meta[key].value if key in meta else None
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "undefined" if value is None else format(value, spec)
+
+
+def research_summary(
+    quality: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    holdout: Mapping[str, Any],
+    report: Mapping[str, Any],
+) -> list[str]:
+    """The lines of ``make run``'s summary on training, the gate, the holdout and the
+    backtest, from the assets' metadata."""
+    deployable = bool(_v(decision, "deployable"))
+    lines = [
+        f"Training (quick mode): {_v(quality, 'folds')} walk-forward folds on "
+        f"{_v(quality, 'rows')} out-of-sample bars: within-fold AUC "
+        f"{_fmt(_v(quality, 'gate_auc_within_fold'), '.3f')} (SE "
+        f"{_fmt(_v(quality, 'gate_auc_within_fold_se'), '.3f')}), log loss "
+        f"{_fmt(_v(quality, 'oos_log_loss'), '.4f')}, gain over the base-rate forecast "
+        f"{_fmt(_v(quality, 'gate_log_loss_skill'), '+.5f')} nats a bar (z "
+        f"{_fmt(_v(quality, 'gate_log_loss_skill_z'), '+.2f')}).",
+        f"Model version {_v(decision, 'version')}: "
+        + ("promoted to champion" if _v(decision, "promoted") else "not promoted")
+        + f" ({_v(decision, 'reason')}).",
+    ]
+    if not deployable:
+        lines.append(
+            "  NOT DEPLOYABLE: it failed the skill gate; the backtest below is of a model that "
+            "may not trade, shown for research only."
+        )
+    if _v(holdout, "all.rows"):
+        lines.append(
+            f"Holdout (read once, by v{_v(holdout, 'model_version')}): "
+            f"{int(_v(holdout, 'all.rows'))} bars, AUC {_fmt(_v(holdout, 'all.auc'), '.3f')} "
+            f"(SE {_fmt(_v(holdout, 'all.auc_se'), '.3f')}), log loss "
+            f"{_fmt(_v(holdout, 'all.log_loss'), '.4f')}, gain over the base rate "
+            f"{_fmt(_v(holdout, 'all.log_loss_skill'), '+.5f')} (z "
+            f"{_fmt(_v(holdout, 'all.log_loss_skill_z'), '+.2f')})."
+        )
+    else:
+        lines.append("Holdout: none declared (research.holdout in the settings).")
+    lines.append(
+        f"Backtest ({_v(report, 'configuration')}, out of sample, with costs): total return "
+        f"{_fmt(_v(report, 'total_return'), '+.2%')}, annualised Sharpe "
+        f"{_fmt(_v(report, 'sharpe'), '.2f')}, deflated Sharpe "
+        f"{_fmt(_v(report, 'deflated_sharpe'), '.2f')} over N = "
+        f"{_fmt(_v(report, 'n_trials'), '.0f')} trials, PBO {_fmt(_v(report, 'pbo'), '.2f')}, "
+        f"max drawdown {_fmt(_v(report, 'max_drawdown'), '.2%')}, "
+        f"{_fmt(_v(report, 'trades_trades'), '.0f')} closed trades; beta "
+        f"{_fmt(_v(report, 'beta'), '.2f')} and alpha {_fmt(_v(report, 'alpha'), '+.2%')} a "
+        "year against the benchmark."
+    )
+    held = sorted({k.split("_")[1] for k in report if k.startswith("holdout_")})
+    for segment in held:
+        lines.append(
+            f"  on the holdout ({segment}): total return "
+            f"{_fmt(_v(report, f'holdout_{segment}_total_return'), '+.2%')}, "
+            f"{_fmt(_v(report, f'holdout_{segment}_trades_trades'), '.0f')} closed trades."
+        )
+    return lines
 
 
 if __name__ == "__main__":

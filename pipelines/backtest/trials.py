@@ -118,11 +118,10 @@ class MlflowTrialLog:
     experiment: str
 
     def record(self, family: str, trials: Sequence[Trial], *, as_of: datetime) -> list[float]:
-        from pipelines.models.registry import _client
+        from pipelines.models.registry import _client, experiment_id
 
         client = _client(self.tracking_uri)
-        exp = client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        exp_id = experiment_id(client, self.tracking_uri, self.experiment)
         where = f"tags.family = '{family.replace(chr(39), '')}'"
         seen = {
             r.data.tags.get("trial_key")

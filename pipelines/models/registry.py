@@ -147,8 +147,7 @@ def log_and_register(
     if not result.fits:
         raise ModelError("no fold produced a model: nothing to register")
     client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = experiment_id(client, tracking_uri, experiment)
     final = result.final
     overall = result.overall()
     with mlflow.start_run(experiment_id=exp_id) as run:
@@ -219,6 +218,20 @@ def log_and_register(
         run_id = run.info.run_id
         source = f"{run.info.artifact_uri}/model"
     return _register(client, model_name, run_id, source, verdict, rule, rescore)
+
+
+def experiment_id(client: Any, tracking_uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if need be. With a SQLite store its artifacts go
+    beside the database (``mlartifacts/<name>``), not into whatever directory the process runs
+    from."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
+        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        location = (db.parent / "mlartifacts" / name).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
 
 
 def _champion(client: Any, name: str) -> ChampionInfo | None:

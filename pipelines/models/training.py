@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 import polars as pl
 
@@ -91,8 +91,10 @@ def build_training_set(features: pl.DataFrame, labels: pl.DataFrame) -> pl.DataF
 
 
 def folds_for(data: pl.DataFrame, plan: TrainingPlan) -> list[Fold]:
-    first, last = cast(datetime, data["ts"].min()), cast(datetime, data["ts"].max())
-    block = (last - first) / (plan.test_windows + 1 + plan.train_multiple)
+    """The plan's walk-forward folds on ``data``: blocks of an equal number of bar times (not
+    of calendar time, whose weekends and holidays would leave some windows empty)."""
+    times = data["ts"].n_unique()
+    block = max(times // (plan.test_windows + 1 + plan.train_multiple), 1)
     return walk_forward(
         data, train=block * plan.train_multiple, validation=block, test=block, embargo=plan.embargo
     )
@@ -138,7 +140,8 @@ class TrainingRequest:
     """What one training run does: ``mode``, model ``kind`` and ``seed``; in full mode
     ``tune_trials`` Optuna trials per walk-forward fold, on that fold's own rows (studies
     named from ``study_name`` in ``study_storage``); ``gate`` and ``rule`` decide promotion;
-    ``stack`` also fits the LightGBM + CatBoost stack on out-of-fold predictions."""
+    ``stack`` also fits the LightGBM + CatBoost stack on out-of-fold predictions;
+    ``test_windows`` overrides the plan's number of walk-forward test windows."""
 
     mode: Mode = "full"
     kind: Kind = "lightgbm"
@@ -149,6 +152,7 @@ class TrainingRequest:
     stack: bool = False
     gate: GateConfig = field(default_factory=GateConfig)
     rule: PromotionRule = field(default_factory=PromotionRule)
+    test_windows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,8 @@ def run_training(
     holdout off first (:func:`pipelines.models.holdout.split_holdout`)."""
     features = [c for c in data.columns if c.split("_", 1)[0] in CATEGORIES]
     plan = plan_for(request.mode, request.kind, request.seed)
+    if request.test_windows is not None:
+        plan = replace(plan, test_windows=request.test_windows)
     weight = "weight" if "weight" in data.columns else None
     tuner = None
     if request.mode == "full" and request.tune_trials > 0:

@@ -132,7 +132,11 @@ def tune_fold(
     early stopping on its validation rows and is scored there. Returns ``base`` with the best
     trial's parameters, and the study (``study_name-f{fold}-{fingerprint}``)."""
     if not fold.validation.size:
-        raise TuningError(f"fold {fold.index} has no validation rows to score trials on")
+        raise TuningError(
+            f"fold {fold.index} has no validation rows to score trials on (its validation "
+            "window is shorter than the labels' span, so purging emptied it): give the "
+            "walk-forward more data or fewer test windows (mode quick), or set tune_trials 0"
+        )
     val = data[fold.validation]
     y_val = val["y"].to_numpy()
     if config.metric == "trade_return" and "ret" not in data.columns:

@@ -76,7 +76,7 @@ def _train(assets, resources, instance, *, allow_gaps: bool = False):  # type: i
         assets,
         resources=resources,
         instance=instance,
-        selection=["training_set"],
+        selection=["training_set", "holdout_set"],
         run_config={"ops": {"training_set": {"config": {"allow_gaps": allow_gaps}}}},
     )
 

@@ -17,8 +17,10 @@ DOWNSTREAM = (
     "feature_matrix",
     "triple_barrier_labels",
     "training_set",
+    "holdout_set",
     "oos_predictions",
     "champion_model",
+    "holdout_predictions",
     "backtest_report",
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -133,42 +134,78 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
     labels = result.asset_materializations_for_node("triple_barrier_labels")[0].metadata
     assert labels["rows"].value > 0 and set(labels["label_distribution"].value) <= {"-1", "0", "1"}
 
-    # Training on what is stored (one month): quick mode, registry in a temporary MLflow store.
-    # January's bars are stored but not its features and labels: a gap, allowed here.
-    from assets.training import build_training_set_asset, walk_forward_models
 
-    training_set = build_training_set_asset([bar_assets[0], *research])
-    trained = dg.materialize(
-        [*research, training_set, walk_forward_models],
-        resources=resources,
-        instance=instance,
-        selection=["training_set", "oos_predictions", "champion_model"],
-        run_config={
-            "ops": {
-                "training_set": {"config": {"allow_gaps": True}},
-                "walk_forward_models": {"config": {"mode": "quick", "stack": True}},
-            }
-        },
-    )
-    assert trained.success
-    tmeta = trained.asset_materializations_for_node("training_set")[0].metadata
-    assert tmeta["months"].value == ["2019-02-01"]
-    assert set(tmeta["left_out_months"].value) == {"2019-01-01"}
-    meta = {
-        m.asset_key.to_user_string(): m.metadata
-        for m in trained.asset_materializations_for_node("walk_forward_models")
-    }
-    assert meta["champion_model"]["promoted"].value is True
-    assert meta["oos_predictions"]["rows"].value > 0
-    assert 0.0 <= meta["oos_predictions"]["oos_auc"].value <= 1.0
-    stored = pl.read_parquet(tmp_path / "parquet" / "oos_predictions" / "all.parquet")
-    assert {"prob", "prob_raw", "fold", "model_version", "prob_stacked"} <= set(stored.columns)
-    assert stored["prob_stacked"].drop_nulls().len() > 0
-    assert 0.0 <= meta["oos_predictions"]["stacked_auc"].value <= 1.0
+@pytest.fixture(scope="module")
+def february(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The sample materialized (bars, features, labels) in one temporary instance and stores,
+    and the training assets with a holdout (from 2019-02-13, and JPM)."""
+    from assets.training import build_training_set_asset, holdout_predictions, walk_forward_models
+    from pipelines.models.holdout import HoldoutConfig
 
-    # The backtest report on those out-of-sample predictions.
+    tmp_path = tmp_path_factory.mktemp("february")
+    bar_assets, research, resources, instance = _sample_setup(tmp_path)
+    for key in ("2019-01-01", "2019-02-01"):
+        assert dg.materialize(
+            bar_assets[:1], partition_key=key, resources=resources, instance=instance
+        ).success
+    for key in ("2019-01-01", "2019-02-01"):
+        assert dg.materialize(
+            [*bar_assets[:1], *research],
+            partition_key=key,
+            resources=resources,
+            instance=instance,
+            selection=["feature_matrix", "triple_barrier_labels"],
+        ).success
+    holdout = HoldoutConfig(start=date(2019, 2, 13), symbols=("JPM",))
+    training = [
+        build_training_set_asset([bar_assets[0], *research], holdout),
+        walk_forward_models,
+        holdout_predictions,
+    ]
+    return tmp_path, [*research, *training], resources, instance
+
+
+def test_training_gate_holdout_and_backtest_through_dagster(february) -> None:  # type: ignore[no-untyped-def]
     from assets.backtest import build_backtest_report_asset
     from quantdag.project import PROJECT_ROOT
+
+    tmp_path, assets, resources, instance = february
+    trained = dg.materialize(
+        assets,
+        resources=resources,
+        instance=instance,
+        selection=[
+            "training_set",
+            "holdout_set",
+            "oos_predictions",
+            "champion_model",
+            "holdout_predictions",
+        ],
+        run_config={"ops": {"walk_forward_models": {"config": {"mode": "quick"}}}},
+    )
+    assert trained.success
+    meta = {
+        m.asset_key.to_user_string(): m.metadata
+        for node in ("training_set", "walk_forward_models", "holdout_predictions")
+        for m in trained.asset_materializations_for_node(node)
+    }
+    assert meta["training_set"]["months"].value == ["2019-01-01", "2019-02-01"]
+    assert "JPM" in meta["training_set"]["holdout"].value
+    assert set(meta["holdout_set"]["rows_by_segment"].value) == {"time", "symbol", "both"}
+    train = pl.read_parquet(tmp_path / "parquet" / "training_set" / "all.parquet")
+    assert "JPM" not in train["symbol"].to_list()
+    assert train["t1"].max() < datetime(2019, 2, 13, 5, tzinfo=UTC)  # nothing of the holdout
+    decision = meta["champion_model"]
+    # Five weeks of bars cannot show skill: the model is registered, not deployable, and says why.
+    assert decision["deployable"].value is False and decision["promoted"].value is False
+    assert "skill gate refused" in decision["reason"].value
+    quality = meta["oos_predictions"]
+    assert {"gate_auc_within_fold", "gate_auc_within_fold_se", "gate_log_loss_skill_z"} <= set(
+        quality
+    )
+    assert meta["holdout_predictions"]["all.rows"].value == meta["holdout_set"]["rows"].value
+    stored = pl.read_parquet(tmp_path / "parquet" / "oos_predictions" / "all.parquet")
+    assert {"prob", "prob_raw", "fold", "model_version", "base_rate"} <= set(stored.columns)
 
     project = load_project({})
     report_asset = build_backtest_report_asset(
@@ -177,39 +214,56 @@ def test_features_and_labels_materialize_with_checks(tmp_path: Path) -> None:
         PROJECT_ROOT,
     )
     reported = dg.materialize(
-        [*research, training_set, walk_forward_models, report_asset],
+        [*assets, report_asset],
         resources=resources,
         instance=instance,
         selection=["backtest_report"],
+        run_config={"ops": {"backtest_report": {"config": {"grid_thresholds": [0.0, 0.05]}}}},
     )
     assert reported.success
     rmeta = reported.asset_materializations_for_node("backtest_report")[0].metadata
     page = Path(rmeta["report"].value).read_text()
-    assert "Equity and benchmark" in page and page.count("<svg") >= 5
-    assert rmeta["max_drawdown"].value <= 0.0
+    assert "Equity and benchmark" in page and "NOT deployable" in page
+    assert "Holdout (never used" in page
+    assert rmeta["n_trials"].value == 5  # 2 thresholds x 2 exits, and the configured pair
+    assert rmeta["deployable"].value is False and rmeta["max_drawdown"].value <= 0.0
 
-
-def test_full_mode_tunes_before_training(tmp_path: Path) -> None:
-    """Full mode runs an Optuna study first and logs how many trials it took."""
-    from assets.training import build_training_set_asset, walk_forward_models
-
-    bar_assets, research, resources, instance = _sample_setup(tmp_path)
-    training_set = build_training_set_asset([bar_assets[0], *research])
-    for key in ("2019-01-01", "2019-02-01"):
-        assert dg.materialize(
-            [*bar_assets[:1], *research], partition_key=key, resources=resources, instance=instance
-        ).success
-    trained = dg.materialize(
-        [*research, training_set, walk_forward_models],
+    # The holdout was read by this model: reading it again for the same version is refused.
+    again = dg.materialize(
+        assets,
         resources=resources,
         instance=instance,
-        selection=["training_set", "oos_predictions", "champion_model"],
-        run_config={"ops": {"walk_forward_models": {"config": {"mode": "full", "tune_trials": 2}}}},
+        selection=["holdout_predictions"],
+        raise_on_error=False,
+    )
+    assert not again.success
+    failure = again.get_step_failure_events()[0].event_specific_data.error.to_string()  # type: ignore[union-attr]
+    assert "already scored on the holdout" in failure
+
+
+def test_full_mode_tunes_every_fold_on_its_own_rows(february) -> None:  # type: ignore[no-untyped-def]
+    """Full mode tunes each walk-forward fold (nested) and counts every trial."""
+    _, assets, resources, instance = february
+    trained = dg.materialize(
+        assets,
+        resources=resources,
+        instance=instance,
+        selection=["training_set", "holdout_set", "oos_predictions", "champion_model"],
+        run_config={
+            "ops": {
+                "walk_forward_models": {
+                    "config": {"mode": "full", "tune_trials": 1, "test_windows": 3}
+                }
+            }
+        },
     )
     assert trained.success
     meta = {
         m.asset_key.to_user_string(): m.metadata
         for m in trained.asset_materializations_for_node("walk_forward_models")
     }
-    assert meta["oos_predictions"]["optuna_trials"].value == 2
-    assert meta["oos_predictions"]["folds"].value >= 6
+    folds = meta["oos_predictions"]["folds"].value
+    assert folds >= 3 and meta["oos_predictions"]["tuning_trials"].value == folds
+    assert "| trials |" in meta["oos_predictions"]["per_fold"].value.replace(
+        "trials |", "| trials |"
+    )

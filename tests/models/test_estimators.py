@@ -122,7 +122,7 @@ def test_live_prediction_equals_the_batch_path(dataset: pl.DataFrame) -> None:
     model = train_classifier(
         config, transform.apply(train), train["y"].to_numpy(), features=FEATURES
     )
-    cal = Calibrator.fit("isotonic", model.predict_proba(transform.apply(val)), val["y"].to_numpy())
+    cal = Calibrator.fit("platt", model.predict_proba(transform.apply(val)), val["y"].to_numpy())
     bar = test.group_by("symbol").last()
     live = predict_bar(model, bar, transform=transform, calibrator=cal)
     batch = cal.apply(model.predict_proba(transform.apply(bar)))

@@ -1,94 +1,195 @@
-"""MLflow tracking and the champion/challenger rule, on a local SQLite tracking store."""
+"""The skill gate and the champion decision through a real MLflow store (SQLite): no skill is
+never promoted, a champion is beaten only on rows both models never learnt from, the holdout
+is read once, and a tampered model is refused."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.features import FeatureConfig, feature_registry
 from pipelines.models.estimators import ModelConfig, ModelError
-from pipelines.models.registry import PromotionRule, load_champion, log_and_register
-from pipelines.models.splits import walk_forward
+from pipelines.models.holdout import HoldoutConfig, HoldoutError, split_holdout
+from pipelines.models.promotion import GateConfig, PromotionRule, skill_gate
+from pipelines.models.registry import (
+    ARTIFACTS_TAG,
+    _champion,
+    load_champion,
+    log_and_register,
+    score_holdout,
+)
+from pipelines.models.training import champion_rescore, folds_for, plan_for
+from pipelines.models.validity import block_shuffle, plant_signal
 from pipelines.models.walk_forward import WalkForwardResult, run_walk_forward
-from pipelines.timeframes import Timeframe
 
 pytestmark = pytest.mark.unit
-CONFIG = FeatureConfig(Timeframe.parse("15m"))
-FEATURES = [n for n in feature_registry(CONFIG).names if not n.startswith("mtf_")][:80]
+PLAN = plan_for("quick", seed=3)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def trained(sample_data: pl.DataFrame) -> tuple[WalkForwardResult, pl.DataFrame]:
-    data = sample_data
-    folds = walk_forward(
-        data, train=timedelta(days=10), validation=timedelta(days=3), test=timedelta(days=3)
-    )
-    config = ModelConfig(
-        "lightgbm", {"num_leaves": 7}, seed=3, num_boost_round=50, early_stopping_rounds=10
-    )
-    return run_walk_forward(data, folds, config, features=FEATURES), data
+def data(sample_data: pl.DataFrame) -> pl.DataFrame:
+    """The sample's labels with two independent planted signals (AUC 0.62 each)."""
+    one = plant_signal(sample_data, target_auc=0.62, seed=11, column="s1")
+    return plant_signal(one, target_auc=0.62, seed=12, column="s2")
 
 
-def _log(result: WalkForwardResult, data: pl.DataFrame, uri: str, rule: PromotionRule):  # type: ignore[no-untyped-def]
+def _train(data: pl.DataFrame, features: list[str]) -> WalkForwardResult:
+    return run_walk_forward(data, folds_for(data, PLAN), PLAN.model, features=features)
+
+
+def _register(result: WalkForwardResult, data: pl.DataFrame, uri: str, rule: PromotionRule):  # type: ignore[no-untyped-def]
     return log_and_register(
         result,
-        config=ModelConfig("lightgbm", seed=3),
+        config=PLAN.model,
+        verdict=skill_gate(result.predictions, GateConfig()),
+        rule=rule,
+        rescore=champion_rescore(
+            data, result.predictions, metric=rule.metric, embargo=PLAN.embargo
+        ),
         tracking_uri=uri,
         experiment="test",
         model_name="quantdag-test",
         feature_set_version="1",
         data_range=("2019-01-01", "2019-02-15"),
-        rule=rule,
         importance_sample=data.head(200),
     )
 
 
-def test_first_model_becomes_champion_then_rule_decides(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_gate_passes_a_real_signal_and_refuses_none(data: pl.DataFrame) -> None:
+    skilled = skill_gate(_train(data, ["s1"]).predictions, GateConfig())
+    assert skilled.passed, skilled.reason
+    assert skilled.figures["auc_within_fold"] > 0.55
+    shuffled = block_shuffle(data, seed=4)
+    none = skill_gate(
+        _train(shuffled, ["trend_sma_20", "momentum_rsi_14"]).predictions, GateConfig()
+    )
+    assert not none.passed and "does not beat the base-rate forecast" in none.reason
+
+
+def test_promotion_needs_the_gate_and_a_win_on_common_rows(
+    data: pl.DataFrame, tmp_path: Path
+) -> None:
     import mlflow
 
-    result, data = trained
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = _log(result, data, uri, PromotionRule("log_loss", True, 0.0))
-    assert first.promoted and first.reason == "no champion yet"
-    # The same model again cannot beat the champion by a positive margin.
-    second = _log(result, data, uri, PromotionRule("log_loss", True, 0.01))
-    assert not second.promoted and "<= margin 0.01" in second.reason
     client = mlflow.MlflowClient(uri)
-    assert (
-        str(client.get_model_version_by_alias("quantdag-test", "champion").version) == first.version
-    )
-    assert (
-        str(client.get_model_version_by_alias("quantdag-test", "challenger").version)
-        == second.version
-    )
-    run = client.get_run(second.run_id)
-    assert run.data.tags["registry.decision"] == "kept challenger"
-    assert "oos.auc" in run.data.metrics and run.data.tags["feature_set_version"] == "1"
-    per_fold = client.list_artifacts(second.run_id, "importance")
-    assert len(per_fold) == len(result.models)  # gain and SHAP of every fold's model
-    history = client.get_metric_history(second.run_id, "fold.auc")
-    assert len(history) == len(result.metrics)
-    model, calibrator, transform = load_champion(uri, "quantdag-test", tmp_path / "dl")
-    assert transform is not None and transform == result.transforms[-1]
-    test = transform.apply(data.tail(50).select("symbol", "ts", *FEATURES))
-    np.testing.assert_allclose(model.predict_proba(test), result.models[-1].predict_proba(test))
-    assert calibrator == result.calibrators[-1]
-    arts = {p.name for p in (tmp_path / "dl").rglob("*") if p.is_file()}
-    assert {
-        "model.txt",
-        "manifest.json",
-        "features.json",
-        "calibration.json",
-        "importance.json",
-    } <= arts
+    rule = PromotionRule("log_loss", margin=0.0)
+    noise = _register(_train(block_shuffle(data, seed=4), ["trend_sma_20"]), data, uri, rule)
+    assert not noise.promoted and not noise.gate_passed
+    assert "not deployable" in noise.reason
+    assert _champion(client, "quantdag-test") is None  # no champion: nothing passed the gate
+    tags = client.get_model_version("quantdag-test", noise.version).tags
+    assert tags["deployable"] == "false"
+
+    weak = _train(data, ["s1"])
+    first = _register(weak, data, uri, rule)
+    assert first.promoted and "no champion yet" in first.reason
+
+    again = _register(weak, data, uri, rule)  # the same model: a tie keeps the champion
+    assert not again.promoted and "never learnt from" in again.reason
+    assert "improvement +0.00000" in again.reason
+
+    strong = _register(_train(data, ["s1", "s2"]), data, uri, rule)
+    assert strong.promoted, strong.reason
+    assert strong.champion_version == first.version
+    run = client.get_run(strong.run_id)
+    assert run.data.metrics["champion.improvement"] > 0
+    assert run.data.metrics["champion.rows"] < len(weak.predictions)  # only rows after its training
+    assert str(client.get_registered_model("quantdag-test").aliases["champion"]) == strong.version
 
 
-def test_nothing_to_register_is_an_error(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result, data = trained
-    empty = WalkForwardResult(result.predictions, [], ["all skipped"], [], [], [])
+def test_an_unreadable_registry_is_not_taken_for_an_empty_one() -> None:
+    from mlflow.exceptions import MlflowException
+
+    class BrokenRegistry:
+        def get_registered_model(self, name: str) -> None:
+            raise MlflowException("database is locked", error_code="INTERNAL_ERROR")
+
+    with pytest.raises(MlflowException, match="locked"):
+        _champion(BrokenRegistry(), "quantdag-test")
+
+
+def test_holdout_is_read_once_and_tampered_models_are_refused(
+    data: pl.DataFrame, tmp_path: Path
+) -> None:
+    import mlflow
+
+    split = split_holdout(data, HoldoutConfig(start=datetime(2019, 2, 11).date(), symbols=("JPM",)))
+    assert (
+        split.development["ts"].max()
+        < split.holdout.filter(pl.col("segment") == "time")["ts"].min()
+    )
+    assert "JPM" not in split.development["symbol"].to_list()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = _train(split.development, ["s1"])
+    decision = _register(result, split.development, uri, PromotionRule())
+    score = score_holdout(
+        uri, "quantdag-test", decision.version, split.holdout, as_of=NOW, into=tmp_path / "h1"
+    )
+    assert score.metrics["all.rows"] == split.holdout.height
+    assert {"time", "symbol", "both"} <= {k.split(".")[0] for k in score.metrics}
+    assert score.metrics["all.auc"] > 0.55  # the planted signal holds out of sample
+    run = mlflow.MlflowClient(uri).get_run(decision.run_id)
+    assert run.data.metrics["holdout.all.rows"] == split.holdout.height
+    with pytest.raises(HoldoutError, match="already scored on the holdout"):
+        score_holdout(
+            uri, "quantdag-test", decision.version, split.holdout, as_of=NOW, into=tmp_path / "h2"
+        )
+    # The champion loads with every file checked against the run's record, not the manifest.
+    version, fit = load_champion(uri, "quantdag-test", tmp_path / "dl")
+    assert version == decision.version and fit.base_rate == result.final.base_rate
+    np.testing.assert_allclose(
+        fit.predict(split.holdout)[1], result.final.predict(split.holdout)[1]
+    )
+    source = Path(
+        mlflow.MlflowClient(uri)
+        .get_model_version("quantdag-test", version)
+        .source.removeprefix("file://")
+    )
+    (source / "calibration.json").write_text(json.dumps({"method": "none", "params": {}}))
+    with pytest.raises(ModelError, match="SHA-256 does not match"):
+        load_champion(uri, "quantdag-test", tmp_path / "dl2")
+    assert "calibration.json" in json.loads(run.data.tags[ARTIFACTS_TAG])
+
+
+def test_nothing_to_register_is_an_error(data: pl.DataFrame, tmp_path: Path) -> None:
+    empty = WalkForwardResult(pl.DataFrame(), [], ["all skipped"])
     with pytest.raises(ModelError, match="nothing to register"):
-        _log(empty, data, f"sqlite:///{tmp_path / 'm.db'}", PromotionRule())
+        log_and_register(
+            empty,
+            config=ModelConfig("lightgbm"),
+            verdict=skill_gate(pl.DataFrame({"y": []}), GateConfig()),
+            rule=PromotionRule(),
+            rescore=lambda info, load: "none",
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+            experiment="e",
+            model_name="m",
+            feature_set_version="1",
+            data_range=("a", "b"),
+        )
+
+
+def test_development_labels_end_before_the_holdout_and_its_embargo() -> None:
+    from datetime import timedelta
+
+    ts = [datetime(2019, 2, 8, 20, 0, tzinfo=UTC) + timedelta(hours=h) for h in range(0, 80, 4)]
+    frame = pl.DataFrame(
+        {
+            "symbol": ["A"] * len(ts),
+            "ts": ts,
+            "t1": [t + timedelta(hours=30) for t in ts],  # labels spanning a weekend
+            "y": [1, 0] * (len(ts) // 2),
+        }
+    ).with_columns(pl.col("ts", "t1").dt.cast_time_unit("us"))
+    config = HoldoutConfig(start=datetime(2019, 2, 11).date(), embargo=timedelta(hours=4))
+    split = split_holdout(frame, config)
+    start = config.start_utc
+    assert start is not None
+    assert (split.development["t1"] < start - timedelta(hours=4)).all()
+    assert split.purged > 0 and (split.holdout["ts"] >= start).all()
+    assert split.development.height + split.purged + split.holdout.height == frame.height

@@ -11,7 +11,8 @@ import pytest
 
 from pipelines.features import FeatureConfig, feature_registry
 from pipelines.models.estimators import ModelConfig, ModelError
-from pipelines.models.registry import PromotionRule, log_and_register
+from pipelines.models.promotion import GateConfig, PromotionRule, skill_gate
+from pipelines.models.registry import log_and_register
 from pipelines.models.splits import walk_forward
 from pipelines.models.walk_forward import WalkForwardResult, run_walk_forward
 from pipelines.timeframes import Timeframe
@@ -42,6 +43,8 @@ def _register(result: WalkForwardResult, uri: str):  # type: ignore[no-untyped-d
         feature_set_version="1",
         data_range=("a", "b"),
         rule=PromotionRule(),
+        verdict=skill_gate(result.predictions, GateConfig(min_rows=10)),
+        rescore=lambda info, load: "not compared here",
     )
 
 
@@ -85,8 +88,12 @@ def test_a_fold_with_one_class_is_skipped_with_its_reason(
 
 @pytest.mark.integration
 def test_mlflow_on_postgres(result: WalkForwardResult, pg_database: str, tmp_path: Path) -> None:
+    import mlflow
+
     decision = _register(result, pg_database)
-    assert decision.promoted and decision.version == "1"
+    assert decision.version == "1"
+    run = mlflow.MlflowClient(pg_database).get_run(decision.run_id)
+    assert run.data.tags["registry.reason"] == decision.reason and "oos.auc" in run.data.metrics
 
 
 @pytest.mark.integration
@@ -96,13 +103,20 @@ def test_optuna_on_postgres_stores_no_password(sample_data: pl.DataFrame, pg_dat
 
     import sqlalchemy as sa
 
-    from pipelines.models.tuning import TuningConfig, trials_taken, tune
+    from pipelines.models.estimators import ModelConfig
+    from pipelines.models.splits import walk_forward
+    from pipelines.models.tuning import TuningConfig, trials_taken, tune_fold
     from tests.secrets_search import Search, postgres_rows, scan_rows
 
     secret = f"S3cr3t-optuna-{uuid.uuid4().hex}"
     url = sa.make_url(pg_database).set(password=secret).render_as_string(hide_password=False)
-    config = TuningConfig(study_name="s", n_trials=2, n_splits=2, storage=url, max_rounds=50)
-    study = tune(sample_data, features=FEATURES[:10], kind="logistic", config=config)
+    config = TuningConfig(study_name="s", n_trials=2, storage=url, max_rounds=50)
+    fold = walk_forward(
+        sample_data, train=timedelta(days=10), validation=timedelta(days=3), test=timedelta(days=3)
+    )[0]
+    _, study = tune_fold(
+        sample_data, fold, base=ModelConfig("logistic"), features=FEATURES[:10], config=config
+    )
     assert trials_taken(study) == 2
     search = Search({"QUANTDAG_OPTUNA_URI": secret})
     scan_rows(search, "optuna", postgres_rows(pg_database))
