@@ -4,6 +4,7 @@ what was stored and quarantined per symbol."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--partition", action="append", help="only these months (YYYY-MM-01)")
     args = parser.parse_args(argv)
+    # MLflow's progress bars and store-migration notices would bury the summary.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     project = load_project()
     defs = build_definitions(project)
     job = defs.resolve_job_def("all_assets_job")

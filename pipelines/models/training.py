@@ -94,10 +94,12 @@ def folds_for(data: pl.DataFrame, plan: TrainingPlan) -> list[Fold]:
     """The plan's walk-forward folds on ``data``: blocks of an equal number of bar times (not
     of calendar time, whose weekends and holidays would leave some windows empty)."""
     times = data["ts"].n_unique()
-    block = max(times // (plan.test_windows + 1 + plan.train_multiple), 1)
-    return walk_forward(
-        data, train=block * plan.train_multiple, validation=block, test=block, embargo=plan.embargo
-    )
+    blocks = plan.test_windows + 1 + plan.train_multiple
+    block = max(times // blocks, 1)
+    # The bar times left over widen the training windows, so that the last test window ends
+    # with the data and is as long as the others.
+    train = block * plan.train_multiple + max(times - block * blocks, 0)
+    return walk_forward(data, train=train, validation=block, test=block, embargo=plan.embargo)
 
 
 def train_walk_forward(
