@@ -50,14 +50,17 @@ class ModelConfig:
 
 
 def _matrix(frame: pl.DataFrame, features: tuple[str, ...]) -> F64:
-    present = tuple(c for c in frame.columns if c in set(features))
+    wanted = set(features)
+    present = tuple(c for c in frame.columns if c in wanted)
     if present != features:
         missing = [c for c in features if c not in frame.columns]
         raise ModelError(
             "feature columns differ from the model's list"
             + (f": missing {missing[:5]}" if missing else ": same names in another order")
         )
-    return frame.select(features).to_numpy().astype(np.float64)
+    # Indexing by a list of names is several times faster than ``select`` for a few rows of
+    # 150+ columns, which is the live path's shape.
+    return np.asarray(frame[list(features)].to_numpy(), dtype=np.float64)
 
 
 def _check_target(y: npt.NDArray[Any], where: str) -> None:
