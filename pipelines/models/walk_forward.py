@@ -52,7 +52,9 @@ class Trainer(Protocol):
 
 @dataclass(frozen=True)
 class Calibrator:
-    """A monotone map from raw to calibrated probability, fitted on validation rows only."""
+    """A non-decreasing map from raw to calibrated probability, fitted on validation rows only:
+    it may flatten the model's ranking (Platt's slope is floored at 0, isotonic steps are
+    level) but never inverts it."""
 
     method: Calibration
     params: dict[str, Any]
@@ -66,7 +68,14 @@ class Calibrator:
 
             logit = np.log(np.clip(raw, 1e-9, 1 - 1e-9) / np.clip(1 - raw, 1e-9, 1)).reshape(-1, 1)
             lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit, y)
-            return cls("platt", {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])})
+            a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+            if a < 0:
+                # A negative slope would invert the model's ranking on the strength of validation
+                # rows on which it has no skill; a calibration may only say "no skill": the
+                # validation base rate, for every row.
+                rate = float(np.clip(np.mean(y), 1e-9, 1 - 1e-9))
+                a, b = 0.0, float(np.log(rate / (1 - rate)))
+            return cls("platt", {"a": a, "b": b})
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)

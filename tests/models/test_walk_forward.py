@@ -121,6 +121,13 @@ def test_calibration_is_monotone_and_never_certain() -> None:
         assert (np.diff(out) >= -1e-12).all()
         assert out.min() >= PROB_CLIP and out.max() <= 1 - PROB_CLIP  # no 0 or 1
         assert Calibrator(cal.method, cal.params).apply(grid).tolist() == out.tolist()
+    # Validation rows on which the model ranks backwards: Platt's free slope would be negative
+    # and turn the test ranking upside down; the calibration says "no skill" instead.
+    inverted = (rng.uniform(size=300) < (1 - raw) ** 2).astype(int)
+    cal = Calibrator.fit("platt", raw, inverted)
+    out = cal.apply(np.linspace(0, 1, 101))
+    assert cal.params["a"] == 0.0
+    assert np.allclose(out, np.clip(inverted.mean(), PROB_CLIP, 1 - PROB_CLIP))
     # Isotonic regression on few rows reaches 0 and 1 before clipping.
     from sklearn.isotonic import IsotonicRegression
 
