@@ -1,1 +1,2 @@
-"""Backtesting and analytics (issue 5; only the statistics so far)."""
+"""Backtesting: the event engine and its simulated broker, the vectorized path, the model
+strategy, statistics (PSR, DSR, PBO), trials and the HTML report."""

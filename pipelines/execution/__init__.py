@@ -1,1 +1,1 @@
-"""Orders shared by the backtest and the live path (issue 5 and later)."""
+"""Orders shared by the backtest and the live path, with deterministic client order ids."""

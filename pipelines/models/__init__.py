@@ -1,1 +1,3 @@
-"""Model training: time-series splitters (more of issue 4 to come)."""
+"""Models: purged time-series splits, estimators, walk-forward training and calibration,
+nested tuning, the holdout, cluster-robust evaluation, the skill gate, the registry and
+inference."""

@@ -59,6 +59,13 @@ class Calibrator:
     method: Calibration
     params: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        if self.method == "platt" and float(self.params.get("a", 0.0)) < 0:
+            raise ModelError(
+                f"a Platt calibration with slope {self.params['a']} would invert the model's "
+                "ranking (saved before slopes were floored at 0): retrain the model"
+            )
+
     @classmethod
     def fit(cls, method: Calibration, raw: F64, y: npt.NDArray[Any]) -> Calibrator:
         if method == "none":

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pipelines.features import FeatureConfig, feature_registry
-from pipelines.models.estimators import ModelConfig
+from pipelines.models.estimators import ModelConfig, ModelError
 from pipelines.models.splits import walk_forward
 from pipelines.models.training import folds_for, plan_for
 from pipelines.models.validity import block_shuffle, leak_canary, within_fold_auc
@@ -128,6 +128,8 @@ def test_calibration_is_monotone_and_never_certain() -> None:
     out = cal.apply(np.linspace(0, 1, 101))
     assert cal.params["a"] == 0.0
     assert np.allclose(out, np.clip(inverted.mean(), PROB_CLIP, 1 - PROB_CLIP))
+    with pytest.raises(ModelError, match="invert"):  # one saved with a free slope is refused
+        Calibrator("platt", {"a": -1.0, "b": 0.0})
     # Isotonic regression on few rows reaches 0 and 1 before clipping.
     from sklearn.isotonic import IsotonicRegression
 
