@@ -85,7 +85,9 @@ def walk_forward(shared: Path) -> dict[str, object]:
         "training.oos_auc_pooled": round(pooled.value, 4),
         "training.oos_auc_pooled_se": round(pooled.se, 4),
         "training.oos_log_loss": round(overall["log_loss"], 4),
-        "training.oos_log_loss_skill": round(skill.value, 5),
+        # nats per row; a few millionths either way, so significant figures, not decimals
+        "training.oos_log_loss_skill": float(f"{skill.value:.3g}"),
+        "training.oos_log_loss_skill_se": float(f"{skill.se:.3g}"),
         "training.oos_log_loss_skill_z": round(skill.z, 2),
         "training.gate_passed": verdict.passed,
     }

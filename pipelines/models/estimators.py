@@ -50,6 +50,9 @@ class ModelConfig:
 
 
 def _matrix(frame: pl.DataFrame, features: tuple[str, ...]) -> F64:
+    if len(set(features)) != len(features):
+        twice = sorted({c for c in features if features.count(c) > 1})
+        raise ModelError(f"the feature list names {twice[:5]} more than once; list each once")
     wanted = set(features)
     present = tuple(c for c in frame.columns if c in wanted)
     if present != features:
@@ -57,6 +60,15 @@ def _matrix(frame: pl.DataFrame, features: tuple[str, ...]) -> F64:
         raise ModelError(
             "feature columns differ from the model's list"
             + (f": missing {missing[:5]}" if missing else ": same names in another order")
+        )
+    schema = frame.schema
+    # Casting would turn a string, boolean or date column into numbers the model never meant;
+    # only integer and float columns are features.
+    wrong = [f"{c} ({schema[c]})" for c in features if not schema[c].is_numeric()]
+    if wrong:
+        raise ModelError(
+            f"feature columns must be integer or float; {wrong[:5]} are not: cast them in the "
+            "feature build or leave them out of the feature list"
         )
     # Indexing by a list of names is several times faster than ``select`` for a few rows of
     # 150+ columns, which is the live path's shape.

@@ -94,6 +94,14 @@ def test_refusals(dataset: pl.DataFrame, tmp_path: Path) -> None:
         model.predict_proba(test.drop(FEATURES[3]))
     with pytest.raises(ModelError, match="only class"):
         train_classifier(config, train, np.zeros(train.height), features=FEATURES)
+    as_text = test.with_columns(pl.col(FEATURES[2]).cast(pl.Utf8))
+    with pytest.raises(ModelError, match=f"integer or float.*{FEATURES[2]} \\(String\\)"):
+        model.predict_proba(as_text)
+    as_bool = test.with_columns(pl.col(FEATURES[1]) > 0)
+    with pytest.raises(ModelError, match="integer or float"):
+        model.predict_proba(as_bool)
+    with pytest.raises(ModelError, match="more than once"):
+        train_classifier(config, train, train["y"].to_numpy(), features=[*FEATURES, FEATURES[0]])
     model.save(tmp_path / "m")
     native = tmp_path / "m" / "model.txt"
     native.write_text(native.read_text().replace("num_leaves", "num_leaves ", 1))
