@@ -38,12 +38,15 @@ class TrainingConfig(dg.Config):  # type: ignore[misc]
     promote_metric: Literal["log_loss", "auc"] = "log_loss"
     """Against a champion: compared on the rows both models never learnt from."""
     promote_margin: float = 0.0
+    """Against a champion: the least improvement (nats a row, or AUC) that promotes."""
+    promote_z: float = 2.0
+    """Against a champion: the improvement must also be this many standard errors clear."""
     tune_trials: int = 20
     """Optuna trials per walk-forward fold in full mode, on that fold's own training and
     validation rows (0: use the plan's parameters as they are)."""
     gate_log_loss_z: float = 2.0
     """The out-of-sample log loss must beat the base-rate forecast by this many standard
-    errors (session-clustered) for the model to be deployable."""
+    errors (clustered by contiguous blocks of sessions) for the model to be deployable."""
     gate_auc_z: float = 2.0
     """The within-fold AUC must exceed 0.5 by this many standard errors."""
     gate_min_rows: int = 500
@@ -192,7 +195,7 @@ def walk_forward_models(
         study_name=f"{mlflow.model_name}-{config.kind}-{end}",
         stack=config.stack,
         gate=GateConfig(config.gate_log_loss_z, config.gate_auc_z, config.gate_min_rows),
-        rule=PromotionRule(config.promote_metric, config.promote_margin),
+        rule=PromotionRule(config.promote_metric, config.promote_margin, config.promote_z),
         test_windows=config.test_windows,
     )
     context.log.info(

@@ -42,6 +42,16 @@ def session_clusters(ts: pl.Series) -> I64:
     return np.asarray(codes.to_numpy(), dtype=np.int64)
 
 
+def session_blocks(ts: pl.Series, max_groups: int = 40) -> I64:
+    """Cluster ids of at most ``max_groups`` contiguous runs of New York sessions, in time
+    order (each session its own cluster when there are fewer). Errors clustered on these see
+    dependence that lasts several days (a regime), which single sessions do not."""
+    sessions = session_clusters(ts)
+    k = int(sessions.max()) + 1 if sessions.size else 0
+    b = max(1, min(max_groups, k))
+    return np.minimum(sessions * b // max(k, 1), b - 1).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Score:
     """An estimate, its cluster-robust standard error, the rows and clusters it came from.

@@ -5,7 +5,9 @@ Three tests, each stated in the decision's reason with its numbers:
 
 1. **Better than knowing the base rate.** The out-of-sample log loss must be lower than that of
    the constant forecast each fold knew when it was fitted (its ``base_rate``), by at least
-   ``min_log_loss_z`` cluster-robust standard errors (clusters: New York sessions).
+   ``min_log_loss_z`` cluster-robust standard errors. Clusters, for this and every other error
+   here, are at most 40 contiguous blocks of New York sessions: rows of one regime are not
+   independent evidence.
 2. **Ranks better than chance.** The AUC must exceed 0.5 by ``min_auc_z`` standard errors. The
    AUC is taken within each fold and averaged by the fold's number of label pairs, so that a
    fold's level (its base rate) cannot pass for ranking skill or hide it; see
@@ -13,7 +15,8 @@ Three tests, each stated in the decision's reason with its numbers:
 3. **Better than the champion, on the same rows.** The champion is re-scored on the
    challenger's out-of-sample rows that the champion never learnt from (after the last label it
    was trained or calibrated on, plus an embargo) and the challenger must beat it there by more
-   than the margin of the :class:`PromotionRule`.
+   than the margin of the :class:`PromotionRule`, and by ``min_z`` standard errors. A champion
+   that can no longer be loaded or fed is replaced by a challenger that passed the gate.
 
 Example: ``skill_gate(result.predictions, GateConfig(min_log_loss_z=2.0, min_auc_z=2.0))``.
 """
@@ -35,7 +38,7 @@ from pipelines.models.evaluation import (
     log_loss_skill,
     log_losses,
     mean_difference,
-    session_clusters,
+    session_blocks,
     stratified_auc,
 )
 
@@ -54,15 +57,20 @@ class GateConfig:
 @dataclass(frozen=True)
 class PromotionRule:
     """Against a champion: promote when the challenger's ``metric`` (``log_loss`` or ``auc``)
-    beats the champion's on the same rows by more than ``margin`` (a tie keeps the champion).
-    Example: ``PromotionRule("log_loss", margin=0.001)``: 0.001 nats a row lower."""
+    beats the champion's on the same rows by more than ``margin`` and by at least ``min_z``
+    standard errors (a tie, or a gain within noise, keeps the champion).
+    Example: ``PromotionRule("log_loss", margin=0.001, min_z=2.0)``: 0.001 nats a row lower,
+    two standard errors clear."""
 
     metric: str = "log_loss"
     margin: float = 0.0
+    min_z: float = 2.0
 
     def __post_init__(self) -> None:
         if self.metric not in ("log_loss", "auc"):
             raise ValueError(f'metric must be "log_loss" or "auc", got {self.metric!r}')
+        if not self.min_z >= 0:
+            raise ValueError(f"min_z must be 0 or more, got {self.min_z}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class GateVerdict:
 def skill_scores(predictions: pl.DataFrame) -> tuple[Score, Score]:
     """Log-loss skill over the base rate and the within-fold AUC of out-of-sample
     ``predictions`` (``ts``, ``fold``, ``y``, ``prob``, ``base_rate``)."""
-    clusters = session_clusters(predictions["ts"])
+    clusters = session_blocks(predictions["ts"])
     y, p = predictions["y"].to_numpy(), predictions["prob"].to_numpy()
     skill = log_loss_skill(y, p, predictions["base_rate"].to_numpy(), clusters)
     auc = stratified_auc(y, p, predictions["fold"].to_numpy(), clusters)
@@ -134,8 +142,9 @@ def compare_on_rows(
     ts: pl.Series,
     metric: str,
 ) -> Comparison:
-    """The paired comparison of two forecasts of the same rows (``ts`` gives the sessions)."""
-    clusters = session_clusters(ts)
+    """The paired comparison of two forecasts of the same rows (``ts`` gives the sessions,
+    grouped in contiguous blocks for the standard error)."""
+    clusters = session_blocks(ts)
     if metric == "log_loss":
         a, b = log_losses(y, challenger), log_losses(y, champion)
         diff = mean_difference(b - a, clusters)
@@ -154,9 +163,17 @@ class Decision:
     comparison: Comparison | None = None
 
 
-ChampionRescore = Callable[[], Comparison | str]
-"""Re-scores the champion on the challenger's rows: a :class:`Comparison`, or the reason it
-cannot be compared."""
+@dataclass(frozen=True)
+class Unusable:
+    """The champion can no longer be loaded or fed (a refused file, features that no longer
+    exist): it cannot trade either, so a challenger that passed the gate replaces it."""
+
+    reason: str
+
+
+ChampionRescore = Callable[[], Comparison | Unusable | str]
+"""Re-scores the champion on the challenger's rows: a :class:`Comparison`, an
+:class:`Unusable` champion, or the reason the two cannot be compared (the champion stays)."""
 
 
 def decide(
@@ -172,6 +189,12 @@ def decide(
     if champion is None:
         return Decision(True, f"passed the skill gate ({verdict.reason}); no champion yet")
     outcome = rescore()
+    if isinstance(outcome, Unusable):
+        return Decision(
+            True,
+            f"passed the skill gate ({verdict.reason}); champion v{champion} is unusable "
+            f"({outcome.reason}) and is replaced",
+        )
     if isinstance(outcome, str):
         return Decision(
             False,
@@ -179,12 +202,17 @@ def decide(
             f"rows ({outcome}); kept as challenger",
         )
     gain = outcome.improvement
-    promoted = gain.value > rule.margin
+    clears = gain.value > rule.margin
+    significant = gain.z >= rule.min_z
+    verdict_text = (
+        f"{'>' if clears else '<='} margin {rule.margin:g}, "
+        f"z {gain.z:+.2f} {'>=' if significant else '<'} {rule.min_z:g}"
+    )
     return Decision(
-        promoted,
+        clears and significant,
         f"passed the skill gate ({verdict.reason}); on {outcome.rows} out-of-sample rows both "
         f"models never learnt from, {rule.metric} {outcome.challenger:.5f} vs champion "
         f"v{champion} {outcome.champion:.5f}: improvement {gain.value:+.5f} (SE {gain.se:.5f}) "
-        f"{'>' if promoted else '<='} margin {rule.margin:g}",
+        f"{verdict_text}",
         outcome,
     )

@@ -30,7 +30,7 @@ from pipelines.features.transform import FeatureTransform
 from pipelines.models.estimators import FittedModel, ModelConfig, ModelError
 from pipelines.models.evaluation import auc_score, log_loss_skill, log_losses, session_clusters
 from pipelines.models.holdout import HoldoutError
-from pipelines.models.promotion import Comparison, GateVerdict, PromotionRule, decide
+from pipelines.models.promotion import Comparison, GateVerdict, PromotionRule, Unusable, decide
 from pipelines.models.walk_forward import Calibrator, FoldFit, WalkForwardResult
 from pipelines.secrets import redact_uri
 
@@ -102,7 +102,7 @@ def _client(tracking_uri: str) -> Any:
     return client
 
 
-ChampionRescore = Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison | str]
+ChampionRescore = Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison | Unusable | str]
 """Given the champion and a function that loads its verified recipe into a directory, the
 comparison with the challenger on the same rows, or why there cannot be one."""
 ARTIFACTS_TAG = "artifacts_sha256"
@@ -275,14 +275,22 @@ def _register(
     version = str(client.create_model_version(name, source=source, run_id=run_id).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
 
-    def rescore_champion() -> Comparison | str:
+    def rescore_champion() -> Comparison | Unusable | str:
         assert champion is not None
         info = champion
         return rescore(info, lambda into: load_version(client, info.source, info.run_id, into))
 
-    decision = decide(
-        verdict, rule, None if champion is None else champion.version, rescore_champion
-    )
+    try:
+        decision = decide(
+            verdict, rule, None if champion is None else champion.version, rescore_champion
+        )
+    except BaseException as exc:
+        # The version exists already: say on it that no decision was made, and why.
+        reason = f"no decision: comparing with the champion failed ({type(exc).__name__})"
+        client.set_tag(run_id, "registry.decision", "failed")
+        client.set_model_version_tag(name, version, "decision_reason", reason)
+        client.set_model_version_tag(name, version, "deployable", "false")
+        raise
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     label = "promoted" if decision.promoted else "kept challenger"

@@ -12,12 +12,13 @@ from typing import Literal
 import polars as pl
 
 from pipelines.features.registry import CATEGORIES
-from pipelines.models.estimators import Kind, ModelConfig
+from pipelines.models.estimators import Kind, ModelConfig, ModelError
 from pipelines.models.promotion import (
     Comparison,
     GateConfig,
     GateVerdict,
     PromotionRule,
+    Unusable,
     compare_on_rows,
     skill_gate,
 )
@@ -200,12 +201,12 @@ def champion_rescore(
     metric: str,
     embargo: timedelta,
     min_rows: int = 200,
-) -> Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison | str]:
+) -> Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison | Unusable | str]:
     """Re-scores a champion on the challenger's out-of-sample rows that start after the last
     label the champion learnt from (plus ``embargo``): the same rows for both models, and out
     of sample for both."""
 
-    def rescore(info: ChampionInfo, load: Callable[[Path], FoldFit]) -> Comparison | str:
+    def rescore(info: ChampionInfo, load: Callable[[Path], FoldFit]) -> Comparison | Unusable | str:
         if info.trained_through is None:
             return "it records no trained_through date"
         after = info.trained_through + embargo
@@ -217,10 +218,13 @@ def champion_rescore(
                 "with both classes)"
             )
         with tempfile.TemporaryDirectory() as tmp:
-            fit = load(Path(tmp))
+            try:
+                fit = load(Path(tmp))
+            except ModelError as exc:
+                return Unusable(f"it cannot be loaded: {exc}")
         missing = [c for c in fit.model.features if c not in data.columns]
         if missing:
-            return f"its features are not in this training set (e.g. {missing[:3]})"
+            return Unusable(f"its features are not in this feature set (e.g. {missing[:3]})")
         frame = rows.select("symbol", "ts", "y", "prob").join(
             data.select("symbol", "ts", *fit.model.features), on=["symbol", "ts"], how="left"
         )

@@ -107,13 +107,24 @@ def prepare_study(config: TuningConfig, name: str | None = None) -> None:
     )
 
 
-def fold_fingerprint(data: pl.DataFrame, fold: Fold) -> str:
-    """A short digest of the rows a fold's tuning reads (their symbols, times and labels)."""
+def fold_fingerprint(
+    data: pl.DataFrame,
+    fold: Fold,
+    features: list[str],
+    *,
+    base: ModelConfig,
+    config: TuningConfig,
+    weight: str | None = None,
+) -> str:
+    """A short digest of what a fold's trials are scored on: the rows they read (symbols, times,
+    labels, weights and every feature's values), the feature list, the base configuration and
+    the metric. A study is resumed only when all of these are unchanged."""
     rows = np.concatenate([fold.train, fold.validation])
     digest = hashlib.sha256()
-    for column in ("symbol", "ts", "y"):
-        if column in data.columns:
-            digest.update(data[column][rows].hash(seed=0).to_numpy().tobytes())
+    recipe = (features, weight, base.kind, base.params, base.seed, config.metric, config.max_rounds)
+    digest.update(repr(recipe).encode())
+    columns = [c for c in ("symbol", "ts", "y", weight) if c is not None and c in data.columns]
+    digest.update(data[rows].select(*columns, *features).hash_rows(seed=0).to_numpy().tobytes())
     return digest.hexdigest()[:10]
 
 
@@ -144,6 +155,8 @@ def tune_fold(
     ret = val["ret"].to_numpy() if "ret" in val.columns else np.zeros(val.height)
     rounds = min(base.num_boost_round, config.max_rounds)
 
+    refusals: list[ModelError] = []
+
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)
         params = {**base.params, **_params(trial, base.kind)}
@@ -159,6 +172,7 @@ def tune_fold(
                 trainer=trainer,
             )
         except ModelError as exc:
+            refusals.append(exc)
             raise optuna.TrialPruned(f"fold {fold.index}: {exc}") from None
         p = fit.model.predict_proba(fit.transform.apply(val) if fit.transform else val)
         if config.metric == "trade_return":
@@ -166,7 +180,8 @@ def tune_fold(
         return fold_metrics(y_val, p)[config.metric]
 
     study = optuna.create_study(
-        study_name=f"{config.study_name}-f{fold.index}-{fold_fingerprint(data, fold)}",
+        study_name=f"{config.study_name}-f{fold.index}-"
+        + fold_fingerprint(data, fold, features, base=base, config=config, weight=weight),
         storage=_storage(config.storage),
         load_if_exists=True,
         direction=_direction(config),
@@ -176,6 +191,8 @@ def tune_fold(
         objective, n_trials=config.n_trials, timeout=config.timeout_s, gc_after_trial=False
     )
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        if refusals:  # the fold's rows cannot be fitted (e.g. one class): as fit_fold says
+            raise refusals[0]
         raise TuningError(f"fold {fold.index}: no tuning trial completed")
     return replace(base, params={**base.params, **best_params(study)}), study
 

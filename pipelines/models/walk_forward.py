@@ -263,8 +263,8 @@ def run_walk_forward(
     recorded, never silently."""
     preds, metrics, skipped, fits, records = [], [], [], [], []
     for fold in folds:
-        cfg, trials = (config, 0) if tuner is None else tuner(data, fold)
         try:
+            cfg, trials = (config, 0) if tuner is None else tuner(data, fold)
             fit = fit_fold(
                 data,
                 fold,

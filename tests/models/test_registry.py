@@ -94,13 +94,27 @@ def test_promotion_needs_the_gate_and_a_win_on_common_rows(
     assert not again.promoted and "never learnt from" in again.reason
     assert "improvement +0.00000" in again.reason
 
-    strong = _register(_train(data, ["s1", "s2"]), data, uri, rule)
+    better = _register(_train(data, ["s1", "s2"]), data, uri, rule)  # better, within noise
+    assert not better.promoted and "< 2" in better.reason, better.reason
+
+    boosted = plant_signal(data, target_auc=0.75, seed=13, column="s3")
+    strong = _register(_train(boosted, ["s1", "s3"]), boosted, uri, rule)
     assert strong.promoted, strong.reason
     assert strong.champion_version == first.version
     run = client.get_run(strong.run_id)
     assert run.data.metrics["champion.improvement"] > 0
     assert run.data.metrics["champion.rows"] < len(weak.predictions)  # only rows after its training
     assert str(client.get_registered_model("quantdag-test").aliases["champion"]) == strong.version
+    assert "z +" in strong.reason and ">= 2" in strong.reason
+
+    # A champion whose files no longer verify cannot trade: a challenger that passed the gate
+    # replaces it, even a weaker one, and says why; no version is left without a decision.
+    source = client.get_model_version("quantdag-test", strong.version).source
+    (Path(source.removeprefix("file://")) / "calibration.json").write_text("{}")
+    after = _register(weak, data, uri, rule)
+    assert after.promoted and f"champion v{strong.version} is unusable" in after.reason
+    assert "SHA-256 does not match" in after.reason
+    assert str(client.get_registered_model("quantdag-test").aliases["champion"]) == after.version
 
 
 def test_an_unreadable_registry_is_not_taken_for_an_empty_one() -> None:

@@ -159,7 +159,11 @@ def test_two_workers_share_one_fold_study_on_postgres(
     path = tmp_path / "data.parquet"
     data.write_parquet(path)
     fold = _folds(data)[0]
-    name = f"shared-f{fold.index}-{fold_fingerprint(data, fold)}"
+    config = TuningConfig(study_name="shared", n_trials=3, max_rounds=30)
+    base = ModelConfig("lightgbm", {"num_leaves": 7}, seed=1, num_boost_round=30)
+    name = (
+        f"shared-f{fold.index}-{fold_fingerprint(data, fold, FEATURES, base=base, config=config)}"
+    )
     prepare_study(TuningConfig(study_name="shared", storage=pg_database), name)
     procs = [
         subprocess.Popen(
@@ -188,3 +192,27 @@ def test_trading_metric_is_maximised(data: pl.DataFrame) -> None:
     _, study = tune_fold(data, fold, base=BASE, features=FEATURES, config=config)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert abs(study.best_value) < 0.05
+
+
+@pytest.mark.unit
+def test_a_fold_that_cannot_be_tuned_is_skipped_like_an_untuned_one(data: pl.DataFrame) -> None:
+    from pipelines.models.walk_forward import run_walk_forward
+
+    folds = _folds(data)
+    assert len(folds) >= 2
+    one_class = np.zeros(data.height, dtype=bool)
+    one_class[folds[0].validation] = True
+    broken = data.with_columns(
+        y=pl.when(pl.Series(one_class)).then(1).otherwise(pl.col("y")).cast(pl.Int8)
+    )
+
+    def tuner(d: pl.DataFrame, fold: Fold) -> tuple[ModelConfig, int]:
+        tuned, study = _tune(d, fold, RecordingTrainer(), trials=2)
+        return tuned, trials_taken(study)
+
+    result = run_walk_forward(broken, folds, BASE, features=FEATURES, tuner=tuner)
+    assert result.skipped == [
+        f"fold {folds[0].index}: the validation set holds only class [1]"
+        + ": a classifier needs both; widen the window or skip this fold"
+    ]
+    assert set(result.predictions["fold"].unique()) == {f.index for f in folds[1:]}
