@@ -276,12 +276,15 @@ def holdout_predictions(
     """The last trained model's one reading of the holdout: its predictions and figures."""
     version = str(champion_model["version"][0])
     if holdout_set.height == 0:
-        context.log.warning("no holdout rows: declare research.holdout in the settings")
+        context.log.warning(
+            "the holdout holds no rows: none is declared for this environment "
+            "(research.holdout), or the data has no row from its start on nor of its symbols"
+        )
         return dg.MaterializeResult(
             value=holdout_set.select("symbol", "ts", "segment", "y").with_columns(
                 prob=pl.lit(None, pl.Float64), base_rate=pl.lit(None, pl.Float64)
             ),
-            metadata={"model_version": version, "holdout": "none declared (research.holdout)"},
+            metadata={"model_version": version, "holdout": "no rows (see research.holdout)"},
         )
     with tempfile.TemporaryDirectory() as tmp:
         score = score_holdout(

@@ -211,18 +211,6 @@ class LabelSettings(_Frozen):
     decay: Annotated[float, Field(ge=0, le=1)] = 1.0
 
 
-class EnvironmentConfig(_Frozen):
-    """One complete resource set, chosen by ``QUANTDAG_ENV``."""
-
-    source: SourceConfig
-    database_url: str = "sqlite:///.quantdag/trading.db"
-
-    @field_validator("database_url")
-    @classmethod
-    def _no_credentials(cls, v: str) -> str:
-        return _without_password(v, "QUANTDAG_DATABASE_URL")
-
-
 class HoldoutSettings(_Frozen):
     """The final holdout, never used to tune, train, select or promote a model, and read once
     per model version (see :mod:`pipelines.models.holdout`). ``start``: the first New York date
@@ -237,6 +225,21 @@ class ResearchSettings(_Frozen):
     """How research is kept honest: the holdout."""
 
     holdout: HoldoutSettings = HoldoutSettings()
+
+
+class EnvironmentConfig(_Frozen):
+    """One complete resource set, chosen by ``QUANTDAG_ENV``. ``research``, when given,
+    replaces the top-level one for this environment (e.g. no time holdout for a live account,
+    whose every new session would otherwise be held out of training)."""
+
+    source: SourceConfig
+    database_url: str = "sqlite:///.quantdag/trading.db"
+    research: ResearchSettings | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        return _without_password(v, "QUANTDAG_DATABASE_URL")
 
 
 class Settings(_Frozen):
@@ -343,10 +346,16 @@ def load_settings(path: str | Path) -> tuple[Settings, UniverseConfig]:
     if not universe_path.is_absolute():
         universe_path = p.parent / universe_path
     universe = load_model(universe_path, UniverseConfig)
-    unknown = sorted(set(settings.research.holdout.symbols) - set(universe.symbol_names))
-    if unknown:
-        raise ConfigError(
-            f"{p}: research.holdout.symbols: {', '.join(unknown)} are not in the universe "
-            f"{universe_path}; hold out symbols of the universe only"
-        )
+    blocks = [("research", settings.research)] + [
+        (f"environments.{name}.research", env.research)
+        for name, env in settings.environments.items()
+        if env.research is not None
+    ]
+    for key, research in blocks:
+        unknown = sorted(set(research.holdout.symbols) - set(universe.symbol_names))
+        if unknown:
+            raise ConfigError(
+                f"{p}: {key}.holdout.symbols: {', '.join(unknown)} are not in the universe "
+                f"{universe_path}; hold out symbols of the universe only"
+            )
     return settings, universe

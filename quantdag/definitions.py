@@ -39,8 +39,9 @@ def build_definitions(project: Project) -> dg.Definitions:
 
 
 def holdout_config(project: Project) -> HoldoutConfig:
-    """The settings' research.holdout as the core's :class:`HoldoutConfig`."""
-    h = project.settings.research.holdout
+    """The environment's research.holdout (else the top-level one) as the core's
+    :class:`HoldoutConfig`."""
+    h = project.research.holdout
     return HoldoutConfig(start=h.start, symbols=h.symbols)
 
 

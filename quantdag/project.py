@@ -9,6 +9,7 @@ from pathlib import Path
 from pipelines.config import (
     Environment,
     EnvironmentConfig,
+    ResearchSettings,
     Settings,
     UniverseConfig,
     load_settings,
@@ -28,6 +29,11 @@ class Project:
     @property
     def env(self) -> EnvironmentConfig:
         return self.settings.environments[self.environment]
+
+    @property
+    def research(self) -> ResearchSettings:
+        """The environment's research settings, else the top-level ones."""
+        return self.env.research or self.settings.research
 
 
 def load_project(environ: dict[str, str] | None = None) -> Project:

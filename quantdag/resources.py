@@ -54,8 +54,10 @@ def build_resources(project: Project) -> dict[str, Any]:
             tracking_uri=dg.EnvVar("QUANTDAG_MLFLOW_URI")
             if os.environ.get("QUANTDAG_MLFLOW_URI")
             else _anchored(f"sqlite:///{project.settings.data_dir}/mlflow.db"),
-            experiment=project.universe.name,
-            model_name=project.universe.name,
+            # One experiment and one registered model (hence one champion) per environment:
+            # a model trained and judged on the sample is never the paper account's champion.
+            experiment=_per_environment(project),
+            model_name=_per_environment(project),
         ),
         "optuna": OptunaResource(
             storage=dg.EnvVar("QUANTDAG_OPTUNA_URI")
@@ -63,6 +65,11 @@ def build_resources(project: Project) -> dict[str, Any]:
             else _anchored(f"sqlite:///{project.settings.data_dir}/optuna.db"),
         ),
     }
+
+
+def _per_environment(project: Project) -> str:
+    name = project.universe.name
+    return name if project.environment == "local" else f"{name}-{project.environment}"
 
 
 def _anchored(url: str) -> str:

@@ -139,6 +139,24 @@ def _fmt(value: Any, spec: str) -> str:
     return "undefined" if value is None else format(value, spec)
 
 
+HOLDOUT_SEGMENTS = (
+    ("out_of_time", "out of time (every row from its start)"),
+    ("symbol", "held-out symbols in the training period (new names, not a new period)"),
+)
+
+
+def _holdout_segment(holdout: Mapping[str, Any], key: str, what: str) -> str:
+    rows = _v(holdout, f"{key}.rows")
+    if not rows:
+        return f"{what}: no rows"
+    return (
+        f"{what}: {int(rows)} bars, AUC {_fmt(_v(holdout, f'{key}.auc'), '.3f')} "
+        f"(SE {_fmt(_v(holdout, f'{key}.auc_se'), '.3f')}), gain over the base rate "
+        f"{_fmt(_v(holdout, f'{key}.log_loss_skill'), '+.5f')} nats a bar (z "
+        f"{_fmt(_v(holdout, f'{key}.log_loss_skill_z'), '+.2f')})"
+    )
+
+
 def research_summary(
     quality: Mapping[str, Any],
     decision: Mapping[str, Any],
@@ -167,19 +185,20 @@ def research_summary(
         )
     if _v(holdout, "all.rows"):
         lines.append(
-            f"Holdout (read once, by v{_v(holdout, 'model_version')}): "
-            f"{int(_v(holdout, 'all.rows'))} bars, AUC {_fmt(_v(holdout, 'all.auc'), '.3f')} "
-            f"(SE {_fmt(_v(holdout, 'all.auc_se'), '.3f')}), log loss "
-            f"{_fmt(_v(holdout, 'all.log_loss'), '.4f')}, gain over the base rate "
-            f"{_fmt(_v(holdout, 'all.log_loss_skill'), '+.5f')} (z "
-            f"{_fmt(_v(holdout, 'all.log_loss_skill_z'), '+.2f')})."
+            f"Holdout (read once, by v{_v(holdout, 'model_version')}; "
+            f"{_fmt(_v(holdout, 'reads'), '.0f')} model versions have read it): "
+            + "; ".join(_holdout_segment(holdout, k, what) for k, what in HOLDOUT_SEGMENTS)
+            + "."
         )
     else:
-        lines.append("Holdout: none declared (research.holdout in the settings).")
+        lines.append(
+            "Holdout: no rows (none declared in research.holdout for this environment, or the "
+            "data holds none of it)."
+        )
     lines.append(
         f"Backtest ({_v(report, 'configuration')}, out of sample, with costs): total return "
-        f"{_fmt(_v(report, 'total_return'), '+.2%')}, annualised Sharpe "
-        f"{_fmt(_v(report, 'sharpe'), '.2f')}, deflated Sharpe "
+        f"{_fmt(_v(report, 'total_return'), '+.2%')}, Sharpe of daily returns "
+        f"{_fmt(_v(report, 'sharpe_daily_annualised'), '.2f')} annualised, deflated Sharpe "
         f"{_fmt(_v(report, 'deflated_sharpe'), '.2f')} over N = "
         f"{_fmt(_v(report, 'n_trials'), '.0f')} trials, PBO {_fmt(_v(report, 'pbo'), '.2f')}, "
         f"max drawdown {_fmt(_v(report, 'max_drawdown'), '.2%')}, "

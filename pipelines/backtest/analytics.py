@@ -165,7 +165,8 @@ def probability_of_backtest_overfitting(performance: F64, n_groups: int = 16) ->
     """PBO by combinatorially symmetric cross-validation (Bailey et al. 2015): ``performance``
     holds per-period returns, one column per configuration tried. For every split of the
     ``n_groups`` row blocks into halves, the configuration with the best in-sample Sharpe is
-    ranked out of sample; PBO is the share of splits where it lands below the median."""
+    ranked out of sample; PBO is the share of splits where it lands below the median (half a
+    split where it is the median itself)."""
     m = np.asarray(performance, dtype=np.float64)
     if m.ndim != 2 or m.shape[1] < 2:
         raise ValueError("need a matrix with one column per configuration (at least two)")
@@ -179,13 +180,16 @@ def probability_of_backtest_overfitting(performance: F64, n_groups: int = 16) ->
         out: F64 = np.divide(x.mean(axis=0), sd, out=np.zeros(m.shape[1]), where=sd > 0)
         return out
 
-    below = total = 0
+    below, total = 0.0, 0
+    n = m.shape[1]
     for chosen in combinations(range(n_groups), n_groups // 2):
         ins = np.concatenate([blocks[i] for i in chosen])
         oos = np.concatenate([blocks[i] for i in range(n_groups) if i not in chosen])
         best = int(np.argmax(sharpe(ins)))
         oos_sr = sharpe(oos)
-        rank = float((oos_sr < oos_sr[best]).sum() + 1) / (m.shape[1] + 1)
-        below += int(math.log(rank / (1.0 - rank)) <= 0)
+        # Relative rank w = r / (n + 1); its logit is below 0 when 2r < n + 1. The exact median
+        # (logit 0, possible with an odd n) is neither above nor below it: it counts one half.
+        r = int((oos_sr < oos_sr[best]).sum()) + 1
+        below += 1.0 if 2 * r < n + 1 else 0.5 if 2 * r == n + 1 else 0.0
         total += 1
     return below / total

@@ -57,8 +57,10 @@ def bet_size_value(p: float, p0: float, threshold: float, max_bet: float) -> flo
 
 
 # Rows of the per-symbol state of :func:`model_step`: side (0 flat, +1 long, -1 short), the
-# bet's upper and lower barrier, and the bars since its entry.
-SIDE, UPPER, LOWER, AGE = 0, 1, 2, 3
+# bet's upper and lower barrier, the bars since its entry, its shares and the symbol's last
+# close (to value the bets held when the gross cap sizes new ones).
+SIDE, UPPER, LOWER, AGE, SHARES, LAST = 0, 1, 2, 3, 4, 5
+STATE_WIDTH = 6
 
 
 @njit(cache=True)
@@ -87,16 +89,19 @@ def model_step(
     threshold, max_bet, target_vol = params[0], params[1], params[2]
     max_position, max_gross, max_holding = params[3], params[4], params[5]
     allow_short, profit_take, stop_loss = params[6] > 0.0, params[7], params[8]
-    gross = 0.0
+    new_gross = 0.0
+    entered = np.zeros(len(ids), dtype=np.bool_)
     for j in range(len(ids)):
         i = ids[j]
         has[j] = False
         target[j] = 0.0
+        state[i, LAST] = close[j]
         if state[i, SIDE] != 0.0:
             state[i, AGE] += 1.0
             touched = high[j] >= state[i, UPPER] or low[j] <= state[i, LOWER]
             if touched or state[i, AGE] >= max_holding or closing:
                 state[i, SIDE] = 0.0
+                state[i, SHARES] = 0.0
                 has[j] = True
         if state[i, SIDE] != 0.0 or closing or not vol[j] > 0.0 or math.isnan(prob[j]):
             continue
@@ -109,6 +114,7 @@ def model_step(
         notional = max(-cap, min(cap, size * capital * target_vol / vol[j]))
         target[j] = notional / close[j]
         has[j] = True
+        entered[j] = True
         side = 1.0 if size > 0.0 else -1.0
         up = profit_take if side > 0.0 else stop_loss
         down = stop_loss if side > 0.0 else profit_take
@@ -116,10 +122,23 @@ def model_step(
         state[i, UPPER] = close[j] * (1.0 + up * vol[j]) if not math.isnan(up) else math.inf
         state[i, LOWER] = close[j] * (1.0 - down * vol[j]) if not math.isnan(down) else -math.inf
         state[i, AGE] = 0.0
-        gross += math.floor(abs(target[j]) * close[j] * 100.0)
-    scale = min(1.0, max_gross * capital * 100.0 / gross) if gross > 0.0 else 1.0
+        new_gross += math.floor(abs(target[j]) * close[j] * 100.0)
+    # The gross cap counts the bets still held (at their last close) as well as the new ones,
+    # which share what room is left pro rata; in cents. A bet opened on this bar holds no
+    # shares yet, so the sum is of the earlier ones only.
+    held = 0.0
+    for i in range(state.shape[0]):
+        if state[i, SIDE] != 0.0:
+            held += math.floor(abs(state[i, SHARES]) * state[i, LAST] * 100.0)
+    room = max(0.0, max_gross * capital * 100.0 - held)
+    scale = min(1.0, room / new_gross) if new_gross > 0.0 else 1.0
     for j in range(len(ids)):
         target[j] = float(int(target[j] * scale))
+        if entered[j]:
+            i = ids[j]
+            state[i, SHARES] = target[j]
+            if target[j] == 0.0:  # sized to nothing: no bet is open, a later signal may enter
+                state[i, SIDE] = 0.0
 
 
 @njit(cache=True)
@@ -141,7 +160,7 @@ def model_run(
 ) -> None:
     """:func:`model_step` over every bar time: rows sorted by time, ``bounds`` the start of
     each time's rows (and the end), ``closing`` one flag per time; fixed ``capital``."""
-    state = np.zeros((n_symbols, 4))
+    state = np.zeros((n_symbols, STATE_WIDTH))
     for k in range(len(bounds) - 1):
         a, b = bounds[k], bounds[k + 1]
         model_step(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -180,12 +181,19 @@ def holdout_section(held: dict[str, Report]) -> Section:
     rows = []
     for segment, report in held.items():
         m = report.metrics
-        rows.append({"segment": segment, **{k: m.get(k, float("nan")) for k in HOLDOUT_FIGURES}})
+        rows.append({"segment": segment, **{k: _shown(m.get(k)) for k in HOLDOUT_FIGURES}})
     return Section(
         "Holdout (never used to fit, tune, select or promote)",
         "<p>The reported configuration on the holdout rows, scored once for this model.</p>"
         + html_table(pl.DataFrame(rows)),
     )
+
+
+def _shown(value: float | None) -> str:
+    """A figure for the report's table: undefined ones say so (no NaN on the page)."""
+    if value is None or not math.isfinite(value):
+        return "undefined"
+    return f"{value:.4g}"
 
 
 def _window(bars: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:

@@ -88,6 +88,10 @@ def html_table(frame: pl.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
+def _or_undefined(value: float | None) -> str:
+    return "undefined (see below)" if value is None else f"{value:.3f}"
+
+
 def selection_section(selection: Selection, trials: pl.DataFrame) -> Section:
     """What choosing this configuration among every trial of its family costs its Sharpe."""
     pbo = (
@@ -103,8 +107,8 @@ Daily Sharpe {selection.sharpe:.3f} ({selection.sharpe * math.sqrt(252):.2f} ann
 {selection.days} sessions. N = {selection.n_trials} trials recorded for the family; V, the
 variance of their daily Sharpe ratios, = {selection.sr_variance:.4g}; the best of N skill-less
 trials would reach a daily Sharpe of {selection.sr0:.3f}. Probabilistic Sharpe (P[true Sharpe
-&gt; 0]) {selection.psr:.3f}; <b>deflated Sharpe {selection.dsr:.3f}</b> (the same, against the
-best of N). PBO: {pbo}.</p><ul>{notes}</ul>{html_table(trials)}"""
+&gt; 0]) {_or_undefined(selection.psr)}; <b>deflated Sharpe {_or_undefined(selection.dsr)}</b>
+(the same, against the best of N). PBO: {pbo}.</p><ul>{notes}</ul>{html_table(trials)}"""
     return Section("Trials, deflated Sharpe and overfitting", body)
 
 
@@ -290,8 +294,11 @@ def build_report(
     )
     if selection is None:
         undefined["deflated_sharpe"] = "no trials were recorded for this backtest"
-    elif selection.pbo is None:
-        undefined["pbo"] = "; ".join(selection.notes) or "not available"
+    else:
+        if selection.dsr is None:
+            undefined["deflated_sharpe"] = "; ".join(selection.notes)
+        if selection.pbo is None:
+            undefined["pbo"] = "; ".join(selection.notes) or "not available"
     underwater, _, _ = drawdowns(returns)
     bench_curve = (1 + joined["b"]).cum_prod() * float(eq["equity"][0])
     roll = joined.with_columns(

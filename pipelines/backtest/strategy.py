@@ -37,7 +37,7 @@ import numpy.typing as npt
 import polars as pl
 
 from pipelines.backtest.broker import BarBatch
-from pipelines.backtest.kernels import bet_size_value, model_step
+from pipelines.backtest.kernels import STATE_WIDTH, bet_size_value, model_step
 
 Reference = Literal["base_rate", "half"]
 
@@ -127,7 +127,7 @@ class ModelStrategy:
     name: str = "model"
     closing: frozenset[datetime] = frozenset()
     _lookup: dict[tuple[str, datetime], tuple[float, float, float]] = field(default_factory=dict)
-    _state: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 4)))
+    _state: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, STATE_WIDTH)))
 
     def __post_init__(self) -> None:
         if self.sizing.flat_at_close and not self.closing:
@@ -149,7 +149,7 @@ class ModelStrategy:
         ids = bars.ids
         if len(ids) and ids.max(initial=0) >= len(self._state):
             grow = int(ids.max()) + 1 - len(self._state)
-            self._state = np.vstack([self._state, np.zeros((grow, 4))])
+            self._state = np.vstack([self._state, np.zeros((grow, STATE_WIDTH))])
         n = len(ids)
         prob, p0, vol = np.full(n, np.nan), np.full(n, 0.5), np.full(n, np.nan)
         for j, symbol in enumerate(bars.symbols):

@@ -122,7 +122,9 @@ class MlflowTrialLog:
 
         client = _client(self.tracking_uri)
         exp_id = experiment_id(client, self.tracking_uri, self.experiment)
-        where = f"tags.family = '{family.replace(chr(39), '')}'"
+        # A trial counts once its last write (the ``complete`` tag) landed: a run left half
+        # written by a crash is ignored, and the trial is recorded again.
+        where = f"tags.family = '{family.replace(chr(39), '')}' and tags.complete = 'true'"
         seen = {
             r.data.tags.get("trial_key")
             for r in client.search_runs([exp_id], filter_string=where, max_results=50_000)
@@ -156,6 +158,7 @@ class MlflowTrialLog:
                 ),
                 "daily_returns.json",
             )
+            client.set_tag(rid, "complete", "true")
             client.set_terminated(rid)
             seen.add(t.key)
         runs = client.search_runs([exp_id], filter_string=where, max_results=50_000)
@@ -175,8 +178,8 @@ class Selection:
     n_trials: int
     sr_variance: float
     sr0: float
-    psr: float
-    dsr: float
+    psr: float | None
+    dsr: float | None
     pbo: float | None
     pbo_configurations: int
     notes: tuple[str, ...] = ()
@@ -189,12 +192,11 @@ class Selection:
             "n_trials": float(self.n_trials),
             "trials_sharpe_variance": self.sr_variance,
             "expected_max_sharpe": self.sr0,
-            "psr": self.psr,
-            "deflated_sharpe": self.dsr,
             "pbo_configurations": float(self.pbo_configurations),
         }
-        if self.pbo is not None:
-            out["pbo"] = self.pbo
+        for key, value in (("psr", self.psr), ("deflated_sharpe", self.dsr), ("pbo", self.pbo)):
+            if value is not None:
+                out[key] = value
         return out
 
 
@@ -205,16 +207,22 @@ def deflate(selected: Trial, family_sharpes: Sequence[float], tried: Sequence[Tr
     r = selected.daily["ret"].to_numpy()
     if r.size < 3:
         raise ValueError(f"the deflated Sharpe needs at least 3 daily returns, got {r.size}")
-    if not np.std(r) > 0:
-        raise ValueError("the reported configuration never changed its equity: no Sharpe ratio")
     sr = sharpe(r)
     n = max(len(family_sharpes), 1)
     v = float(np.var(family_sharpes, ddof=1)) if n > 1 else 0.0
     sr0 = expected_max_sharpe(n, v)
-    sk, ku = float(skew(r)), float(kurtosis(r, fisher=False))
-    psr = probabilistic_sharpe_ratio(sr, r.size, skewness=sk, kurt=ku)
-    dsr = probabilistic_sharpe_ratio(sr, r.size, skewness=sk, kurt=ku, benchmark=sr0)
     notes = []
+    psr: float | None = None
+    dsr: float | None = None
+    if np.std(r) > 0:
+        sk, ku = float(skew(r)), float(kurtosis(r, fisher=False))
+        psr = probabilistic_sharpe_ratio(sr, r.size, skewness=sk, kurt=ku)
+        dsr = probabilistic_sharpe_ratio(sr, r.size, skewness=sk, kurt=ku, benchmark=sr0)
+    else:
+        notes.append(
+            "the reported configuration never traded (its equity never changed): there is no "
+            "Sharpe ratio to test, so no PSR or deflated Sharpe; lower its threshold"
+        )
     if n == 1:
         notes.append("one trial recorded: the deflated Sharpe equals the PSR")
     pbo: float | None = None

@@ -28,7 +28,7 @@ import polars as pl
 
 from pipelines.features.transform import FeatureTransform
 from pipelines.models.estimators import FittedModel, ModelConfig, ModelError
-from pipelines.models.evaluation import auc_score, log_loss_skill, log_losses, session_clusters
+from pipelines.models.evaluation import auc_score, log_loss_skill, log_losses, session_blocks
 from pipelines.models.holdout import HoldoutError
 from pipelines.models.promotion import Comparison, GateVerdict, PromotionRule, Unusable, decide
 from pipelines.models.walk_forward import Calibrator, FoldFit, WalkForwardResult
@@ -107,6 +107,53 @@ ChampionRescore = Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison
 comparison with the challenger on the same rows, or why there cannot be one."""
 ARTIFACTS_TAG = "artifacts_sha256"
 HOLDOUT_TAG = "holdout.scored_at"
+HOLDOUT_FINGERPRINT_TAG = "holdout.fingerprint"
+HOLDOUT_EXTENT_TAG = "holdout.extent"
+
+
+def holdout_fingerprint(holdout: pl.DataFrame) -> str:
+    """A short digest of which rows (symbol, time) a holdout holds."""
+    keys = holdout.select("symbol", "ts").sort("symbol", "ts")
+    return hashlib.sha256(keys.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:16]
+
+
+def _extent(holdout: pl.DataFrame) -> dict[str, Any]:
+    """Where a holdout lies: the first time of its out-of-time rows, and its held-out symbols."""
+    timed = holdout.filter(pl.col("segment").is_in(["time", "both"]))
+    named = holdout.filter(pl.col("segment").is_in(["symbol", "both"]))
+    return {
+        "from": None if timed.is_empty() else timed["ts"].min().isoformat(),  # type: ignore[union-attr]
+        "symbols": sorted(named["symbol"].unique().to_list()),
+    }
+
+
+def scored_holdout_rows(tracking_uri: str, experiment: str, data: pl.DataFrame) -> str | None:
+    """Why ``data`` (development rows) may not be trained on: it holds rows of a holdout that a
+    model of ``experiment`` has already been scored on (moving the holdout would turn rows
+    used to evaluate into rows to learn from). None when it holds none."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{HOLDOUT_EXTENT_TAG}` != ''", max_results=5000
+    )
+    for run in runs:
+        extent = json.loads(run.data.tags[HOLDOUT_EXTENT_TAG])
+        start = None if extent["from"] is None else datetime.fromisoformat(extent["from"])
+        hit = data.filter(
+            pl.col("symbol").is_in(extent["symbols"])
+            | (pl.lit(False) if start is None else pl.col("ts") >= start)
+        )
+        if hit.height:
+            first = hit.row(0, named=True)
+            return (
+                f"{hit.height} development rows (e.g. {first['symbol']} at {first['ts']}) lie in "
+                f"the holdout that run {run.info.run_id} was scored on "
+                f"(from {extent['from']}, symbols {extent['symbols']}): restore that holdout in "
+                "research.holdout, or train in a new experiment"
+            )
+    return None
 
 
 def _importance(fit: FoldFit, sample: pl.DataFrame) -> dict[str, dict[str, float]]:
@@ -373,8 +420,9 @@ def score_holdout(
     into: Path,
 ) -> HoldoutScore:
     """Score model ``version`` once on the ``holdout`` rows (features, ``y``, ``segment``) and
-    record the figures on its run. A version already scored is refused: the holdout is read
-    once per model, so it can never choose between models."""
+    record the figures on its run, with how many versions have now read these rows
+    (``reads``) and where the holdout lies (so that training refuses its rows later). A
+    version already scored is refused."""
     client = _client(tracking_uri)
     mv = client.get_model_version(model_name, version)
 
@@ -403,11 +451,25 @@ def score_holdout(
     refuse_if_read()
     from mlflow.entities import Metric, RunTag
 
+    fingerprint = holdout_fingerprint(holdout)
+    experiment = client.get_run(mv.run_id).info.experiment_id
+    earlier = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{HOLDOUT_FINGERPRINT_TAG}` = '{fingerprint}'",
+        max_results=50_000,
+    )
+    # Every version that reads the same rows spends them a little: the count is shown with
+    # the figures, so that choosing among versions by their holdout score is visible.
+    metrics["reads"] = float(len(earlier) + 1)
     stamp = int(as_of.timestamp() * 1000)
     client.log_batch(
         mv.run_id,
         metrics=[Metric(f"holdout.{k}", v, stamp, 0) for k, v in metrics.items()],
-        tags=[RunTag(HOLDOUT_TAG, as_of.isoformat())],
+        tags=[
+            RunTag(HOLDOUT_TAG, as_of.isoformat()),
+            RunTag(HOLDOUT_FINGERPRINT_TAG, fingerprint),
+            RunTag(HOLDOUT_EXTENT_TAG, json.dumps(_extent(holdout))),
+        ],
     )
     return HoldoutScore(str(version), mv.run_id, metrics, predictions)
 
@@ -418,16 +480,20 @@ def _maybe(frame: pl.DataFrame, *columns: str) -> list[str]:
 
 def holdout_metrics(predictions: pl.DataFrame) -> dict[str, float]:
     """Rows, base rate, AUC and log loss with their skill over the base-rate forecast (both
-    with cluster-robust standard errors), overall and for each segment with both classes."""
+    with standard errors clustered by contiguous blocks of sessions), overall, out of time
+    (segments ``time`` and ``both``: every row from the holdout's start on) and for each
+    segment with both classes. The ``symbol`` segment shares its sessions with the training
+    rows: new symbols, not a new period."""
     out: dict[str, float] = {}
-    groups = [("all", predictions)] + [
-        (str(key[0]), part) for key, part in predictions.group_by("segment", maintain_order=True)
-    ]
+    groups = [
+        ("all", predictions),
+        ("out_of_time", predictions.filter(pl.col("segment").is_in(["time", "both"]))),
+    ] + [(str(key[0]), part) for key, part in predictions.group_by("segment", maintain_order=True)]
     for name, part in groups:
         y, p = part["y"].to_numpy(), part["prob"].to_numpy()
         out[f"{name}.rows"] = float(part.height)
         out[f"{name}.positive_share"] = float(y.mean()) if y.size else 0.0
-        clusters = session_clusters(part["ts"])
+        clusters = session_blocks(part["ts"])
         if np.unique(y).size < 2 or np.unique(clusters).size < 2:
             continue
         out[f"{name}.log_loss"] = float(log_losses(y, p).mean())

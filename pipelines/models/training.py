@@ -13,6 +13,7 @@ import polars as pl
 
 from pipelines.features.registry import CATEGORIES
 from pipelines.models.estimators import Kind, ModelConfig, ModelError
+from pipelines.models.holdout import HoldoutError
 from pipelines.models.promotion import (
     Comparison,
     GateConfig,
@@ -22,7 +23,12 @@ from pipelines.models.promotion import (
     compare_on_rows,
     skill_gate,
 )
-from pipelines.models.registry import ChampionInfo, RegistryDecision, log_and_register
+from pipelines.models.registry import (
+    ChampionInfo,
+    RegistryDecision,
+    log_and_register,
+    scored_holdout_rows,
+)
 from pipelines.models.splits import Fold, walk_forward
 from pipelines.models.stacking import stack_out_of_fold
 from pipelines.models.tuning import TuningConfig, trials_taken, tune_fold
@@ -250,6 +256,9 @@ def run_training(
     the skill gate, log to MLflow, register and decide the champion, and optionally stack; the
     one core call of the training assets. ``data`` holds development rows only: split the
     holdout off first (:func:`pipelines.models.holdout.split_holdout`)."""
+    overlap = scored_holdout_rows(tracking_uri, experiment, data)
+    if overlap is not None:
+        raise HoldoutError(overlap)
     features = [c for c in data.columns if c.split("_", 1)[0] in CATEGORIES]
     plan = plan_for(request.mode, request.kind, request.seed)
     if request.test_windows is not None:

@@ -2,13 +2,19 @@
 
 Each walk-forward fold is tuned on its own rows only: every trial fits the fold's recipe
 (:func:`pipelines.models.walk_forward.fit_fold`: the same feature transform, sample weights and
-early stopping as the final fit) on the fold's training rows and is scored on its validation
-rows. No trial ever reads a test row, so the out-of-sample figures, the champion decision and
-the backtest do not inherit a choice made knowing the test windows.
+early stopping on the validation rows as the final fit) on the fold's training rows and is
+scored on its validation rows. Two differences, both for speed: a trial's boosting rounds are
+capped at ``TuningConfig.max_rounds`` (the final fit may run to the plan's
+``num_boost_round``), which favours learning rates that converge within the cap; and a trial is
+scored uncalibrated (calibration is fitted on the same validation rows, so scoring it there
+would reward the calibration, not the model). No trial ever reads a test row, so the
+out-of-sample figures, the champion decision and the backtest do not inherit a choice made
+knowing the test windows.
 
 Each fold's study lives in memory, in SQLite or in PostgreSQL (any SQLAlchemy URL): with a
 shared database several workers on several machines add trials to one study. Its name carries
-a fingerprint of the fold's rows, so a study never mixes trials scored on different data.
+a fingerprint of the fold's rows, features and recipe, so a study never mixes trials scored on
+different data.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each fold trains on its (purged) training rows, stops early and fits the probability calibration
 on its validation rows only, and predicts its test rows, which no model of that fold has seen.
-:func:`fit_fold` is that recipe, used by the final fit and by every tuning trial alike. The
+:func:`fit_fold` is that recipe, used by the final fit and by every tuning trial (capped in
+rounds and uncalibrated: see :mod:`pipelines.models.tuning`). The
 calibration (isotonic or Platt) is stored as JSON beside the model, never pickled; calibrated
 probabilities are clipped to ``[PROB_CLIP, 1 - PROB_CLIP]``: a few hundred validation rows cannot
 justify certainty, and isotonic regression on them happily returns 0 or 1.

@@ -57,3 +57,13 @@ def test_pbo_separates_noise_from_skill() -> None:
     skilled = noise.copy()
     skilled[:, 0] += 0.004  # one configuration with a real, persistent edge
     assert probability_of_backtest_overfitting(skilled, 8) < 0.05
+
+
+def test_pbo_of_noise_is_one_half_with_an_odd_number_of_configurations() -> None:
+    # With three skill-less configurations the in-sample best is the out-of-sample median one
+    # time in three: counted as overfit (the logit's "<= 0") that reads 2/3, not 1/2.
+    rng = np.random.default_rng(3)
+    pbos = [
+        probability_of_backtest_overfitting(rng.normal(0, 0.01, (160, 3)), 8) for _ in range(40)
+    ]
+    assert abs(float(np.mean(pbos)) - 0.5) < 0.06

@@ -50,3 +50,28 @@ def test_deflation_of_a_return_series() -> None:
     assert many.dsr < one.dsr
     with pytest.raises(ValueError, match="constant"):
         sharpe_ratio(np.ones(10))
+
+
+def test_a_configuration_that_never_traded_has_no_deflated_sharpe_and_says_why() -> None:
+    from datetime import date, timedelta
+
+    import polars as pl
+
+    from pipelines.backtest.trials import Trial, deflate
+
+    days = [date(2024, 1, 2) + timedelta(days=i) for i in range(10)]
+    flat = Trial(
+        "threshold=0.5", {"threshold": 0.5}, "run", pl.DataFrame({"date": days, "ret": [0.0] * 10})
+    )
+    moving = Trial(
+        "threshold=0.02",
+        {"threshold": 0.02},
+        "run",
+        pl.DataFrame({"date": days, "ret": np.random.default_rng(0).normal(0, 0.01, 10)}),
+    )
+    selection = deflate(flat, [0.0, moving.sharpe], [flat, moving])
+    assert selection.sharpe == 0.0 and selection.psr is None and selection.dsr is None
+    assert any("never traded" in n for n in selection.notes)
+    figures = selection.as_dict()
+    assert "deflated_sharpe" not in figures and "psr" not in figures
+    assert all(math.isfinite(v) for v in figures.values())

@@ -78,3 +78,24 @@ def test_caps_and_holding_period_through_the_engine(sample_bars: pl.DataFrame) -
     assert gross <= 0.12 * 1_000_000 * 1.01  # the gross cap (priced at the next open)
     assert all(f.quantity * float(f.price) <= 0.05 * 1_000_000 * 1.01 for f in entries)
     assert result.ledger.positions == {"AAPL": 0, "MSFT": 0, "JPM": 0}
+
+
+def test_the_gross_cap_counts_the_bets_already_held(sample_bars: pl.DataFrame) -> None:
+    bars = sample_bars.filter(pl.col("symbol").is_in(["AAPL", "MSFT", "JPM"]))
+    times = bars["ts"].unique().sort()
+    first = bars.filter(pl.col("ts") == times[0], pl.col("symbol") != "JPM")
+    later = bars.filter(pl.col("ts") == times[2], pl.col("symbol") == "JPM")
+    signals = pl.concat([first, later]).select(
+        "symbol", "ts", prob=pl.lit(0.9), volatility=pl.lit(0.001)
+    )
+    # Two bets of 5% each fill the 6% cap (scaled to 3% each) while they are held for eight
+    # bars; JPM's signal two bars later finds no room: it is not traded, and not left open.
+    sizing = SizingConfig(max_position=0.05, max_gross=0.06, max_holding_bars=8, reference="half")
+    result = run_backtest(
+        bars, ModelStrategy(signals, sizing), cash=Decimal("1000000"), config=BrokerConfig()
+    )
+    entries = [f for f in result.ledger.fills if f.quantity > 0]
+    assert sorted(f.symbol for f in entries) == ["AAPL", "MSFT"]
+    gross = sum(f.quantity * float(f.price) for f in entries)  # priced at the next open
+    assert 0.05 * 1_000_000 < gross <= 0.06 * 1_000_000 * 1.01
+    assert result.ledger.positions.get("JPM", 0) == 0

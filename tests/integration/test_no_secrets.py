@@ -115,6 +115,7 @@ def _settings(tmp_path: Path) -> Path:
     settings["data_dir"] = str(tmp_path / "data")
     for name, env in settings["environments"].items():
         env["database_url"] = f"sqlite:///{tmp_path / 'data' / f'trading-{name}.db'}"
+        env.pop("research", None)  # the sample's holdout, so that its reading is searched too
         if env["source"]["kind"] == "files":
             env["source"]["path"] = str(ROOT / env["source"]["path"])
     path = tmp_path / "settings.yaml"

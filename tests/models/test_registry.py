@@ -21,6 +21,7 @@ from pipelines.models.registry import (
     load_champion,
     log_and_register,
     score_holdout,
+    scored_holdout_rows,
 )
 from pipelines.models.training import champion_rescore, folds_for, plan_for
 from pipelines.models.validity import block_shuffle, plant_signal
@@ -150,6 +151,9 @@ def test_holdout_is_read_once_and_tampered_models_are_refused(
     assert score.metrics["all.auc"] > 0.55  # the planted signal holds out of sample
     run = mlflow.MlflowClient(uri).get_run(decision.run_id)
     assert run.data.metrics["holdout.all.rows"] == split.holdout.height
+    assert run.data.metrics["holdout.reads"] == 1
+    timed = split.holdout.filter(pl.col("segment").is_in(["time", "both"])).height
+    assert score.metrics["out_of_time.rows"] == timed > 0
     with pytest.raises(HoldoutError, match="already scored on the holdout"):
         score_holdout(
             uri, "quantdag-test", decision.version, split.holdout, as_of=NOW, into=tmp_path / "h2"
@@ -169,6 +173,19 @@ def test_holdout_is_read_once_and_tampered_models_are_refused(
     with pytest.raises(ModelError, match="SHA-256 does not match"):
         load_champion(uri, "quantdag-test", tmp_path / "dl2")
     assert "calibration.json" in json.loads(run.data.tags[ARTIFACTS_TAG])
+    # A second version reading the same rows is counted; a holdout moved later, which would
+    # turn scored rows into training rows, is refused by name.
+    second = _register(
+        _train(split.development, ["s1", "s2"]), split.development, uri, PromotionRule()
+    )
+    again = score_holdout(
+        uri, "quantdag-test", second.version, split.holdout, as_of=NOW, into=tmp_path / "h3"
+    )
+    assert again.metrics["reads"] == 2
+    assert scored_holdout_rows(uri, "test", split.development) is None
+    moved = split_holdout(data, HoldoutConfig(start=datetime(2019, 2, 13).date(), symbols=()))
+    why = scored_holdout_rows(uri, "test", moved.development)
+    assert why is not None and "restore that holdout" in why and "JPM" in why
 
 
 def test_nothing_to_register_is_an_error(data: pl.DataFrame, tmp_path: Path) -> None:

@@ -107,3 +107,23 @@ def test_environment_switch() -> None:
         selected_environment({"QUANTDAG_ENV": "live"})
     live = {"QUANTDAG_ENV": "live", "QUANTDAG_LIVE_CONFIRM": LIVE_CONFIRMATION}
     assert selected_environment(live) == "live"
+
+
+def test_each_environment_has_its_holdout() -> None:
+    from quantdag.project import load_project
+
+    settings = str(ROOT / "config" / "settings.yaml")
+    local = load_project({"QUANTDAG_SETTINGS": settings, "QUANTDAG_ENV": "local"})
+    paper = load_project({"QUANTDAG_SETTINGS": settings, "QUANTDAG_ENV": "paper"})
+    assert local.research.holdout.start is not None and local.research.holdout.symbols
+    # A live account's new sessions are never held out of its nightly training.
+    assert paper.research.holdout.start is None and not paper.research.holdout.symbols
+
+
+def test_a_holdout_symbol_outside_the_universe_is_refused_in_any_block(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "settings.yaml").read_text()
+    text = text.replace("universe: universe.yaml", f"universe: {ROOT / 'config' / 'universe.yaml'}")
+    text = text.replace("holdout: {start: null, symbols: []}", "holdout: {symbols: [NOPE]}", 1)
+    path = _write(tmp_path, "settings.yaml", text)
+    with pytest.raises(ConfigError, match=r"environments\.paper\.research\.holdout\.symbols: NOPE"):
+        load_settings(path)
