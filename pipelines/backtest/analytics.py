@@ -187,9 +187,11 @@ def probability_of_backtest_overfitting(performance: F64, n_groups: int = 16) ->
         oos = np.concatenate([blocks[i] for i in range(n_groups) if i not in chosen])
         best = int(np.argmax(sharpe(ins)))
         oos_sr = sharpe(oos)
-        # Relative rank w = r / (n + 1); its logit is below 0 when 2r < n + 1. The exact median
-        # (logit 0, possible with an odd n) is neither above nor below it: it counts one half.
-        r = int((oos_sr < oos_sr[best]).sum()) + 1
-        below += 1.0 if 2 * r < n + 1 else 0.5 if 2 * r == n + 1 else 0.0
+        # Relative rank w = r / (n + 1), with r the mid-rank among ties (configurations that
+        # never traded tie at 0); its logit is below 0 when 2r < n + 1. The exact median
+        # (logit 0) is neither above nor below it: it counts one half.
+        ties = int((oos_sr == oos_sr[best]).sum()) - 1
+        r2 = 2 * int((oos_sr < oos_sr[best]).sum()) + 2 + ties  # twice the mid-rank
+        below += 1.0 if r2 < n + 1 else 0.5 if r2 == n + 1 else 0.0
         total += 1
     return below / total

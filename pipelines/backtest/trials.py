@@ -122,9 +122,9 @@ class MlflowTrialLog:
 
         client = _client(self.tracking_uri)
         exp_id = experiment_id(client, self.tracking_uri, self.experiment)
-        # A trial counts once its last write (the ``complete`` tag) landed: a run left half
-        # written by a crash is ignored, and the trial is recorded again.
-        where = f"tags.family = '{family.replace(chr(39), '')}' and tags.complete = 'true'"
+        # A trial counts once its run is terminated, its last write: a run left half written
+        # by a crash stays RUNNING, is ignored, and the trial is recorded again.
+        where = f"tags.family = '{family.replace(chr(39), '')}' and attributes.status = 'FINISHED'"
         seen = {
             r.data.tags.get("trial_key")
             for r in client.search_runs([exp_id], filter_string=where, max_results=50_000)
@@ -158,7 +158,6 @@ class MlflowTrialLog:
                 ),
                 "daily_returns.json",
             )
-            client.set_tag(rid, "complete", "true")
             client.set_terminated(rid)
             seen.add(t.key)
         runs = client.search_runs([exp_id], filter_string=where, max_results=50_000)

@@ -135,11 +135,17 @@ def scored_holdout_rows(tracking_uri: str, experiment: str, data: pl.DataFrame) 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
+    from mlflow.entities import ViewType
+
     runs = client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{HOLDOUT_EXTENT_TAG}` != ''", max_results=5000
+        [exp.experiment_id],
+        filter_string=f"tags.`{HOLDOUT_EXTENT_TAG}` != ''",
+        run_view_type=ViewType.ALL,  # a deleted run was scored all the same
+        max_results=50_000,
     )
-    for run in runs:
-        extent = json.loads(run.data.tags[HOLDOUT_EXTENT_TAG])
+    extents = {run.data.tags[HOLDOUT_EXTENT_TAG]: run for run in runs}
+    for tag, run in extents.items():
+        extent = json.loads(tag)
         start = None if extent["from"] is None else datetime.fromisoformat(extent["from"])
         hit = data.filter(
             pl.col("symbol").is_in(extent["symbols"])
@@ -151,7 +157,7 @@ def scored_holdout_rows(tracking_uri: str, experiment: str, data: pl.DataFrame) 
                 f"{hit.height} development rows (e.g. {first['symbol']} at {first['ts']}) lie in "
                 f"the holdout that run {run.info.run_id} was scored on "
                 f"(from {extent['from']}, symbols {extent['symbols']}): restore that holdout in "
-                "research.holdout, or train in a new experiment"
+                "research.holdout (to start afresh, use a new MLflow store: QUANTDAG_MLFLOW_URI)"
             )
     return None
 
@@ -331,12 +337,16 @@ def _register(
         decision = decide(
             verdict, rule, None if champion is None else champion.version, rescore_champion
         )
-    except BaseException as exc:
-        # The version exists already: say on it that no decision was made, and why.
+    except Exception as exc:
+        # The version exists already: say on it that no decision was made, and why; a failure
+        # to say so must not hide the error itself.
         reason = f"no decision: comparing with the champion failed ({type(exc).__name__})"
-        client.set_tag(run_id, "registry.decision", "failed")
-        client.set_model_version_tag(name, version, "decision_reason", reason)
-        client.set_model_version_tag(name, version, "deployable", "false")
+        try:
+            client.set_tag(run_id, "registry.decision", "failed")
+            client.set_model_version_tag(name, version, "decision_reason", reason)
+            client.set_model_version_tag(name, version, "deployable", "false")
+        except Exception as tagging:
+            exc.add_note(f"tagging the version as undecided failed too: {tagging}")
         raise
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -386,7 +396,13 @@ def load_version(client: Any, source: str, run_id: str, into: Path) -> FoldFit:
     path = local / "transform.json"
     transform = FeatureTransform.from_json(path.read_text()) if path.exists() else None
     base_rate = float(json.loads((local / "base_rate.json").read_text()))
-    through = datetime.fromisoformat(client.get_run(run_id).data.tags["trained_through"])
+    through_tag = client.get_run(run_id).data.tags.get("trained_through")
+    if through_tag is None:
+        raise ModelError(
+            f"run {run_id} records no trained_through date: what it learnt from is unknown; "
+            "retrain it"
+        )
+    through = datetime.fromisoformat(through_tag)
     return FoldFit(model, Calibrator(cal["method"], cal["params"]), transform, base_rate, through)
 
 
@@ -449,26 +465,28 @@ def score_holdout(
     )
     metrics = holdout_metrics(predictions)
     refuse_if_read()
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, RunTag, ViewType
 
-    fingerprint = holdout_fingerprint(holdout)
+    extent = json.dumps(_extent(holdout), sort_keys=True)
     experiment = client.get_run(mv.run_id).info.experiment_id
     earlier = client.search_runs(
         [experiment],
-        filter_string=f"tags.`{HOLDOUT_FINGERPRINT_TAG}` = '{fingerprint}'",
+        filter_string=f"tags.`{HOLDOUT_EXTENT_TAG}` != ''",
+        run_view_type=ViewType.ALL,
         max_results=50_000,
     )
-    # Every version that reads the same rows spends them a little: the count is shown with
-    # the figures, so that choosing among versions by their holdout score is visible.
-    metrics["reads"] = float(len(earlier) + 1)
+    # Every version that reads the same holdout (its start and symbols, whatever sessions were
+    # added since) spends it a little: the count is shown with the figures, so that choosing
+    # among versions by their holdout score is visible.
+    metrics["reads"] = float(1 + sum(r.data.tags[HOLDOUT_EXTENT_TAG] == extent for r in earlier))
     stamp = int(as_of.timestamp() * 1000)
     client.log_batch(
         mv.run_id,
         metrics=[Metric(f"holdout.{k}", v, stamp, 0) for k, v in metrics.items()],
         tags=[
             RunTag(HOLDOUT_TAG, as_of.isoformat()),
-            RunTag(HOLDOUT_FINGERPRINT_TAG, fingerprint),
-            RunTag(HOLDOUT_EXTENT_TAG, json.dumps(_extent(holdout))),
+            RunTag(HOLDOUT_FINGERPRINT_TAG, holdout_fingerprint(holdout)),
+            RunTag(HOLDOUT_EXTENT_TAG, extent),
         ],
     )
     return HoldoutScore(str(version), mv.run_id, metrics, predictions)

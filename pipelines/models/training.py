@@ -13,6 +13,7 @@ import polars as pl
 
 from pipelines.features.registry import CATEGORIES
 from pipelines.models.estimators import Kind, ModelConfig, ModelError
+from pipelines.models.evaluation import EvaluationError
 from pipelines.models.holdout import HoldoutError
 from pipelines.models.promotion import (
     Comparison,
@@ -213,16 +214,6 @@ def champion_rescore(
     of sample for both."""
 
     def rescore(info: ChampionInfo, load: Callable[[Path], FoldFit]) -> Comparison | Unusable | str:
-        if info.trained_through is None:
-            return "it records no trained_through date"
-        after = info.trained_through + embargo
-        rows = predictions.filter(pl.col("ts") > after)
-        if rows.height < min_rows or rows["y"].n_unique() < 2:
-            return (
-                f"only {rows.height} of the challenger's out-of-sample rows start after "
-                f"{after.isoformat()}, when the champion's training ended (need {min_rows} "
-                "with both classes)"
-            )
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 fit = load(Path(tmp))
@@ -231,13 +222,26 @@ def champion_rescore(
         missing = [c for c in fit.model.features if c not in data.columns]
         if missing:
             return Unusable(f"its features are not in this feature set (e.g. {missing[:3]})")
+        if info.trained_through is None:
+            return Unusable("it records no trained_through date: no row is out of sample for it")
+        after = info.trained_through + embargo
+        rows = predictions.filter(pl.col("ts") > after)
+        if rows.height < min_rows or rows["y"].n_unique() < 2:
+            return (
+                f"only {rows.height} of the challenger's out-of-sample rows start after "
+                f"{after.isoformat()}, when the champion's training ended (need {min_rows} "
+                "with both classes)"
+            )
         frame = rows.select("symbol", "ts", "y", "prob").join(
             data.select("symbol", "ts", *fit.model.features), on=["symbol", "ts"], how="left"
         )
         _, champion = fit.predict(frame)
-        return compare_on_rows(
-            frame["y"].to_numpy(), frame["prob"].to_numpy(), champion, frame["ts"], metric
-        )
+        try:
+            return compare_on_rows(
+                frame["y"].to_numpy(), frame["prob"].to_numpy(), champion, frame["ts"], metric
+            )
+        except EvaluationError as exc:
+            return f"the rows both models never learnt from cannot be compared: {exc}"
 
     return rescore
 

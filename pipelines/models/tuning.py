@@ -127,7 +127,7 @@ def fold_fingerprint(
     the metric. A study is resumed only when all of these are unchanged."""
     rows = np.concatenate([fold.train, fold.validation])
     digest = hashlib.sha256()
-    recipe = (features, weight, base.kind, base.params, base.seed, config.metric, config.max_rounds)
+    recipe = (features, weight, repr(base), config.metric, config.max_rounds, len(fold.train))
     digest.update(repr(recipe).encode())
     columns = [c for c in ("symbol", "ts", "y", weight) if c is not None and c in data.columns]
     digest.update(data[rows].select(*columns, *features).hash_rows(seed=0).to_numpy().tobytes())

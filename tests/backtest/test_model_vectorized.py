@@ -67,6 +67,10 @@ def _ledger_fills(result: object) -> pl.DataFrame:
             BarrierConfig(),
             SizingConfig(capital=1_000_000.0, max_gross=0.5, flat_at_close=True, reference="half"),
         ),
+        (  # the gross cap binds: new bets share what the bets held leave
+            BarrierConfig(max_holding_bars=12),
+            SizingConfig(capital=1_000_000.0, max_gross=0.08, max_position=0.05),
+        ),
     ],
 )
 def test_model_strategy_same_trades_and_pnl(
@@ -102,6 +106,9 @@ def test_model_strategy_same_trades_and_pnl(
         held = event.equity.with_columns(day=pl.col("ts").dt.date())
         last = held.group_by("day").agg(pl.col("gross").last())
         assert (last["gross"] == 0).all(), last
+    if sizing.max_gross < 0.1:
+        gross = event.equity["gross"]
+        assert 0.07e6 < gross.max() < 0.08e6 * 1.05  # type: ignore[operator]
     joined = event.equity.join(fast.equity, on="ts", suffix="_v")
     assert joined.height == event.equity.height
     assert (joined["equity"] - joined["equity_v"]).abs().max() < 0.01  # type: ignore[operator]

@@ -98,6 +98,7 @@ def test_study_reports_trials_dsr_pbo_and_holdout(
     assert m["expected_max_sharpe"] == pytest.approx(
         expected_max_sharpe(len(grid), float(np.var(sharpes, ddof=1)))
     )
+    assert 0.0 < m["deflated_sharpe"] < m["psr"] < 1.0  # reported, and deflated by N > 1
     assert 0.0 <= study.selection.pbo <= 1.0  # type: ignore[operator]
     assert all(math.isfinite(v) for v in m.values())  # undefined figures are listed, not NaN
     # The same grid on the same predictions again is the same trials: N does not grow.
