@@ -47,15 +47,20 @@ def _peer(python: Path, script: str, bars: Path) -> dict[str, float]:
 
 
 def model_paths_agree(bars: pl.DataFrame) -> dict[str, object]:
-    """The model strategy on seeded probabilities (a third of the bars): event == vectorized?"""
+    """The model strategy on seeded probabilities (a third of the bars, against a base rate of
+    0.5): event == vectorized?"""
     barriers = BarrierConfig()
     vol = signal_volatility(bars, barriers)
     rng = np.random.default_rng(5)
     pick = rng.random(vol.height) < 0.33
     signals = vol.filter(pl.Series(pick)).with_columns(
-        prob=pl.Series(rng.uniform(0.3, 0.7, int(pick.sum())))
+        prob=pl.Series(rng.uniform(0.3, 0.7, int(pick.sum()))), base_rate=pl.lit(0.5)
     )
-    sizing = sizing_with_label_exits(SizingConfig(capital=1e7, max_position=0.01), barriers)
+    # 39 symbols at up to 1% each against a 20% gross cap: the cap binds, sharing the room the
+    # bets held leave among the new ones, on both paths.
+    sizing = sizing_with_label_exits(
+        SizingConfig(capital=1e7, max_position=0.01, max_gross=0.2), barriers
+    )
     costs = CostModel(
         slippage_bps=1.0,
         commission_per_share=Decimal("0.005"),

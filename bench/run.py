@@ -52,7 +52,12 @@ def aggregation() -> dict[str, object]:
 
 
 def _json(args: list[str], python: str = sys.executable) -> dict[str, object]:
-    proc = subprocess.run([python, *args], cwd=ROOT, check=True, capture_output=True, text=True)
+    proc = subprocess.run([python, *args], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"bench: `{' '.join(args[:2])}` failed (exit {proc.returncode}); its last words:\n"
+            + "\n".join(proc.stderr.strip().splitlines()[-15:])
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
