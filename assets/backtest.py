@@ -24,6 +24,7 @@ HEADLINE = (
     "total_return",
     "annual_return",
     "sharpe",
+    "sharpe_daily_annualised",
     "deflated_sharpe",
     "n_trials",
     "pbo",

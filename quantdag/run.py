@@ -185,8 +185,8 @@ def research_summary(
         )
     if _v(holdout, "all.rows"):
         lines.append(
-            f"Holdout (read once, by v{_v(holdout, 'model_version')}; "
-            f"{_fmt(_v(holdout, 'reads'), '.0f')} model versions have read it): "
+            f"Holdout (read once, by v{_v(holdout, 'model_version')}; model versions that "
+            f"have read it: {_fmt(_v(holdout, 'reads'), '.0f')}): "
             + "; ".join(_holdout_segment(holdout, k, what) for k, what in HOLDOUT_SEGMENTS)
             + "."
         )

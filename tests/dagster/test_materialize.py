@@ -227,6 +227,15 @@ def test_training_gate_holdout_and_backtest_through_dagster(february) -> None:  
     assert "Holdout (never used" in page
     assert rmeta["n_trials"].value == 5  # 2 thresholds x 2 exits, and the configured pair
     assert rmeta["deployable"].value is False and rmeta["max_drawdown"].value <= 0.0
+    # make run's summary reads this metadata: every figure it names is there, none "undefined".
+    from quantdag.run import research_summary
+
+    lines = research_summary(meta["oos_predictions"], decision, meta["holdout_predictions"], rmeta)
+    backtest = next(line for line in lines if line.startswith("Backtest ("))
+    assert "undefined" not in backtest, backtest
+    assert f"{rmeta['sharpe_daily_annualised'].value:.2f} annualised" in backtest
+    held = next(line for line in lines if line.startswith("Holdout ("))
+    assert "have read it: 1)" in held and "out of time" in held, held
 
     # The holdout was read by this model: reading it again for the same version is refused.
     again = dg.materialize(
