@@ -13,7 +13,7 @@ from pipelines.backtest.broker import BrokerConfig, CostModel
 from pipelines.backtest.model_backtest import Market, run_backtest_study, sizing_with_label_exits
 from pipelines.backtest.report import Section, write_report
 from pipelines.backtest.strategy import SizingConfig
-from pipelines.backtest.trials import MlflowTrialLog
+from pipelines.backtest.trials import MlflowTrialLog, predictions_basis
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FeatureConfig
 from pipelines.labels.partition import barrier_config
@@ -141,7 +141,7 @@ def build_backtest_report_asset(
             market=market,
             trial_log=MlflowTrialLog(mlflow.tracking_uri, f"{mlflow.experiment}-trials"),
             family=f"{universe.name} model strategy ({tf.label})",
-            basis=str(decision["run_id"]),
+            basis=predictions_basis(oos_predictions),
             as_of=datetime.now(UTC),
             holdout=holdout_predictions if holdout_predictions.height else None,
             sections=(gate_section(decision),),

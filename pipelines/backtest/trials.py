@@ -87,6 +87,14 @@ class Trial:
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
+def predictions_basis(predictions: pl.DataFrame) -> str:
+    """The identity of what trials ran on: a digest of the forecasts (``symbol``, ``ts``,
+    ``prob``), whatever order their rows are in. A model retrained to the very same forecasts
+    is the same basis, so re-running a grid on it adds no trial."""
+    keys = predictions.select("symbol", "ts", "prob").sort("symbol", "ts")
+    return hashlib.sha256(keys.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:16]
+
+
 class TrialLog(Protocol):
     """Where trials are kept across runs."""
 

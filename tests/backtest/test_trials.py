@@ -46,3 +46,14 @@ def test_trials_count_once_and_a_crashed_run_is_not_one(tmp_path: Path) -> None:
     assert len(log.record("fam", [a, b], as_of=NOW)) == 2
     sharpes = log.record("fam", [c], as_of=NOW)  # recorded again, in full this time
     assert sorted(sharpes) == pytest.approx(sorted([a.sharpe, b.sharpe, c.sharpe]))
+
+
+def test_the_basis_of_trials_is_the_forecasts_not_the_run() -> None:
+    from pipelines.backtest.trials import predictions_basis
+
+    ts = [datetime(2024, 1, 2, 15, tzinfo=UTC), datetime(2024, 1, 2, 15, 15, tzinfo=UTC)]
+    forecasts = pl.DataFrame({"symbol": ["A", "B"], "ts": ts, "prob": [0.51, 0.47], "fold": [0, 0]})
+    again = forecasts.reverse().with_columns(fold=pl.lit(3))  # other rows' order, other columns
+    other = forecasts.with_columns(prob=pl.Series([0.51, 0.48]))
+    assert predictions_basis(forecasts) == predictions_basis(again)
+    assert predictions_basis(forecasts) != predictions_basis(other)
