@@ -50,9 +50,6 @@ class ModelConfig:
 
 
 def _matrix(frame: pl.DataFrame, features: tuple[str, ...]) -> F64:
-    if len(set(features)) != len(features):
-        twice = sorted({c for c in features if features.count(c) > 1})
-        raise ModelError(f"the feature list names {twice[:5]} more than once; list each once")
     wanted = set(features)
     present = tuple(c for c in frame.columns if c in wanted)
     if present != features:
@@ -181,6 +178,9 @@ def train_classifier(
     """Fit ``config.kind`` on ``train[features]`` with binary target ``y`` (0/1) and optional
     sample weights; early stopping watches ``validation`` only."""
     cols = tuple(features)
+    if len(set(cols)) != len(cols):
+        twice = sorted({c for c in cols if cols.count(c) > 1})
+        raise ModelError(f"the feature list names {twice[:5]} more than once; list each once")
     x = _matrix(train, cols)
     y = np.asarray(y).astype(np.int64)
     _check_target(y, "the training set")

@@ -47,9 +47,13 @@ def session_blocks(ts: pl.Series, max_groups: int = 40) -> I64:
     order (each session its own cluster when there are fewer). Errors clustered on these see
     dependence that lasts several days (a regime), which single sessions do not."""
     sessions = session_clusters(ts)
-    k = int(sessions.max()) + 1 if sessions.size else 0
+    return _contiguous_groups(sessions, int(sessions.max()) + 1 if sessions.size else 0, max_groups)
+
+
+def _contiguous_groups(index: I64, k: int, max_groups: int) -> I64:
+    """Cluster indices 0..k-1 (in time order) cut into at most ``max_groups`` contiguous runs."""
     b = max(1, min(max_groups, k))
-    return np.minimum(sessions * b // max(k, 1), b - 1).astype(np.int64)
+    return np.minimum(index * b // max(k, 1), b - 1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -169,14 +173,15 @@ def stratified_auc(
     cannot create or hide. Its standard error is a grouped jackknife: the clusters (sessions,
     in time order) are cut into at most ``max_groups`` contiguous groups and each group is left
     out in turn. Unlike a linearised (influence) estimate it sees how much the strata's own
-    AUCs differ, which is most of the uncertainty when a stratum holds few sessions."""
+    AUCs differ, which is most of the uncertainty when a stratum holds few sessions. The
+    score's ``clusters`` is the number of groups left out (its degrees of freedom + 1)."""
     y, p, clusters = _check(y, p, clusters)
     codes = np.unique(np.asarray(strata), return_inverse=True)[1].astype(np.int64)
     theta, _ = _stratified(y, p, codes)
     index, k = _cluster_index(clusters)
     if k < 2:
         raise EvaluationError("a clustered standard error needs at least two clusters")
-    groups = np.minimum(index * min(max_groups, k) // k, min(max_groups, k) - 1)
+    groups = _contiguous_groups(index, k, max_groups)
     b = int(groups.max()) + 1
     leave_out = np.empty(b)
     for g in range(b):
@@ -188,7 +193,7 @@ def stratified_auc(
                 "too few sessions to leave one group out and still rank both classes"
             ) from None
     var = (b - 1) / b * float(((leave_out - leave_out.mean()) ** 2).sum())
-    return Score(theta, math.sqrt(var), 0.5, int(y.size), k)
+    return Score(theta, math.sqrt(var), 0.5, int(y.size), b)
 
 
 def auc_difference(y: npt.NDArray[Any], p_a: F64, p_b: F64, clusters: I64) -> Score:

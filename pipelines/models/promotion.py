@@ -119,7 +119,7 @@ def skill_gate(predictions: pl.DataFrame, config: GateConfig) -> GateVerdict:
         f"{config.min_log_loss_z:g} SE (gain {skill.value:+.5f} nats a row, "
         f"z {skill.z:+.2f}, needed {loss_needed:.2f} at {skill.clusters} blocks of sessions)"
     )
-    auc_needed = critical_z(config.min_auc_z, min(auc.clusters, 40))
+    auc_needed = critical_z(config.min_auc_z, auc.clusters)
     auc_ok = auc.z >= auc_needed
     reasons.append(
         f"AUC {auc.value:.4f} (SE {auc.se:.4f}, z {auc.z:+.2f}, needed {auc_needed:.2f}) "

@@ -107,14 +107,7 @@ ChampionRescore = Callable[[ChampionInfo, Callable[[Path], FoldFit]], Comparison
 comparison with the challenger on the same rows, or why there cannot be one."""
 ARTIFACTS_TAG = "artifacts_sha256"
 HOLDOUT_TAG = "holdout.scored_at"
-HOLDOUT_FINGERPRINT_TAG = "holdout.fingerprint"
 HOLDOUT_EXTENT_TAG = "holdout.extent"
-
-
-def holdout_fingerprint(holdout: pl.DataFrame) -> str:
-    """A short digest of which rows (symbol, time) a holdout holds."""
-    keys = holdout.select("symbol", "ts").sort("symbol", "ts")
-    return hashlib.sha256(keys.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:16]
 
 
 def _extent(holdout: pl.DataFrame) -> dict[str, Any]:
@@ -127,6 +120,21 @@ def _extent(holdout: pl.DataFrame) -> dict[str, Any]:
     }
 
 
+def _scored(client: Any, experiment_id: str) -> list[Any]:
+    """Every run of the experiment that scored a holdout, deleted ones included (a deleted run
+    was scored all the same)."""
+    from mlflow.entities import ViewType
+
+    return list(
+        client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{HOLDOUT_EXTENT_TAG}` != ''",
+            run_view_type=ViewType.ALL,
+            max_results=50_000,
+        )
+    )
+
+
 def scored_holdout_rows(tracking_uri: str, experiment: str, data: pl.DataFrame) -> str | None:
     """Why ``data`` (development rows) may not be trained on: it holds rows of a holdout that a
     model of ``experiment`` has already been scored on (moving the holdout would turn rows
@@ -135,15 +143,7 @@ def scored_holdout_rows(tracking_uri: str, experiment: str, data: pl.DataFrame) 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    from mlflow.entities import ViewType
-
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`{HOLDOUT_EXTENT_TAG}` != ''",
-        run_view_type=ViewType.ALL,  # a deleted run was scored all the same
-        max_results=50_000,
-    )
-    extents = {run.data.tags[HOLDOUT_EXTENT_TAG]: run for run in runs}
+    extents = {run.data.tags[HOLDOUT_EXTENT_TAG]: run for run in _scored(client, exp.experiment_id)}
     for tag, run in extents.items():
         extent = json.loads(tag)
         start = None if extent["from"] is None else datetime.fromisoformat(extent["from"])
@@ -465,16 +465,10 @@ def score_holdout(
     )
     metrics = holdout_metrics(predictions)
     refuse_if_read()
-    from mlflow.entities import Metric, RunTag, ViewType
+    from mlflow.entities import Metric, RunTag
 
     extent = json.dumps(_extent(holdout), sort_keys=True)
-    experiment = client.get_run(mv.run_id).info.experiment_id
-    earlier = client.search_runs(
-        [experiment],
-        filter_string=f"tags.`{HOLDOUT_EXTENT_TAG}` != ''",
-        run_view_type=ViewType.ALL,
-        max_results=50_000,
-    )
+    earlier = _scored(client, client.get_run(mv.run_id).info.experiment_id)
     # Every version that reads the same holdout (its start and symbols, whatever sessions were
     # added since) spends it a little: the count is shown with the figures, so that choosing
     # among versions by their holdout score is visible.
@@ -485,7 +479,6 @@ def score_holdout(
         metrics=[Metric(f"holdout.{k}", v, stamp, 0) for k, v in metrics.items()],
         tags=[
             RunTag(HOLDOUT_TAG, as_of.isoformat()),
-            RunTag(HOLDOUT_FINGERPRINT_TAG, holdout_fingerprint(holdout)),
             RunTag(HOLDOUT_EXTENT_TAG, extent),
         ],
     )
