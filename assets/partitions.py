@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import dagster as dg
 
 from pipelines.bars.calendar import NEW_YORK
 from pipelines.config import UniverseConfig
 
 
-def monthly_partitions(universe: UniverseConfig) -> dg.MonthlyPartitionsDefinition:
-    """One partition per New York calendar month over the whole universe.
+def _period_start(d: date, grain: str) -> date:
+    return d.replace(month=1, day=1) if grain == "year" else d.replace(day=1)
+
+
+def _next_period(d: date, grain: str) -> date:
+    if grain == "year":
+        return date(d.year + 1, 1, 1)
+    return date(d.year + (d.month == 12), d.month % 12 + 1, 1)
+
+
+def market_partitions(universe: UniverseConfig) -> dg.TimeWindowPartitionsDefinition:
+    """One partition per New York calendar month (intraday sources) or year (daily sources),
+    from the period holding ``history_start`` to the one holding ``history_end``.
 
     Months keep the count small (12 a year, whatever the number of symbols) and hold whole
-    sessions, so no session is split between partitions. ``end_offset=1`` includes the current
-    month for incremental updates.
+    sessions, so no session is split between partitions; a year of daily bars is as small as a
+    month of 15-minute ones. Without ``history_end`` (live data) the partitions run to the
+    current period, for incremental updates (``end_offset=1`` includes the period under way;
+    it never adds a period after ``history_end``). Keys are the period's first day,
+    ``YYYY-MM-DD``, at either grain.
     """
-    return dg.MonthlyPartitionsDefinition(
-        start_date=universe.history_start.replace(day=1).isoformat(),
+    grain = universe.partition_grain
+    start = _period_start(universe.history_start, grain)
+    end = None if universe.history_end is None else _next_period(universe.history_end, grain)
+    if grain == "month":
+        return dg.MonthlyPartitionsDefinition(
+            start_date=start.isoformat(),
+            end_date=None if end is None else end.isoformat(),
+            timezone=NEW_YORK,
+            end_offset=1,
+        )
+    return dg.TimeWindowPartitionsDefinition(
+        start=start.isoformat(),
+        end=None if end is None else end.isoformat(),
+        cron_schedule="0 0 1 1 *",
+        fmt="%Y-%m-%d",
         timezone=NEW_YORK,
-        end_offset=1,
+        end_offset=1 if end is None else 0,
     )

@@ -12,6 +12,7 @@ import os
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -49,9 +50,12 @@ class UniverseConfig(_Frozen):
         timeframe: 15m          # the bars the source delivers
         session: regular        # regular (09:30-16:00 ET) or extended (04:00-20:00 ET)
         history_start: 2019-01-01
+        history_end: 2019-02-15 # optional: a fixed data set ends here; omit for live data
         aggregate_to: [60m, 1d]
         symbols:
           - {symbol: AAPL, sector: Information Technology}
+
+    A daily source (``timeframe: 1d``) is partitioned by year, an intraday one by month.
     """
 
     name: str
@@ -59,16 +63,19 @@ class UniverseConfig(_Frozen):
     timeframe: str
     session: Literal["regular", "extended"] = "regular"
     history_start: date
+    history_end: date | None = None
     aggregate_to: tuple[str, ...] = ()
     symbols: tuple[SymbolSpec, ...]
 
     @field_validator("timeframe")
     @classmethod
-    def _intraday_timeframe(cls, v: str) -> str:
-        tf = Timeframe.parse(v)
-        if tf.is_daily:
-            raise ValueError("the source timeframe must be intraday (for example 1m or 15m)")
-        return tf.label
+    def _timeframe(cls, v: str) -> str:
+        return Timeframe.parse(v).label
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, v: str) -> str:
+        return known_calendar(v)
 
     @field_validator("aggregate_to")
     @classmethod
@@ -84,6 +91,10 @@ class UniverseConfig(_Frozen):
             seen.add(s.symbol)
         if not self.symbols:
             raise ValueError("the universe has no symbols")
+        if self.history_end is not None and self.history_end < self.history_start:
+            raise ValueError(
+                f"history_end {self.history_end} is before history_start {self.history_start}"
+            )
         base = Timeframe.parse(self.timeframe)
         for t in self.aggregate_to:
             if not base.divides(Timeframe.parse(t)):
@@ -96,6 +107,12 @@ class UniverseConfig(_Frozen):
     @property
     def base_timeframe(self) -> Timeframe:
         return Timeframe.parse(self.timeframe)
+
+    @property
+    def partition_grain(self) -> Literal["month", "year"]:
+        """``year`` for a daily source (a year of daily bars is as small as a month of
+        intraday ones), ``month`` otherwise."""
+        return "year" if self.base_timeframe.is_daily else "month"
 
     @property
     def target_timeframes(self) -> tuple[Timeframe, ...]:
@@ -120,6 +137,16 @@ class ColumnMap(_Frozen):
     symbol: str | None = None
     vwap: str | None = None
     trade_count: str | None = None
+    adj_close: str | None = None
+    """A dividend- and split-adjusted close beside the close (Yahoo's ``Adj Close``): when
+    mapped, open, high, low and close are scaled by ``adj_close / close`` (total return)."""
+
+
+Adjustment = Literal["raw", "split", "total_return", "unknown"]
+"""How a source's prices are adjusted: ``raw`` (as traded; splits show as jumps), ``split``
+(split-adjusted, dividends not), ``total_return`` (splits and dividends), ``unknown``."""
+
+ADJ_CLOSE_NAMES = ("adj close", "adj_close", "adjclose", "adjusted close", "adjusted_close")
 
 
 class FileSourceConfig(_Frozen):
@@ -127,17 +154,68 @@ class FileSourceConfig(_Frozen):
 
     ``pattern`` finds the files; a ``{symbol}`` placeholder in it names each file's symbol (one file
     per symbol). Without it, the files must carry a symbol column (``columns.symbol``).
+    ``format`` defaults to the pattern's extension (``.csv`` or ``.parquet``).
     ``timezone`` is the zone of naive wall-clock timestamps (an IANA name such as
-    ``America/New_York``); ``label`` says whether a bar's timestamp is its ``start`` or ``end``.
+    ``America/New_York``); ``label`` says whether a bar's timestamp is its ``start`` or ``end``
+    (daily bars are labelled by their session date and ignore it).
+    ``timestamp_format`` parses timestamps the built-in ISO forms do not (a strftime format such
+    as ``"%m/%d/%Y %H:%M"``, or ``epoch_s`` / ``epoch_ms`` for Unix time in UTC).
+    ``adjustment`` declares how prices are adjusted; with ``columns.adj_close`` mapped it must
+    be ``total_return``. Example (Yahoo-style daily CSVs)::
+
+        {kind: files, path: data/daily, pattern: "{symbol}.csv", label: end,
+         adjustment: total_return,
+         columns: {timestamp: Date, open: Open, high: High, low: Low, close: Close,
+                   volume: Volume, adj_close: Adj Close}}
     """
 
     kind: Literal["files"] = "files"
     path: str
     pattern: str = "*.parquet"
-    format: Literal["csv", "parquet"] = "parquet"
+    format: Literal["csv", "parquet"] | None = None
     columns: ColumnMap = ColumnMap()
     timezone: str | None = None
     label: Literal["start", "end"]
+    timestamp_format: str | None = None
+    adjustment: Adjustment = "unknown"
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _usable_format(cls, v: str | None) -> str | None:
+        if v is None or v in ("epoch_s", "epoch_ms"):
+            return v
+        if "%" not in v:
+            raise ValueError(
+                f"{v!r} is not a strftime format (e.g. '%m/%d/%Y %H:%M') nor epoch_s / epoch_ms"
+            )
+        return v
+
+    @property
+    def file_format(self) -> Literal["csv", "parquet"]:
+        """``format``, or the one the pattern's extension names."""
+        if self.format is not None:
+            return self.format
+        return "csv" if self.pattern.lower().endswith(".csv") else "parquet"
+
+    @model_validator(mode="after")
+    def _declared_adjustment(self) -> FileSourceConfig:
+        if self.columns.adj_close is not None and self.adjustment != "total_return":
+            raise ValueError(
+                f"columns.adj_close is mapped, which makes prices total-return adjusted: "
+                f"declare `adjustment: total_return` (not {self.adjustment!r}) or unmap it"
+            )
+        suffix = self.pattern.lower().rsplit(".", 1)[-1] if "." in self.pattern else ""
+        if self.format is not None and suffix in ("csv", "parquet") and suffix != self.format:
+            raise ValueError(
+                f"pattern {self.pattern!r} names .{suffix} files but format is "
+                f"{self.format!r}: remove `format:` or make them agree"
+            )
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        return None if v is None else known_zone(v)
 
     @model_validator(mode="after")
     def _symbol_known(self) -> FileSourceConfig:
@@ -147,6 +225,56 @@ class FileSourceConfig(_Frozen):
                 "(for example '{symbol}_15min.csv') or name the column in columns.symbol"
             )
         return self
+
+
+def known_calendar(name: str) -> str:
+    """``name`` if exchange_calendars knows it, else a ValueError listing close names.
+
+    Example: ``known_calendar("XNYS")`` is ``"XNYS"``; ``"NYSEX"`` is refused.
+    """
+    import exchange_calendars as xcals  # imported here: loading it costs ~0.5 s
+
+    names = xcals.get_calendar_names(include_aliases=True)
+    if name in names:
+        return name
+    hint = difflib.get_close_matches(name, names, n=3)
+    also = f" (did you mean {', '.join(hint)}?)" if hint else ""
+    raise ValueError(
+        f"calendar {name!r} is not an exchange_calendars name{also}; US equities use XNYS"
+    )
+
+
+def known_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone, else a ValueError with close names."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        hint = difflib.get_close_matches(name, sorted(available_timezones()), n=3)
+        also = f" (did you mean {', '.join(hint)}?)" if hint else ""
+        raise ValueError(
+            f"time zone {name!r} is not an IANA zone name{also}; e.g. America/New_York"
+        ) from None
+    return name
+
+
+def database_url(url: str) -> str:
+    """``url`` if SQLAlchemy can parse it and names a backend the store supports (SQLite or
+    PostgreSQL), else a ValueError saying what a URL looks like."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    example = "sqlite:///.quantdag/trading.db or postgresql+psycopg://user@host:5432/db"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"{redact_uri(url)!r} is not a database URL; write e.g. {example}"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"database backend {parsed.get_backend_name()!r} is not supported; use {example}"
+        )
+    return url
 
 
 def _without_password(url: str, variable: str) -> str:
@@ -162,16 +290,49 @@ def _without_password(url: str, variable: str) -> str:
 
 class AlpacaSourceConfig(_Frozen):
     """Alpaca historical bars through alpaca-py. Credentials come from the environment only:
-    ``APCA_API_KEY_ID`` and ``APCA_API_SECRET_KEY``."""
+    ``APCA_API_KEY_ID`` and ``APCA_API_SECRET_KEY``.
+
+    ``adjustment``: the corporate-action basis of the prices; ``all`` (split and dividend
+    adjusted) is the default because raw prices turn a split into a fake return. Live trading must
+    use the same basis as the model's training data.
+    ``chunk_days``: days per request window. Example: 5 asks for a week of bars at a time.
+    ``max_retries``: retries of one page on a transient failure (HTTP 429/5xx, a dropped or
+    refused connection, a timeout, a body that is not the JSON Alpaca sends). Example: 6 tries a
+    page at most 7 times.
+    ``backoff_base_s`` / ``backoff_cap_s``: full-jitter backoff between retries, uniform in
+    ``[0, min(cap, base * 2**attempt)]`` seconds. Example: base 1, cap 60 waits at most 1, 2, 4,
+    ... then 60 s.
+    ``connect_timeout_s`` / ``read_timeout_s``: per-request limits in seconds for opening the
+    connection and for each wait on the socket (not the whole response). Example: 5 and 30.
+    ``max_pages``: pages (of up to 10,000 bars) one window may take before it is an error, which
+    stops a server that keeps sending ``next_page_token``. Example: 1000 allows 10 million bars.
+    ``feed_delay_minutes``: how long after a bar closes the feed's history is final; ``None``
+    takes the feed's default (15 for ``sip``, whose last 15 minutes the free plan may not query;
+    1 for ``iex``, which is real time, as a margin for late trades). Example: 0 with a paid SIP
+    subscription.
+    """
 
     kind: Literal["alpaca"] = "alpaca"
     feed: Literal["iex", "sip"] = "iex"
-    adjustment: Literal["raw", "split", "dividend", "all"] = "raw"
+    adjustment: Literal["raw", "split", "dividend", "all"] = "all"
     url_override: str | None = None
     chunk_days: Annotated[int, Field(ge=1, le=31)] = 5
     max_retries: Annotated[int, Field(ge=0, le=20)] = 6
     backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
     backoff_cap_s: Annotated[float, Field(gt=0)] = 60.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_pages: Annotated[int, Field(ge=1)] = 1000
+    feed_delay_minutes: Annotated[int, Field(ge=0, le=24 * 60)] | None = None
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> AlpacaSourceConfig:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError(
+                f"backoff_cap_s ({self.backoff_cap_s}) is below backoff_base_s "
+                f"({self.backoff_base_s}): the cap must be at least the first wait"
+            )
+        return self
 
     @field_validator("url_override")
     @classmethod
@@ -191,10 +352,22 @@ class ValidationConfig(_Frozen):
     flagged as a price jump (kept, not dropped). Example: 0.15 flags a 16% move.
     ``max_quarantine_share``: the asset check warns when more than this share of the rows is
     quarantined. Example: 0.05 warns above 5%.
+    ``min_price`` / ``max_price`` (USD) and ``max_volume`` (shares in one bar): a bar outside
+    them is quarantined as ``implausible_value`` (a unit or decimal error, not a market move).
+    Defaults: 0.0001, 10,000,000 and 100,000,000,000 (the busiest US day trades ~2e10 shares).
     """
 
     max_abs_log_return: Annotated[float, Field(gt=0)] = 0.15
     max_quarantine_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_price: Annotated[float, Field(gt=0)] = 1e-4
+    max_price: Annotated[float, Field(gt=0)] = 1e7
+    max_volume: Annotated[float, Field(gt=0)] = 1e11
+
+    @model_validator(mode="after")
+    def _price_bounds(self) -> ValidationConfig:
+        if self.min_price >= self.max_price:
+            raise ValueError(f"min_price {self.min_price} is not below max_price {self.max_price}")
+        return self
 
 
 class LabelSettings(_Frozen):
@@ -239,7 +412,7 @@ class EnvironmentConfig(_Frozen):
     @field_validator("database_url")
     @classmethod
     def _no_credentials(cls, v: str) -> str:
-        return _without_password(v, "QUANTDAG_DATABASE_URL")
+        return _without_password(database_url(v), "QUANTDAG_DATABASE_URL")
 
 
 class Settings(_Frozen):

@@ -36,7 +36,13 @@ class Timeframe:
             if n != 1:
                 raise ValueError(f"timeframe {text!r}: only '1d' (one session) is supported")
             return cls(minutes=24 * 60, is_daily=True)
-        return cls(minutes=n * 60 if unit == "h" else n)
+        minutes = n * 60 if unit == "h" else n
+        if minutes >= 24 * 60:
+            raise ValueError(
+                f"timeframe {text!r} is a day or longer: write '1d' for daily bars (one "
+                "session, whatever its hours)"
+            )
+        return cls(minutes=minutes)
 
     @property
     def duration(self) -> timedelta:

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import (
+    ConfigError,
     Environment,
     EnvironmentConfig,
     ResearchSettings,
     Settings,
     UniverseConfig,
+    database_url,
     load_settings,
     selected_environment,
 )
@@ -43,7 +45,10 @@ def load_project(environ: dict[str, str] | None = None) -> Project:
     settings, universe = load_settings(path)
     environment = selected_environment(values)
     if environment not in settings.environments:
-        from pipelines.config import ConfigError
-
         raise ConfigError(f"{path}: environments.{environment} is not configured")
+    if values.get("QUANTDAG_DATABASE_URL"):
+        try:
+            database_url(values["QUANTDAG_DATABASE_URL"])
+        except ValueError as exc:
+            raise ConfigError(f"environment variable QUANTDAG_DATABASE_URL: {exc}") from None
     return Project(settings, universe, environment)

@@ -35,14 +35,11 @@ def build_resources(project: Project) -> dict[str, Any]:
         market_data = FileBarSourceResource.from_config(source)
     else:
         assert isinstance(source, AlpacaSourceConfig)
-        market_data = AlpacaBarSourceResource(
+        market_data = AlpacaBarSourceResource.from_config(
+            source,
             api_key=dg.EnvVar("APCA_API_KEY_ID"),
             secret_key=dg.EnvVar("APCA_API_SECRET_KEY"),
-            feed=source.feed,
-            adjustment=source.adjustment,
-            url_override=source.url_override or os.environ.get("APCA_DATA_URL"),
-            chunk_days=source.chunk_days,
-            max_retries=source.max_retries,
+            url_override=os.environ.get("APCA_DATA_URL"),
         )
     return {
         "market_data": market_data,

@@ -5,7 +5,13 @@ from typing import Literal
 
 import dagster as dg
 
-from pipelines.config import AlpacaSourceConfig, ColumnMap, FileSourceConfig, UniverseConfig
+from pipelines.config import (
+    Adjustment,
+    AlpacaSourceConfig,
+    ColumnMap,
+    FileSourceConfig,
+    UniverseConfig,
+)
 from pipelines.data.alpaca import AlpacaBarSource
 from pipelines.data.sources import BarSource, FileBarSource
 
@@ -25,10 +31,12 @@ class FileBarSourceResource(BarSourceResource):
 
     path: str
     pattern: str = "*.parquet"
-    format: Literal["csv", "parquet"] = "parquet"
+    format: str | None = None  # csv or parquet; default: the pattern's extension
     columns: dict[str, str] = {}
     timezone: str | None = None
     label: Literal["start", "end"] = "start"
+    timestamp_format: str | None = None
+    adjustment: Adjustment = "unknown"
 
     @classmethod
     def from_config(cls, config: FileSourceConfig) -> "FileBarSourceResource":
@@ -39,43 +47,87 @@ class FileBarSourceResource(BarSourceResource):
             columns=config.columns.model_dump(exclude_none=True),
             timezone=config.timezone,
             label=config.label,
+            timestamp_format=config.timestamp_format,
+            adjustment=config.adjustment,
         )
 
     def config(self) -> FileSourceConfig:
         return FileSourceConfig(
             path=self.path,
             pattern=self.pattern,
-            format=self.format,
+            format=self.format,  # type: ignore[arg-type]  # checked by FileSourceConfig
             columns=ColumnMap(**self.columns),
             timezone=self.timezone,
             label=self.label,
+            timestamp_format=self.timestamp_format,
+            adjustment=self.adjustment,
         )
 
     def source(self, universe: UniverseConfig) -> FileBarSource:
         return FileBarSource(self.config(), universe.base_timeframe, root=PROJECT_ROOT)
 
 
+_ALPACA = AlpacaSourceConfig()
+
+
 class AlpacaBarSourceResource(BarSourceResource):
-    """Alpaca historical bars through alpaca-py. Pass the keys as ``dg.EnvVar`` so they are read
-    from the environment at run time and never shown in the UI."""
+    """Alpaca historical bars through alpaca-py; the settings are those of
+    :class:`pipelines.config.AlpacaSourceConfig` (build it with :meth:`from_config`). Pass the
+    keys as ``dg.EnvVar`` so they are read from the environment at run time and never shown in
+    the UI. ``adjustment`` is the price basis; live must use the one the model was trained on."""
 
     api_key: str
     secret_key: str
-    feed: Literal["iex", "sip"] = "iex"
-    adjustment: Literal["raw", "split", "dividend", "all"] = "raw"
+    feed: Literal["iex", "sip"] = _ALPACA.feed
+    adjustment: Literal["raw", "split", "dividend", "all"] = _ALPACA.adjustment
     url_override: str | None = None
-    chunk_days: int = 5
-    max_retries: int = 6
+    chunk_days: int = _ALPACA.chunk_days
+    max_retries: int = _ALPACA.max_retries
+    backoff_base_s: float = _ALPACA.backoff_base_s
+    backoff_cap_s: float = _ALPACA.backoff_cap_s
+    connect_timeout_s: float = _ALPACA.connect_timeout_s
+    read_timeout_s: float = _ALPACA.read_timeout_s
+    max_pages: int = _ALPACA.max_pages
+    feed_delay_minutes: int | None = _ALPACA.feed_delay_minutes
+
+    @classmethod
+    def from_config(
+        cls,
+        config: AlpacaSourceConfig,
+        *,
+        api_key: str,
+        secret_key: str,
+        url_override: str | None = None,
+    ) -> "AlpacaBarSourceResource":
+        """Every setting of ``config``; ``url_override`` (e.g. from ``APCA_DATA_URL``) is used
+        when the config has none."""
+        settings = config.model_dump(exclude={"kind", "url_override"})
+        return cls(
+            api_key=api_key,
+            secret_key=secret_key,
+            url_override=config.url_override or url_override,
+            **settings,
+        )
+
+    def config(self) -> AlpacaSourceConfig:
+        """The validated settings (a wrong value is refused here, before any request)."""
+        return AlpacaSourceConfig(
+            feed=self.feed,
+            adjustment=self.adjustment,
+            url_override=self.url_override,
+            chunk_days=self.chunk_days,
+            max_retries=self.max_retries,
+            backoff_base_s=self.backoff_base_s,
+            backoff_cap_s=self.backoff_cap_s,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            max_pages=self.max_pages,
+            feed_delay_minutes=self.feed_delay_minutes,
+        )
 
     def source(self, universe: UniverseConfig) -> AlpacaBarSource:
         return AlpacaBarSource(
-            AlpacaSourceConfig(
-                feed=self.feed,
-                adjustment=self.adjustment,
-                url_override=self.url_override,
-                chunk_days=self.chunk_days,
-                max_retries=self.max_retries,
-            ),
+            self.config(),
             universe.base_timeframe,
             api_key=self.api_key,
             secret_key=self.secret_key,

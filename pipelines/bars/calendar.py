@@ -69,18 +69,35 @@ def _wall_clock(d: pl.Expr, t: time) -> pl.Expr:
     )
 
 
+class CalendarRangeError(ValueError):
+    """A date range the exchange calendar cannot describe; the message names its bounds."""
+
+
+@lru_cache(maxsize=16)
+def exchange_calendar(calendar: str, first_year: int, last_year: int) -> xcals.ExchangeCalendar:
+    """``calendar`` built for whole years ``first_year``..``last_year`` (cached).
+
+    exchange_calendars' own default window is "20 years before today to one year after" as
+    of the wall clock, so a calendar built without bounds answers differently on different
+    days: the bounds here come from the data, never from the clock.
+    """
+    start, end = pd.Timestamp(first_year, 1, 1), pd.Timestamp(last_year, 12, 31)
+    try:
+        return xcals.get_calendar(calendar, start=start, end=end)
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
+        raise CalendarRangeError(
+            f"calendar {calendar} cannot describe {first_year}..{last_year}: {exc}"
+        ) from None
+
+
 @lru_cache(maxsize=32)
 def sessions_between(calendar: str, first: date, last: date) -> SessionCalendar:
     """All sessions of ``calendar`` (an exchange_calendars name such as ``XNYS``) from ``first``
-    to ``last`` inclusive."""
-    cal = xcals.get_calendar(calendar)
-    lo = max(pd.Timestamp(first), cal.first_session)
-    hi = min(pd.Timestamp(last), cal.last_session)
-    if lo > hi:
-        raise ValueError(
-            f"calendar {calendar} covers {cal.first_session.date()}..{cal.last_session.date()}; "
-            f"{first}..{last} is outside it"
-        )
+    to ``last`` inclusive. The calendar is built for those years, whatever today's date is."""
+    if last < first:
+        raise ValueError(f"sessions_between: {last} is before {first}")
+    cal = exchange_calendar(calendar, first.year, last.year)
+    lo, hi = pd.Timestamp(first), pd.Timestamp(last)
     sched = cal.schedule.loc[lo:hi]
     regular_close = pd.Series(
         [cal.closes[d].tz_convert(NEW_YORK).time() for d in sched.index], index=sched.index

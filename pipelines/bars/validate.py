@@ -6,17 +6,24 @@ Rules, in the order a row is judged (the first that fails is its reason):
 ``unparseable_value``      a field could not be parsed (the detail names column and value)
 ``symbol_not_in_universe`` the symbol is not in the configured universe
 ``missing_value``          a timestamp, price or volume is empty or NaN
-``nonpositive_price``      a price is zero, negative or infinite
+``nonfinite_value``        a price, volume or VWAP is infinite
+``implausible_value``      a price outside ``[min_price, max_price]`` or a volume above
+                           ``max_volume`` (:class:`~pipelines.config.ValidationConfig`)
+``nonpositive_price``      a price is zero or negative
 ``negative_volume``        volume below zero
 ``ohlc_violation``         low > min(open, close), high < max(open, close) or low > high
 ``not_a_session``          the New York date is not a session of the exchange calendar
 ``outside_session``        the bar does not lie inside the configured session (regular or
                            extended hours; an early close ends the session early)
 ``off_grid``               the bar start is not on the timeframe's grid from the session open
+                           (``outside_session`` and ``off_grid`` do not apply to daily bars)
 ``duplicate_exact``        the same symbol, time and values as an earlier row (the first is kept)
 ``duplicate_conflict``     the same symbol and time as another row with other values (all kept
                            out: there is no telling which is right)
 =========================  ==================================================================
+
+A daily bar belongs to the session of its timestamp's New York date and is stored with that
+session's regular open as its start, like a daily bar aggregated from intraday bars.
 
 Kept bars carry flags (:class:`~pipelines.data.schema.BarFlag`): price jumps beyond the
 configured threshold, bars of early-close sessions and zero-volume bars are flagged, not dropped.
@@ -51,6 +58,8 @@ RULES = (
     "unparseable_value",
     "symbol_not_in_universe",
     "missing_value",
+    "nonfinite_value",
+    "implausible_value",
     "nonpositive_price",
     "negative_volume",
     "ohlc_violation",
@@ -133,13 +142,16 @@ def _code(rule: str) -> pl.Expr:
     return pl.lit(RULES.index(rule), pl.UInt8)
 
 
-def _first_failure(universe: Iterable[str], tf: Timeframe, session: Session) -> pl.Expr:
+def _first_failure(
+    universe: Iterable[str], tf: Timeframe, session: Session, rules: ValidationConfig
+) -> pl.Expr:
     prices = [pl.col(c) for c in PRICE_COLUMNS]
+    finite = [*prices, pl.col("volume"), pl.col("vwap")]
     tf_us = tf.micros
     seg_start, seg_end = segment_bounds(session)
     bar_end = pl.col("ts") + pl.duration(minutes=tf.minutes)
     offset_us = (pl.col("ts") - seg_start).dt.total_microseconds()
-    return (
+    rule = (
         pl.when(pl.col("parse_error").is_not_null())
         .then(_code("unparseable_value"))
         .when(pl.col("symbol").is_null() | ~pl.col("symbol").is_in(list(universe)))
@@ -149,7 +161,16 @@ def _first_failure(universe: Iterable[str], tf: Timeframe, session: Session) -> 
             | pl.any_horizontal(p.is_null() | p.is_nan() for p in [*prices, pl.col("volume")])
         )
         .then(_code("missing_value"))
-        .when(pl.any_horizontal(p.le(0) | p.is_infinite() for p in prices))
+        .when(pl.any_horizontal(v.is_infinite().fill_null(False) for v in finite))
+        .then(_code("nonfinite_value"))
+        .when(
+            pl.any_horizontal(
+                p.gt(rules.max_price) | p.lt(rules.min_price) & p.gt(0) for p in prices
+            )
+            | pl.col("volume").gt(rules.max_volume)
+        )
+        .then(_code("implausible_value"))
+        .when(pl.any_horizontal(p.le(0) for p in prices))
         .then(_code("nonpositive_price"))
         .when(pl.col("volume") < 0)
         .then(_code("negative_volume"))
@@ -161,7 +182,11 @@ def _first_failure(universe: Iterable[str], tf: Timeframe, session: Session) -> 
         .then(_code("ohlc_violation"))
         .when(pl.col("start").is_null())
         .then(_code("not_a_session"))
-        .when((pl.col("ts") < pl.col("start")) | (bar_end > pl.col("end")))
+    )
+    if tf.is_daily:
+        return rule
+    return (
+        rule.when((pl.col("ts") < pl.col("start")) | (bar_end > pl.col("end")))
         .then(_code("outside_session"))
         .when((offset_us % tf_us != 0) | (bar_end > seg_end))
         .then(_code("off_grid"))
@@ -176,6 +201,24 @@ def _detail(rule: str, session: Session) -> pl.Expr | None:
             "symbol {} is not in the universe", pl.col("symbol").fill_null("<empty>")
         ),
         "missing_value": pl.lit("a timestamp, price or volume is empty or NaN"),
+        "nonfinite_value": pl.format(
+            "open {} high {} low {} close {} volume {} vwap {}",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            pl.col("vwap").fill_null(float("nan")),
+        ),
+        "implausible_value": pl.format(
+            "open {} high {} low {} close {} volume {}: outside the configured bounds "
+            "(validation: min_price, max_price, max_volume)",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+        ),
         "nonpositive_price": pl.format(
             "open {} high {} low {} close {}", "open", "high", "low", "close"
         ),
@@ -238,9 +281,11 @@ def validate_bars(
         cal = sessions_between(calendar, dates.min(), dates.max())  # type: ignore[arg-type]
     else:  # no parseable timestamp at all: every row fails before the calendar is needed
         cal = SessionCalendar(calendar, pl.DataFrame(schema=SESSION_SCHEMA))
-    window = cal.window(session)
+    window = cal.window("regular" if timeframe.is_daily else session)
     df = df.join(window, on="session_date", how="left")
-    df = df.with_columns(_code=_first_failure(universe, timeframe, session))
+    if timeframe.is_daily:
+        df = df.with_columns(ts=pl.coalesce("start", "ts"))
+    df = df.with_columns(_code=_first_failure(universe, timeframe, session, rules))
 
     # Duplicates among the rows that passed every other rule.
     value_cols = [c for c in BAR_SCHEMA if c not in ("symbol", "ts")]
@@ -358,9 +403,12 @@ def calendar_gaps(
     if bars.height == 0:
         return pl.DataFrame(schema=GAP_SCHEMA)
     dates = session_dates(pl.col("ts")) if session_date is None else pl.lit(session_date)
-    window = calendar.window(session).with_columns(
-        expected=((pl.col("end") - pl.col("start")).dt.total_minutes() // timeframe.minutes)
+    per_session = (
+        pl.lit(1)
+        if timeframe.is_daily
+        else (pl.col("end") - pl.col("start")).dt.total_minutes() // timeframe.minutes
     )
+    window = calendar.window(session).with_columns(expected=per_session)
     present = bars.group_by("symbol", session_date=dates).agg(present=pl.len())
     spans = present.group_by("symbol").agg(
         first=pl.col("session_date").min(), last=pl.col("session_date").max()

@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -35,6 +36,12 @@ class BarSource(Protocol):
     ) -> pl.DataFrame:
         """Raw rows of ``symbols`` with bar start in ``[start, end)`` (UTC). Rows of symbols
         outside ``universe`` that the source holds in the same files are returned too."""
+        ...
+
+    def covered_until(self, as_of: datetime) -> datetime:
+        """The instant up to which the source's bars are final as of ``as_of``: bars ending
+        after it may still be open or unpublished (a delayed feed) and are not recorded as
+        fetched."""
         ...
 
 
@@ -67,6 +74,11 @@ class FileBarSource:
     def name(self) -> str:
         return f"files:{self.directory.name}"
 
+    @property
+    def adjustment(self) -> str:
+        """How the files' prices are adjusted, as declared in the source config."""
+        return self.config.adjustment
+
     def files(self, symbols: Sequence[str] | None = None) -> list[tuple[Path, str | None]]:
         """The files to read, with the symbol each holds (None for multi-symbol files)."""
         pattern = self.config.pattern
@@ -85,17 +97,21 @@ class FileBarSource:
 
     def read_file(self, path: Path, symbol: str | None) -> pl.DataFrame:
         """One file as a raw batch (all rows)."""
+        fmt = self.config.file_format
         try:
-            if self.config.format == "csv":
-                df = pl.read_csv(path, infer_schema=False)
-            else:
-                df = pl.read_parquet(path)
+            df = pl.read_csv(path, infer_schema=False) if fmt == "csv" else pl.read_parquet(path)
         except pl.exceptions.NoDataError:
             raise SourceError(f"{path}: the file is empty") from None
         except (OSError, pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
+            suffix = path.suffix.lower().lstrip(".")
+            if suffix in ("csv", "parquet") and suffix != fmt:
+                raise SourceError(
+                    f"{path}: the source reads {fmt} but the file is .{suffix}: set "
+                    f"`format: {suffix}` in the source config (or remove `format:`)"
+                ) from None
             raise SourceError(
-                f"{path}: cannot be read as {self.config.format} ({exc}); the file may be "
-                "truncated or of another format: fetch it again or remove it"
+                f"{path}: cannot be read as {fmt} ({str(exc).splitlines()[0][:160]}); the file "
+                "may be truncated or of another format: fetch it again or remove it"
             ) from None
         if df.schema.get(self.config.columns.symbol or "", None) == pl.Categorical:
             df = df.with_columns(pl.col(self.config.columns.symbol).cast(pl.String))  # type: ignore[arg-type]
@@ -108,6 +124,36 @@ class FileBarSource:
             source=self.name,
             source_file=str(path.name),
             symbol=symbol,
+            timestamp_format=self.config.timestamp_format,
+            adjustment=self.config.adjustment,
+        )
+
+    def covered_until(self, as_of: datetime) -> datetime:
+        """Files hold only finished bars: everything before ``as_of`` is final."""
+        return as_of
+
+    def _require_files(self, files: list[tuple[Path, str | None]], symbols: Sequence[str]) -> None:
+        """Raise unless every symbol has its file (per-symbol patterns only): a missing file
+        would otherwise count as a symbol with no bars and be recorded as covered."""
+        if "{symbol}" not in self.config.pattern:
+            return
+        have = {s for _, s in files}
+        missing = [s for s in symbols if s not in have]
+        if not missing:
+            return
+        by_lower = {p.name.lower(): p.name for p in self.directory.iterdir()}
+        expected = [self.config.pattern.replace("{symbol}", s) for s in missing]
+        close = {
+            e: by_lower[m[0]]
+            for e in expected
+            if (m := difflib.get_close_matches(e.lower(), list(by_lower), n=1, cutoff=0.8))
+        }
+        hint = "".join(f"; {e!r} not found, {c!r} is" for e, c in close.items())
+        raise SourceError(
+            f"{self.directory}: no file for {', '.join(missing)} (expected "
+            f"{', '.join(expected[:5])}{' ...' if len(expected) > 5 else ''}){hint}. Add the "
+            "files, fix their names (the pattern is case-sensitive), or remove the symbols "
+            "from the universe"
         )
 
     def fetch(
@@ -116,7 +162,9 @@ class FileBarSource:
         wanted = set(symbols)
         outside = set(universe)
         frames = []
-        for path, symbol in self.files(symbols):
+        files = self.files(symbols)
+        self._require_files(files, symbols)
+        for path, symbol in files:
             raw = in_window(self.read_file(path, symbol), start, end)
             if symbol is None:
                 raw = raw.filter(
@@ -129,11 +177,12 @@ class FileBarSource:
             return pl.DataFrame(schema=RAW_SCHEMA)
         return pl.concat(frames)
 
-    def available_range(self) -> tuple[datetime, datetime]:
-        """First and last bar start (UTC) over all files; used to pick partitions to load."""
+    def available_range(self, symbols: Sequence[str] | None = None) -> tuple[datetime, datetime]:
+        """First and last bar start (UTC) over the files of ``symbols`` (all files if None);
+        used to pick partitions to load."""
         firsts: list[datetime] = []
         lasts: list[datetime] = []
-        for path, symbol in self.files():
+        for path, symbol in self.files(symbols):
             ts = self.read_file(path, symbol)["ts"].drop_nulls()
             if ts.len():
                 firsts.append(cast(datetime, ts.min()))

@@ -2,8 +2,10 @@
 
 It serves ``GET /v2/stocks/bars`` the way Alpaca does (symbols, timeframe, start, end, limit,
 ``next_page_token`` pagination across symbols, key headers) from a frame of recorded real bars,
-and can be told to misbehave: answer a status (429, 500, 503, ...) or drop the connection in the
-middle of a page, for the next requests, in order.
+and can be told to misbehave, for the next requests in order (:class:`Fault`): answer an HTTP
+error status, drop the connection in the middle of a page, answer 200 with a body of its choosing
+(an HTML page, say) or with the page's JSON cut short, or take the request and not answer. With
+``repeat_token`` it sends the same ``next_page_token`` on every page, as a faulty server might.
 
 Demo: ``python -m quantdag.testing.alpaca_server --port 8765`` serves the bundled sample; point
 the paper environment at it with ``APCA_DATA_URL=http://127.0.0.1:8765``.
@@ -14,12 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from aiohttp import web
@@ -29,11 +32,22 @@ _TIMEFRAMES = {"Min": 1, "Hour": 60, "Day": 1440}
 
 @dataclass
 class Fault:
-    """What to do instead of answering one request: ``status`` (an HTTP error) or ``drop``
-    (send part of the page, then close the connection)."""
+    """What to do instead of answering one request.
 
-    kind: str
+    ``status``: answer HTTP ``status`` with ``headers`` (and ``body`` if given, else a JSON
+    error);
+    ``drop``: send part of the page, then close the connection;
+    ``body``: answer 200 with ``body`` as ``content_type`` (an HTML page, say);
+    ``truncate``: answer 200 with the first half of the page's JSON (a complete response);
+    ``hang``: take the request and answer nothing for ``seconds`` (or until the server stops).
+    """
+
+    kind: Literal["status", "drop", "body", "truncate", "hang"]
     status: int = 0
+    body: str | None = None
+    content_type: str = "text/html"
+    seconds: float = 60.0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,6 +61,7 @@ class AlpacaFakeServer:
     page_limit: int = 10_000
     faults: deque[Fault] = field(default_factory=deque)
     requests: list[dict[str, str]] = field(default_factory=list)
+    repeat_token: bool = False
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +69,7 @@ class AlpacaFakeServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._runner: web.AppRunner | None = None
+        self._release: asyncio.Event | None = None
         self.bars = self.bars.sort("symbol", "ts")
 
     @property
@@ -73,6 +89,8 @@ class AlpacaFakeServer:
             raise RuntimeError("the fake Alpaca server did not start within 10 s")
 
     def stop(self) -> None:
+        if self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -80,6 +98,7 @@ class AlpacaFakeServer:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._release = asyncio.Event()
         app = web.Application()
         app.router.add_get("/v2/stocks/bars", self._bars)
         self._runner = web.AppRunner(app, access_log=None)
@@ -102,10 +121,27 @@ class AlpacaFakeServer:
             )
         fault = self.faults.popleft() if self.faults else None
         if fault is not None and fault.kind == "status":
+            if fault.body is not None:
+                return web.Response(
+                    text=fault.body,
+                    status=fault.status,
+                    content_type=fault.content_type,
+                    headers=fault.headers,
+                )
             return web.json_response(
-                {"code": fault.status, "message": "injected"}, status=fault.status
+                {"code": fault.status, "message": "injected"},
+                status=fault.status,
+                headers=fault.headers,
             )
+        if fault is not None and fault.kind == "body":
+            return web.Response(text=fault.body or "", content_type=fault.content_type)
+        if fault is not None and fault.kind == "hang":
+            assert self._release is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), fault.seconds)
         body = json.dumps(self._page(request.query)).encode()
+        if fault is not None and fault.kind == "truncate":
+            return web.Response(body=body[: len(body) // 2], content_type="application/json")
         if fault is not None and fault.kind == "drop":
             resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             resp.content_length = len(body)
@@ -147,7 +183,9 @@ class AlpacaFakeServer:
                 bar["n"] = r["trade_count"]
             out.setdefault(r["symbol"], []).append(bar)
         more = offset + limit < frame.height
-        token = base64.b64encode(str(offset + limit).encode()).decode() if more else None
+        # A faulty server: every page points to the second page.
+        after = limit if self.repeat_token else offset + limit
+        token = base64.b64encode(str(after).encode()).decode() if more else None
         return {"bars": out, "next_page_token": token}
 
 
