@@ -395,3 +395,23 @@ def test_coverage_ends_at_the_last_final_bar(tmp_path: Path) -> None:
     assert store.read_bars(timeframe="15m", start=window[0], end=window[1])["ts"].max() < datetime(
         2019, 1, 4, 19, 0, tzinfo=UTC
     )
+
+
+def test_vendor_daily_conventions_are_declared_not_guessed(tmp_path: Path) -> None:
+    """Google-Finance-style dates (19-Aug-04) and an index without volume: each convention is
+    declared in the source config, and what is not declared is refused with the fix."""
+    header = "Date,Open,High,Low,Close,Volume"
+    _csv(tmp_path, "GOOG.csv", header, ["19-Aug-04,100.01,104.06,95.96,100.335,44659000"])
+    cols = {
+        "timestamp": "Date",
+        "open": "Open",
+        "high": "High",
+        "low": "Low",
+        "close": "Close",
+        "volume": "Volume",
+    }
+    with pytest.raises(SourceError, match="timestamp_format"):
+        _source(tmp_path, DAILY, columns=cols).fetch(["GOOG"], *ALL_TIME, ["GOOG"])
+    read = _source(tmp_path, DAILY, columns=cols, timestamp_format="%d-%b-%y", adjustment="raw")
+    bars = _validated(read, ["GOOG"], DAILY).bars
+    assert bars["ts"].to_list() == [datetime(2004, 8, 19, 13, 30, tzinfo=UTC)]
