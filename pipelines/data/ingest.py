@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import polars as pl
@@ -65,7 +65,9 @@ def plan_fetch(
 @dataclass(frozen=True)
 class IngestReport:
     """What one ingestion did. ``rows_in == rows_stored + rows_quarantined`` for the rows
-    fetched now; ``bars_changed`` counts rows the database actually inserted or changed."""
+    fetched now; ``bars_changed`` counts rows the database actually inserted or changed,
+    ``bars_deleted`` bars a re-fetch no longer found at the source, ``quarantine_removed``
+    quarantine rows a re-fetch superseded (the row was fixed or removed at the source)."""
 
     window: Interval
     requests: tuple[FetchRequest, ...]
@@ -73,6 +75,8 @@ class IngestReport:
     rows_stored: int = 0
     rows_quarantined: int = 0
     bars_changed: int = 0
+    bars_deleted: int = 0
+    quarantine_removed: int = 0
     quarantine_added: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
     by_symbol: pl.DataFrame = field(default_factory=pl.DataFrame)
@@ -117,12 +121,13 @@ def ingest_window(
     batch: str,
     refetch: bool = False,
 ) -> IngestReport:
-    """Fetch what is missing of ``window`` (never past ``as_of``), validate it and store bars,
-    quarantine rows and coverage in one transaction per request.
+    """Fetch what is missing of ``window`` (never past what the source holds final as of
+    ``as_of``: see :meth:`BarSource.covered_until`), validate it and store bars, quarantine rows
+    and coverage in one transaction per request.
 
     ``batch`` names this ingestion in the quarantine table (for example the partition key).
     """
-    start, end = window[0], min(window[1], as_of)
+    start, end = window[0], min(window[1], source.covered_until(as_of))
     if end <= start:
         return IngestReport(window=window, requests=())
     tf = universe.base_timeframe
@@ -132,7 +137,7 @@ def ingest_window(
     )
     requests = plan_fetch(symbols, (start, end), covered)
     results: list[ValidationResult] = []
-    changed = added = 0
+    changed = added = deleted = removed = 0
     for req in requests:
         raw = source.fetch(req.symbols, req.start, req.end, symbols)
         result = validate_bars(
@@ -146,19 +151,26 @@ def ingest_window(
         )
         del raw  # the batch can be large; only the validated result is needed from here on
         with store.engine.begin() as conn:
-            changed += store.upsert_bars(
-                result.bars, timeframe=tf.label, source=source.name, conn=conn
-            )
-            added += store.add_quarantine(result.quarantine, batch=batch, conn=conn)
-            store.record_coverage(
-                ((s, req.start, req.end) for s in req.symbols),
+            # Supersedes what earlier fetches of this window stored (bars gone at the source are
+            # deleted, quarantine rows fixed there are removed) and records the coverage.
+            written = store.store_fetch(
+                conn,
+                bars=result.bars,
+                quarantined=result.quarantine,
                 source=source.name,
                 timeframe=tf.label,
+                symbols=req.symbols,
+                universe=universe.symbol_names,
+                window=(req.start, req.end),
                 batch=batch,
-                conn=conn,
             )
+            changed += written.bars_changed
+            deleted += written.bars_deleted
+            removed += written.quarantine_removed
+            added += written.quarantine_added
         results.append(result)
-    return _report(window, requests, results, changed, added)
+    report = _report(window, requests, results, changed, added)
+    return replace(report, bars_deleted=deleted, quarantine_removed=removed)
 
 
 def _report(

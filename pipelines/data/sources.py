@@ -38,6 +38,12 @@ class BarSource(Protocol):
         outside ``universe`` that the source holds in the same files are returned too."""
         ...
 
+    @property
+    def adjustment(self) -> str:
+        """How prices are adjusted (``raw``, ``split``, ``total_return``, ``unknown``, or the
+        vendor's own name such as Alpaca's ``all``), recorded with every ingestion."""
+        ...
+
     def covered_until(self, as_of: datetime) -> datetime:
         """The instant up to which the source's bars are final as of ``as_of``: bars ending
         after it may still be open or unpublished (a delayed feed) and are not recorded as

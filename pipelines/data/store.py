@@ -4,6 +4,12 @@ SQLite is the embedded default; a ``postgresql+psycopg://`` URL selects PostgreS
 loads go through ``COPY`` into a temporary table and one ``INSERT ... ON CONFLICT`` upsert. Every
 write is idempotent: writing the same bars again changes no row, and the functions say how many
 rows they changed. Prices are IEEE doubles in both databases and read back bit for bit.
+
+Concurrent runs are safe: migrations run under a lock (a PostgreSQL advisory lock; on SQLite the
+write lock, ``BEGIN IMMEDIATE``), monthly partitions are created under an advisory lock, and a
+SQLite writer waits ``busy_timeout`` seconds for another writer before it fails with a
+:class:`StoreError` saying which file and what to do. A PostgreSQL server that does not answer
+fails after ``connect_timeout`` seconds, naming its host and port.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +44,12 @@ _BAR_COLS = [c.name for c in bars_table.columns]
 _VALUE_COLS = [c for c in _BAR_COLS if c not in ("timeframe", "symbol", "ts")]
 _Q_COLS = [c.name for c in quarantine.columns]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Keys of the PostgreSQL advisory locks (per database) serialising migrations and the creation
+# of monthly partitions across concurrent runs.
+_MIGRATE_LOCK = 0x51_44_41_47_00_01
+_PARTITION_LOCK = 0x51_44_41_47_00_02
+_Q_OWN = ("fingerprint", "batch", "fetch_start", "fetch_end")  # set by the store, not the rows
+_Q_TEXT = ("batch", "source", "source_file", "symbol", "rule", "detail", "raw")
 
 
 class StoreError(RuntimeError):
@@ -52,10 +66,21 @@ def _micros(ts: datetime) -> int:
 @dataclass(frozen=True)
 class WriteCounts:
     """Rows written by one call: ``bars_changed`` counts inserted or changed bars (0 when the
-    same bars are written again); ``quarantine_added`` counts new quarantine rows."""
+    same bars are written again); ``quarantine_added`` counts new quarantine rows;
+    ``bars_deleted`` and ``quarantine_removed`` count the rows a re-fetch superseded (bars gone
+    at the source, quarantine rows fixed or gone there)."""
 
     bars_changed: int = 0
     quarantine_added: int = 0
+    bars_deleted: int = 0
+    quarantine_removed: int = 0
+
+
+def escape_nul(text: str | None) -> str | None:
+    """``text`` with each NUL character replaced by the four visible characters ``\\x00``:
+    PostgreSQL text cannot hold NUL, and quarantine rows must be stored whatever was received.
+    Applied on both databases so that they store the same text."""
+    return None if text is None else text.replace("\x00", "\\x00")
 
 
 def _alembic_config(connection: sa.Connection) -> AlembicConfig:
@@ -68,27 +93,119 @@ def _alembic_config(connection: sa.Connection) -> AlembicConfig:
 class BarStore:
     """Read and write bars, quarantine rows and ingest coverage.
 
+    ``connect_timeout`` (seconds, PostgreSQL; at least 2) bounds the wait for a server to answer
+    a new connection, unless the URL sets ``connect_timeout`` itself. ``busy_timeout`` (seconds,
+    SQLite) is how long a writer waits for another writer to finish before it fails.
+
     Example: ``store = BarStore("sqlite:///.quantdag/trading.db"); store.migrate()``.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, connect_timeout: int = 10, busy_timeout: float = 60.0) -> None:
         if url.startswith("sqlite:///"):
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        self.engine = sa.create_engine(url)
+        parsed = sa.make_url(url)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            connect_args["timeout"] = busy_timeout
+        elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = connect_timeout
+        self.engine = sa.create_engine(url, connect_args=connect_args)
         self.url = url
+        self.connect_timeout = int(parsed.query.get("connect_timeout", connect_timeout))  # type: ignore[arg-type]
+        self.busy_timeout = busy_timeout
+        self._parsed = parsed
+        sa.event.listen(self.engine, "handle_error", self._translate_error)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    # -- errors ----------------------------------------------------------------------------
+    def _translate_error(self, ctx: sa.engine.ExceptionContext) -> None:
+        exc = ctx.original_exception
+        if self.dialect == "sqlite" and _is_locked(exc):
+            raise self._locked_error() from exc
+        if (
+            self.dialect == "postgresql"
+            and ctx.connection is None
+            and isinstance(exc, psycopg.OperationalError)
+        ):
+            raise self._connect_error(exc) from exc
+
+    def _locked_error(self) -> StoreError:
+        where = self._parsed.database or ":memory:"
+        return StoreError(
+            f"the trading database file {where} is locked by another writer: waited "
+            f"{self.busy_timeout:g} s for it. Another run (or a program holding the file open, "
+            "such as a database browser) is writing to it: let it finish and run again, or "
+            "give a longer busy timeout (BarStore(busy_timeout=...), busy_timeout_s of "
+            "TradingDatabaseResource)"
+        )
+
+    def _connect_error(self, exc: BaseException) -> StoreError:
+        where = f"{self._parsed.host or 'localhost'}:{self._parsed.port or 5432}"
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        reason = reason or type(exc).__name__
+        if self._parsed.password:
+            reason = reason.replace(str(self._parsed.password), "***")
+        if "timeout" in reason.lower():
+            return StoreError(
+                f"the trading database server at {where} did not answer within "
+                f"{self.connect_timeout} s ({reason}): check that PostgreSQL is up and reachable "
+                "there, or give a longer connect timeout (connect_timeout=... in the URL or "
+                "BarStore(connect_timeout=...))"
+            )
+        return StoreError(
+            f"cannot connect to the trading database server at {where} ({reason}): check that "
+            "PostgreSQL is up there and that the URL's host, port, database and user are right"
+        )
+
+    @contextmanager
+    def _sqlite_locked(self) -> Iterator[None]:
+        # For statements run on the raw DBAPI cursor, which SQLAlchemy's error events miss.
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if _is_locked(exc):
+                raise self._locked_error() from exc
+            raise
+
+    # -- transactions ----------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction, committed at the end of the block and rolled back on error.
+        On SQLite it takes the write lock at once (``BEGIN IMMEDIATE``), waiting up to
+        ``busy_timeout`` for another writer, so that it cannot fail half-way for want of it."""
+        with self.engine.begin() as conn:
+            self.lock_for_write(conn)
+            yield conn
+
+    def lock_for_write(self, conn: sa.Connection) -> None:
+        """On SQLite, take the write lock for ``conn``'s transaction now if nothing has been
+        written in it yet (a no-op on PostgreSQL, whose row locks need no such step). Call it
+        first inside ``with store.engine.begin() as conn:`` before writing."""
+        if self.dialect != "sqlite":
+            return
+        raw = conn.connection.dbapi_connection
+        if not raw.in_transaction:  # type: ignore[union-attr]
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
     # -- schema ----------------------------------------------------------------------------
     def migrate(self) -> str:
-        """Bring the schema to the newest migration; return its revision."""
+        """Bring the schema to the newest migration; return its revision. Safe to call from
+        concurrent runs: they take turns, and the later ones find nothing left to do."""
+        head = _head()
+        if self.schema_version() == head:
+            return head  # without waiting for the lock another run's long write may hold
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK)))
+            else:
+                self.lock_for_write(conn)
             command.upgrade(_alembic_config(conn), "head")
         return self.schema_version() or ""
 
@@ -99,7 +216,7 @@ class BarStore:
             ).get_current_revision()
 
     def require_schema(self) -> None:
-        head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()  # type: ignore[arg-type]
+        head = _head()
         current = self.schema_version()
         if current != head:
             raise StoreError(
@@ -109,18 +226,48 @@ class BarStore:
 
     # -- bars ------------------------------------------------------------------------------
     def _ensure_partitions(self, conn: sa.Connection, frame: pl.DataFrame) -> None:
+        if frame.height == 0:
+            return
         kind = conn.execute(
             sa.text("SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass('bars')")
         ).scalar()
         if kind != "p":
             return
         months = frame.select(pl.col("ts").dt.truncate("1mo").unique()).to_series().to_list()
+        missing = [
+            m
+            for m in months
+            if conn.execute(
+                sa.text("SELECT to_regclass(:name)"), {"name": _partition_name(m)}
+            ).scalar()
+            is None
+        ]
+        if not missing:
+            return
+        holds_bars = conn.execute(
+            sa.text(
+                "SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation' "
+                "AND relation = to_regclass('bars')"
+            )
+        ).first()
+        if holds_bars:
+            # This transaction already uses ``bars``: a second connection would wait for it.
+            self._create_partitions(conn, missing)
+        else:
+            # Its own short transaction, so that the lock it takes on ``bars`` is not held for
+            # the whole load (the partitions outlive a rolled-back load, empty and harmless).
+            with self.engine.begin() as side:
+                self._create_partitions(side, missing)
+
+    @staticmethod
+    def _create_partitions(conn: sa.Connection, months: list[datetime]) -> None:
+        # Concurrent runs take turns; IF NOT EXISTS then skips what the other one created.
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PARTITION_LOCK)))
         for m in months:
             nxt = datetime(m.year + (m.month == 12), m.month % 12 + 1, 1, tzinfo=UTC)
-            name = f"bars_p{m.year:04d}{m.month:02d}"
             conn.exec_driver_sql(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF bars FOR VALUES FROM "
-                f"('{m.isoformat()}') TO ('{nxt.isoformat()}')"
+                f"CREATE TABLE IF NOT EXISTS {_partition_name(m)} PARTITION OF bars FOR VALUES "
+                f"FROM ('{m.isoformat()}') TO ('{nxt.isoformat()}')"
             )
 
     def upsert_bars(
@@ -129,17 +276,26 @@ class BarStore:
         """Insert or update ``bars`` (stored schema) for ``timeframe``; return rows changed."""
         if bars.height == 0:
             return 0
-        frame = bars.select(
+        frame = self._bar_frame(bars, timeframe=timeframe, source=source)
+        if conn is None:
+            with self.transaction() as c:
+                return self._upsert(c, frame)[0]
+        self.lock_for_write(conn)
+        return self._upsert(conn, frame)[0]
+
+    @staticmethod
+    def _bar_frame(bars: pl.DataFrame, *, timeframe: str, source: str) -> pl.DataFrame:
+        return bars.select(
             pl.lit(timeframe).alias("timeframe"),
             *(pl.col(c).cast(t) for c, t in STORED_BAR_SCHEMA.items()),
             pl.lit(source).alias("source"),
         ).select(_BAR_COLS)
-        if conn is None:
-            with self.engine.begin() as c:
-                return self._upsert(c, frame)
-        return self._upsert(conn, frame)
 
-    def _upsert(self, conn: sa.Connection, frame: pl.DataFrame) -> int:
+    def _upsert(
+        self, conn: sa.Connection, frame: pl.DataFrame, prune: _Prune | None = None
+    ) -> tuple[int, int]:
+        """Upsert ``frame``; with ``prune``, also delete the bars of that source, timeframe,
+        symbols and window that ``frame`` does not hold. Returns (rows changed, rows deleted)."""
         cols = ", ".join(f'"{c}"' for c in _BAR_COLS)
         changed = " OR ".join(
             f'bars."{c}" IS DISTINCT FROM excluded."{c}"'
@@ -155,20 +311,70 @@ class BarStore:
                 "CREATE TEMP TABLE IF NOT EXISTS bars_load "
                 "(LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP"
             )
-            self._copy(conn, "bars_load", frame)
-            result = conn.exec_driver_sql(
-                f"INSERT INTO bars ({cols}) SELECT {cols} FROM bars_load {conflict}"
-            )
+            n = deleted = 0
+            if frame.height:
+                self._copy(conn, "bars_load", frame)
+                n = int(
+                    conn.exec_driver_sql(
+                        f"INSERT INTO bars ({cols}) SELECT {cols} FROM bars_load {conflict}"
+                    ).rowcount
+                )
+            if prune is not None:
+                # Freshly loaded partitions have no statistics yet, so the planner may pick a
+                # nested loop for the anti-join below: an index keeps that one fast too.
+                conn.exec_driver_sql("CREATE INDEX ON bars_load (timeframe, symbol, ts)")
+                conn.exec_driver_sql("ANALYZE bars_load")
+                deleted = self._prune(conn, prune, "bars_load")
             conn.exec_driver_sql("DROP TABLE bars_load")
-            return int(result.rowcount)
+            return n, deleted
         rows = frame.with_columns(pl.col("ts").dt.epoch("us")).rows()
         marks = ", ".join("?" for _ in _BAR_COLS)
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cur.executemany(f"INSERT INTO bars ({cols}) VALUES ({marks}) {conflict}", rows)
-            return int(cur.rowcount)
+            with self._sqlite_locked():
+                n = 0
+                if rows:
+                    cur.executemany(f"INSERT INTO bars ({cols}) VALUES ({marks}) {conflict}", rows)
+                    n = int(cur.rowcount)
+                if prune is None:
+                    return n, 0
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS bars_keys "
+                    "(timeframe TEXT, symbol TEXT, ts INTEGER, PRIMARY KEY (timeframe, symbol, ts))"
+                )
+                cur.execute("DELETE FROM temp.bars_keys")
+                cur.executemany(
+                    "INSERT OR IGNORE INTO temp.bars_keys VALUES (?, ?, ?)",
+                    [(r[0], r[1], r[2]) for r in rows],
+                )
         finally:
             cur.close()
+        deleted = self._prune(conn, prune, "temp.bars_keys")
+        conn.exec_driver_sql("DROP TABLE temp.bars_keys")
+        return n, deleted
+
+    def _prune(self, conn: sa.Connection, prune: _Prune, keys: str) -> int:
+        stmt = sa.text(
+            "DELETE FROM bars WHERE timeframe = :tf AND source = :source AND symbol IN :symbols "
+            "AND ts >= :start AND ts < :end AND NOT EXISTS (SELECT 1 FROM "
+            f"{keys} k WHERE k.timeframe = bars.timeframe AND k.symbol = bars.symbol "
+            "AND k.ts = bars.ts)"
+        ).bindparams(sa.bindparam("symbols", expanding=True))
+        result = conn.execute(
+            stmt,
+            {
+                "tf": prune.timeframe,
+                "source": prune.source,
+                "symbols": list(prune.symbols),
+                "start": self._ts(prune.start),
+                "end": self._ts(prune.end),
+            },
+        )
+        return int(result.rowcount)
+
+    def _ts(self, ts: datetime) -> datetime | int:
+        """A time as this database's ``UtcTimestamp`` column holds it."""
+        return ts if self.dialect == "postgresql" else _micros(ts)
 
     @staticmethod
     def _copy(conn: sa.Connection, table: str, frame: pl.DataFrame, chunk: int = 100_000) -> None:
@@ -284,30 +490,60 @@ class BarStore:
 
     # -- quarantine ------------------------------------------------------------------------
     def add_quarantine(
-        self, rows: pl.DataFrame, *, batch: str, conn: sa.Connection | None = None
+        self,
+        rows: pl.DataFrame,
+        *,
+        batch: str,
+        conn: sa.Connection | None = None,
+        fetched: tuple[datetime, datetime] | None = None,
     ) -> int:
         """Record quarantined rows (validation's quarantine schema); rows already recorded are
-        skipped, so recording the same batch twice adds nothing. Returns rows added."""
+        skipped, so recording the same batch twice adds nothing. Returns rows added.
+
+        ``fetched`` is the window ``[start, end)`` of the fetch the rows came from (see
+        :meth:`store_fetch`). NUL characters in the text are stored as the visible ``\\x00``
+        (:func:`escape_nul`) on both databases."""
+        records = self._quarantine_records(rows, batch=batch, fetched=fetched)
+        if conn is None:
+            with self.transaction() as c:
+                return self._insert_quarantine(c, records)
+        self.lock_for_write(conn)
+        return self._insert_quarantine(conn, records)
+
+    def _quarantine_records(
+        self, rows: pl.DataFrame, *, batch: str, fetched: tuple[datetime, datetime] | None
+    ) -> list[dict[str, Any]]:
         if rows.height == 0:
-            return 0
+            return []
         keyed = rows.with_columns(
             _occ=pl.int_range(pl.len()).over("source", "source_file", "symbol", "ts", "rule", "raw")
         )
+        start, end = (
+            (None, None) if fetched is None else (self._ts(fetched[0]), self._ts(fetched[1]))
+        )
         records = []
         for r in keyed.iter_rows(named=True):
+            # The fingerprint is of the text as received (before escaping), as it always was.
             key = "\x1f".join(
                 str(r[k]) for k in ("source", "source_file", "symbol", "ts", "rule", "raw", "_occ")
             )
-            records.append(
-                {
-                    "fingerprint": hashlib.sha256(key.encode()).hexdigest(),
-                    "batch": batch,
-                    **{k: r[k] for k in _Q_COLS if k not in ("fingerprint", "batch")},
-                }
-            )
-        if self.dialect == "sqlite":
-            for rec in records:
-                rec["ts"] = None if rec["ts"] is None else _micros(rec["ts"])
+            rec = {k: r[k] for k in _Q_COLS if k not in _Q_OWN}
+            rec |= {
+                "fingerprint": hashlib.sha256(key.encode()).hexdigest(),
+                "batch": batch,
+                "fetch_start": start,
+                "fetch_end": end,
+            }
+            for k in _Q_TEXT:
+                rec[k] = escape_nul(rec[k])
+            if rec["ts"] is not None:
+                rec["ts"] = self._ts(rec["ts"])
+            records.append(rec)
+        return records
+
+    def _insert_quarantine(self, conn: sa.Connection, records: list[dict[str, Any]]) -> int:
+        if not records:
+            return 0
         ins = (
             (
                 postgresql.insert(quarantine)
@@ -317,10 +553,76 @@ class BarStore:
             .on_conflict_do_nothing(index_elements=["fingerprint"])
             .returning(quarantine.c.fingerprint)
         )
-        if conn is None:
-            with self.engine.begin() as c:
-                return len(c.execute(ins, records).fetchall())
         return len(conn.execute(ins, records).fetchall())
+
+    # -- one fetch ---------------------------------------------------------------------------
+    def store_fetch(
+        self,
+        conn: sa.Connection,
+        *,
+        bars: pl.DataFrame,
+        quarantined: pl.DataFrame,
+        source: str,
+        timeframe: str,
+        symbols: Sequence[str],
+        universe: Sequence[str],
+        window: tuple[datetime, datetime],
+        batch: str,
+    ) -> WriteCounts:
+        """Store what one fetch of ``symbols`` over ``window`` = ``[start, end)`` from ``source``
+        returned (validated ``bars`` and ``quarantined`` rows), superseding what earlier fetches
+        of that window stored, and record the window as covered; all in ``conn``'s transaction.
+
+        After it, the window holds exactly this fetch: rows the source has for it = bars stored
+        + rows quarantined. Superseded, and deleted unless this fetch has them again:
+
+        - bars of ``source`` and ``timeframe`` for ``symbols`` with ``start <= ts < end``;
+        - quarantine rows of ``source`` whose symbol is one of ``symbols``, null, or outside
+          ``universe`` (a source returns such rows with every request), and whose time lies in
+          the window, or, for rows whose time could not be parsed, whose fetch window lies
+          inside this one. A row without a time quarantined by a fetch that only overlaps this
+          window is kept: it may belong to the part outside. Rows quarantined before schema
+          0002 have no fetch window and are kept when their time is null.
+
+        Rows this fetch has again are left as they are, so a re-fetch of an unchanged source
+        changes nothing (all counts 0).
+        """
+        start, end = window
+        self.lock_for_write(conn)
+        frame = self._bar_frame(bars, timeframe=timeframe, source=source)
+        prune = _Prune(source, timeframe, tuple(symbols), start, end)
+        changed, deleted = self._upsert(conn, frame, prune)
+        records = self._quarantine_records(quarantined, batch=batch, fetched=window)
+        q = quarantine.c
+        syms = [escape_nul(s) for s in symbols]
+        superseded = sa.select(q.fingerprint).where(
+            q.source == escape_nul(source),
+            sa.or_(q.symbol.in_(syms), q.symbol.is_(None), q.symbol.not_in(list(universe))),
+            sa.or_(
+                sa.and_(q.ts >= self._ts(start), q.ts < self._ts(end)),
+                sa.and_(
+                    q.ts.is_(None), q.fetch_start >= self._ts(start), q.fetch_end <= self._ts(end)
+                ),
+            ),
+        )
+        keep = {r["fingerprint"] for r in records}
+        stale = [f for f in conn.execute(superseded).scalars() if f not in keep]
+        for i in range(0, len(stale), 500):
+            conn.execute(sa.delete(quarantine).where(q.fingerprint.in_(stale[i : i + 500])))
+        added = self._insert_quarantine(conn, records)
+        self.record_coverage(
+            ((s, start, end) for s in symbols),
+            source=source,
+            timeframe=timeframe,
+            batch=batch,
+            conn=conn,
+        )
+        return WriteCounts(
+            bars_changed=changed,
+            quarantine_added=added,
+            bars_deleted=deleted,
+            quarantine_removed=len(stale),
+        )
 
     def read_quarantine(
         self, *, start: datetime, end: datetime, batch: str | None = None
@@ -425,3 +727,28 @@ class BarStore:
             set_={"end": ins.excluded.end, "batch": ins.excluded.batch},
         )
         conn.execute(stmt, records)
+
+
+@dataclass(frozen=True)
+class _Prune:
+    """Bars of ``source`` and ``timeframe`` for ``symbols`` in ``[start, end)`` that a load
+    supersedes."""
+
+    source: str
+    timeframe: str
+    symbols: tuple[str, ...]
+    start: datetime
+    end: datetime
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()  # type: ignore[arg-type]
+    return str(head)
+
+
+def _partition_name(month: datetime) -> str:
+    return f"bars_p{month.year:04d}{month.month:02d}"
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)

@@ -1,7 +1,9 @@
 """Tables of the trading database (SQLAlchemy Core).
 
 The schema itself is created and changed only by the versioned migrations in
-``pipelines/data/migrations``; these definitions are what the code reads and writes.
+``pipelines/data/migrations``; these definitions are what the code reads and writes. Text that
+comes from outside (symbols, source and file names, batch names) is unbounded ``text``, so that
+whatever a source sends can be stored or quarantined alike on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ bars = Table(
     "bars",
     metadata,
     Column("timeframe", String(8), primary_key=True),
-    Column("symbol", String(16), primary_key=True),
+    Column("symbol", Text, primary_key=True),
     Column("ts", UtcTimestamp(), primary_key=True),
     Column("open", Float(53), nullable=False),
     Column("high", Float(53), nullable=False),
@@ -53,31 +55,35 @@ bars = Table(
     Column("trade_count", BigInteger),
     Column("bar_count", Integer, nullable=False),
     Column("flags", Integer, nullable=False),
-    Column("source", String(64), nullable=False),
+    Column("source", Text, nullable=False),
 )
 
 quarantine = Table(
     "quarantine",
     metadata,
     Column("fingerprint", String(64), primary_key=True),
-    Column("batch", String(200), nullable=False),
-    Column("source", String(64), nullable=False),
+    Column("batch", Text, nullable=False),
+    Column("source", Text, nullable=False),
     Column("source_file", Text, nullable=False),
     Column("source_row", BigInteger, nullable=False),
-    Column("symbol", String(64)),
+    Column("symbol", Text),
     Column("ts", UtcTimestamp()),
     Column("rule", String(40), nullable=False),
     Column("detail", Text),
     Column("raw", Text, nullable=False),
+    # The interval [fetch_start, fetch_end) of the fetch that quarantined the row: a later fetch
+    # of a window containing it supersedes the row even when its own time could not be parsed.
+    Column("fetch_start", UtcTimestamp()),
+    Column("fetch_end", UtcTimestamp()),
 )
 
 ingest_coverage = Table(
     "ingest_coverage",
     metadata,
-    Column("source", String(64), primary_key=True),
+    Column("source", Text, primary_key=True),
     Column("timeframe", String(8), primary_key=True),
-    Column("symbol", String(16), primary_key=True),
+    Column("symbol", Text, primary_key=True),
     Column("start", UtcTimestamp(), primary_key=True),
     Column("end", UtcTimestamp(), nullable=False),
-    Column("batch", String(200), nullable=False),
+    Column("batch", Text, nullable=False),
 )

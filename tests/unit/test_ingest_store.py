@@ -41,6 +41,9 @@ class RecordingSource:
         self.calls.append((tuple(symbols), start, end))
         return self.inner.fetch(symbols, start, end, universe)
 
+    def covered_until(self, as_of: datetime) -> datetime:
+        return self.inner.covered_until(as_of)
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> BarStore:
@@ -161,9 +164,9 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
     fresh = BarStore(f"sqlite:///{tmp_path / 'new.db'}")
     with pytest.raises(StoreError, match=r"run BarStore\.migrate"):
         fresh.require_schema()
-    assert fresh.migrate() == "0001"
+    assert fresh.migrate() == "0002"
     fresh.require_schema()
-    assert fresh.migrate() == "0001"  # idempotent
+    assert fresh.migrate() == "0002"  # idempotent
 
 
 def test_quarantined_rows_without_a_time_are_found_by_batch(
