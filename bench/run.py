@@ -135,6 +135,18 @@ def backtest() -> dict[str, object]:
     return speed | check
 
 
+def daily() -> dict[str, object]:
+    """`daily.*`: the S&P 500 daily set (505 symbols) through ingestion (per-symbol CSVs, one
+    yearly partition at a time), features, labels, the quick walk-forward and the backtest."""
+    if not (SHARED / "sp500_daily_2013_2018.parquet").exists():
+        print(
+            f"bench: daily skipped: it needs sp500_daily_2013_2018.parquet in {SHARED} (absent)",
+            file=sys.stderr,
+        )
+        return {}
+    return _json(["-m", "bench.daily", "--shared", str(SHARED)])
+
+
 BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
 PARTS = {
     "ingest": ingest,
@@ -142,6 +154,7 @@ PARTS = {
     "features": features,
     "training": training,
     "backtest": backtest,
+    "daily": daily,
 }
 
 

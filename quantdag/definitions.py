@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dagster as dg
 
 from assets.backtest import build_backtest_report_asset
 from assets.bars import build_bar_assets
 from assets.research import build_research_assets
-from assets.training import build_training_set_asset, holdout_predictions, walk_forward_models
+from assets.training import (
+    build_training_set_asset,
+    build_walk_forward_models_asset,
+    holdout_predictions,
+)
 from jobs import build_jobs
 from jobs.schedules import build_nightly_retraining_schedule
 from pipelines.models.holdout import HoldoutConfig
+from pipelines.models.training import embargo_for
 from quantdag.project import PROJECT_ROOT, Project, load_project
 from quantdag.resources import build_resources
 from sensors.nightly import build_nightly_sensors
@@ -27,7 +34,7 @@ def build_definitions(project: Project) -> dg.Definitions:
             *bars,
             *research,
             build_training_set_asset([bars[0], *research], holdout_config(project)),
-            walk_forward_models,
+            build_walk_forward_models_asset(training_embargo(project)),
             holdout_predictions,
             build_backtest_report_asset(project.universe, project.settings, PROJECT_ROOT),
         ],
@@ -42,7 +49,12 @@ def holdout_config(project: Project) -> HoldoutConfig:
     """The environment's research.holdout (else the top-level one) as the core's
     :class:`HoldoutConfig`."""
     h = project.research.holdout
-    return HoldoutConfig(start=h.start, symbols=h.symbols)
+    return HoldoutConfig(start=h.start, symbols=h.symbols, embargo=training_embargo(project))
+
+
+def training_embargo(project: Project) -> timedelta:
+    """The embargo after held-out rows: the labels' horizon, in the source's bars."""
+    return embargo_for(project.universe.base_timeframe, project.settings.labels.max_holding_bars)
 
 
 defs = build_definitions(load_project())

@@ -121,13 +121,23 @@ class FeatureConfig:
 
     @property
     def bars_per_session(self) -> int:
+        """Bars in a full session: one for daily bars, whatever the session's hours."""
+        if self.timeframe.is_daily:
+            return 1
         minutes = 390 if self.session == "regular" else 16 * 60
         return math.ceil(minutes / self.timeframe.minutes)
 
 
 def feature_registry(config: FeatureConfig) -> FeatureRegistry:
-    """Every feature for ``config``: the per-symbol library, multi-timeframe, cross-sectional."""
-    reg = build_registry(config.bars_per_session)
+    """Every feature for ``config``: the per-symbol library, multi-timeframe, cross-sectional.
+
+    On daily bars every window counts sessions, and there is no multi-timeframe context: the
+    last closed session of a daily bar is the bar itself (its ``mtf_1d_*`` would repeat
+    ``statistical_ret_1`` and the like), and no 60-minute bar can be built from it. The
+    intraday-only session features are left out too (see
+    :func:`pipelines.features.library.register_intraday`)."""
+    daily = config.timeframe.is_daily
+    reg = build_registry(config.bars_per_session, daily)
     per_day = config.bars_per_session
     hourly = 60 // config.timeframe.minutes if 60 % config.timeframe.minutes == 0 else 0
     if hourly:
@@ -144,12 +154,13 @@ def feature_registry(config: FeatureConfig) -> FeatureRegistry:
             ("mtf_60m_pos_4", 4, "close's position in the range of the last 4 closed 60m bars"),
         ):
             reg.add(_column_spec(name, "mtf", warm60(k), desc, "open,high,low,close"))
-    for name, k, desc in (
+    sessions = (
         ("mtf_1d_ret_1", 2, "return of the last closed session (close to close)"),
         ("mtf_1d_pos_1", 1, "close's position in the last closed session's range"),
         ("mtf_1d_sma_5", 5, "close / SMA(5) of closed sessions' closes - 1"),
         ("mtf_1d_atr_5", 6, "mean true range of the last 5 closed sessions / close"),
-    ):
+    )
+    for name, k, desc in () if daily else sessions:
         reg.add(_column_spec(name, "mtf", (k + 1) * per_day, desc, "high,low,close"))
     for base in XS_BASES:
         warm = reg[base].warmup

@@ -779,47 +779,52 @@ def register_micro(reg: FeatureRegistry) -> None:
     )
 
 
-def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
-    _add(
-        reg,
-        "intraday_tod_1_frac",
-        "ts",
-        0,
-        "time of day: fraction of the session elapsed",
-        col("_tod_frac"),
-    )
-    _add(
-        reg,
-        "intraday_tod_1_sin",
-        "ts",
-        0,
-        "time of day on the unit circle (sine)",
-        (2.0 * math.pi * col("_tod_frac")).sin(),
-    )
-    _add(
-        reg,
-        "intraday_bars_1_since_open",
-        "ts",
-        0,
-        "bars since the session open",
-        col("_bars_since_open"),
-    )
-    _add(
-        reg,
-        "intraday_bars_1_to_close",
-        "ts",
-        0,
-        "bars left until the session close",
-        col("_bars_to_close"),
-    )
-    _add(
-        reg,
-        "intraday_orange_30_pos",
-        "high,low,close",
-        0,
-        "position in the first 30 minutes' range (the range so far, inside those minutes)",
-        col("_or_pos"),
-    )
+def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1, daily: bool = False) -> None:
+    """The session features. On daily bars (``daily``) a bar is the whole session: time of day,
+    bars since the open or to the close and the opening range say nothing there (they would be
+    constant, or the bar's own range), so only the overnight gap and the close against the
+    session's typical price are registered."""
+    if not daily:
+        _add(
+            reg,
+            "intraday_tod_1_frac",
+            "ts",
+            0,
+            "time of day: fraction of the session elapsed",
+            col("_tod_frac"),
+        )
+        _add(
+            reg,
+            "intraday_tod_1_sin",
+            "ts",
+            0,
+            "time of day on the unit circle (sine)",
+            (2.0 * math.pi * col("_tod_frac")).sin(),
+        )
+        _add(
+            reg,
+            "intraday_bars_1_since_open",
+            "ts",
+            0,
+            "bars since the session open",
+            col("_bars_since_open"),
+        )
+        _add(
+            reg,
+            "intraday_bars_1_to_close",
+            "ts",
+            0,
+            "bars left until the session close",
+            col("_bars_to_close"),
+        )
+        _add(
+            reg,
+            "intraday_orange_30_pos",
+            "high,low,close",
+            0,
+            "position in the first 30 minutes' range (the range so far, inside those minutes)",
+            col("_or_pos"),
+        )
     _add(
         reg,
         "intraday_gap_1_overnight",
@@ -833,15 +838,17 @@ def register_intraday(reg: FeatureRegistry, bars_per_session: int = 1) -> None:
         "intraday_vwap_1_dist",
         "high,low,close,volume",
         0,
-        "close / session VWAP (typical price) - 1",
+        "close / session VWAP (typical price) - 1"
+        + (": on a daily bar, close / (high + low + close) / 3 - 1" if daily else ""),
         col("_vwap_dist"),
     )
 
 
-def build_registry(bars_per_session: int = 1) -> FeatureRegistry:
+def build_registry(bars_per_session: int = 1, daily: bool = False) -> FeatureRegistry:
     """The per-symbol part of the registry (the multi-timeframe and cross-sectional features
     are added by :mod:`pipelines.features.build`); ``bars_per_session`` sets the warm-up of
-    the features that need a previous session."""
+    the features that need a previous session; ``daily`` leaves out the intraday-only ones
+    (see :func:`register_intraday`)."""
     reg = FeatureRegistry()
     for register in (
         register_trend,
@@ -852,5 +859,5 @@ def build_registry(bars_per_session: int = 1) -> FeatureRegistry:
         register_micro,
     ):
         register(reg)
-    register_intraday(reg, bars_per_session)
+    register_intraday(reg, bars_per_session, daily)
     return reg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,21 +60,26 @@ def build_feature_partition(
     *,
     key: str,
     lookahead_cuts: int = 2,
+    progress: Callable[[str], None] | None = None,
 ) -> FeaturePartition:
     """Features for bars with ``ts`` in ``window`` from ``bars`` that also hold the history
     before it; the look-ahead check rebuilds on data cut at ``lookahead_cuts`` times chosen
-    from ``key``."""
+    from ``key``. ``progress`` (optional) is told of each stage as it ends."""
+    done = progress or (lambda _: None)
     full = build_features(bars, config, registry)
     inside = pl.col("ts").is_between(window[0], window[1], closed="left")
     matrix = full.filter(inside)
+    done(f"{matrix.height} rows x {len(registry)} features built from {bars.height} bars")
     cuts = cut_times(matrix, key, lookahead_cuts)
     lookahead = lookahead_violations(bars, config, cuts, registry, full=full)
+    done(f"point-in-time check at {len(cuts)} cut times")
     null_share, nonfinite = missing_after_warmup(full, registry)
     try:
         streamed = FeatureStream(config, bars["symbol"].unique().to_list(), registry).run(bars)
         stream = stream_mismatches(full, streamed)
     except ProgramError as exc:  # a feature the live path cannot compute: the check says which
         stream = [str(exc)]
+    done("live-path (stream) parity check")
     return FeaturePartition(
         matrix=matrix,
         null_share=null_share,
