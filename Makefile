@@ -40,7 +40,7 @@ dagster-home:
 env: .venv/.synced dagster-home
 
 run: env
-	$(PY) -m quantdag.run
+	$(PY) -m quantdag.run $(ARGS)
 
 test: env bench/.venv/.synced
 	$(PY) -m pytest

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from assets.common import progress_to, say
 from pipelines.backtest.broker import BrokerConfig, CostModel
 from pipelines.backtest.model_backtest import Market, run_backtest_study, sizing_with_label_exits
 from pipelines.backtest.report import Section, write_report
@@ -16,7 +17,7 @@ from pipelines.backtest.strategy import SizingConfig
 from pipelines.backtest.trials import MlflowTrialLog, predictions_basis
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FeatureConfig
-from pipelines.labels.partition import barrier_config
+from pipelines.labels.partition import barrier_config, label_padding_days
 from resources import MlflowResource, TradingDatabaseResource
 
 GROUP = "backtest"
@@ -42,7 +43,8 @@ HEADLINE = (
 class BacktestConfig(dg.Config):  # type: ignore[misc]
     """Costs and sizing of the backtest (bps of price; USD per share; ``borrow_bps`` a year
     on shorts). ``exits``: ``"barriers"`` closes a bet at the labels' profit-take, stop-loss or
-    vertical barrier, ``"holding"`` only after ``max_holding_bars``. Every pair of
+    vertical barrier, ``"holding"`` only after ``max_holding_bars`` (None: the labels'; bars of
+    the source, sessions on daily bars). Every pair of
     ``grid_thresholds`` x ``grid_exits`` (and the configured pair) is backtested and recorded
     as a trial; the configured pair is the one reported, deflated by all trials."""
 
@@ -59,7 +61,7 @@ class BacktestConfig(dg.Config):  # type: ignore[misc]
     target_vol: float = 0.002
     max_position: float = 0.10
     max_gross: float = 1.0
-    max_holding_bars: int = 16
+    max_holding_bars: int | None = None
     grid_thresholds: list[float] = [0.0, 0.02, 0.05]
     grid_exits: list[str] = ["barriers", "holding"]
 
@@ -73,7 +75,9 @@ def configurations(
         target_vol=config.target_vol,
         max_position=config.max_position,
         max_gross=config.max_gross,
-        max_holding_bars=config.max_holding_bars,
+        max_holding_bars=barriers.max_holding_bars
+        if config.max_holding_bars is None
+        else config.max_holding_bars,
         flat_at_close=barriers.cut_at_session_close,
     )
     grid: dict[str, SizingConfig] = {}
@@ -92,7 +96,11 @@ def build_backtest_report_asset(
     universe: UniverseConfig, settings: Settings, project_root: Path
 ) -> dg.AssetsDefinition:
     tf = universe.base_timeframe
-    per_year = 252 * FeatureConfig(tf, universe.session).bars_per_session
+    per_session = FeatureConfig(tf, universe.session).bars_per_session
+    per_year = 252 * per_session  # daily bars: 252 a year
+    # The labels' volatility must be warm at the first prediction: ten days are 260 fifteen-
+    # minute bars, but only seven daily ones, which read as far back as the labels do.
+    warm_days = label_padding_days(settings.labels, per_session)[0] if tf.is_daily else 10
     market = Market(tf.minutes, universe.calendar, universe.session, per_year)
     reports = project_root / settings.data_dir / "reports"
     barriers = barrier_config(settings.labels)
@@ -116,7 +124,7 @@ def build_backtest_report_asset(
         rows = pl.concat([oos_predictions.select("ts"), holdout_predictions.select("ts")])
         bars = trading_db.store().read_bars(
             timeframe=tf.label,
-            start=rows["ts"].min() - timedelta(days=10),  # type: ignore[operator]
+            start=rows["ts"].min() - timedelta(days=warm_days),  # type: ignore[operator]
             end=rows["ts"].max() + timedelta(days=1),  # type: ignore[operator]
         )
         grid, selected = configurations(config, settings)
@@ -129,7 +137,7 @@ def build_backtest_report_asset(
             Decimal(repr(config.commission_min)),
             borrow_bps=config.borrow_bps,
         )
-        context.log.info(f"backtesting {len(grid)} configurations (trials) out of sample")
+        say(context, f"backtesting {len(grid)} configurations (trials) out of sample")
         study = run_backtest_study(
             bars,
             oos_predictions,
@@ -145,6 +153,7 @@ def build_backtest_report_asset(
             as_of=datetime.now(UTC),
             holdout=holdout_predictions if holdout_predictions.height else None,
             sections=(gate_section(decision),),
+            progress=progress_to(context, "backtest"),
         )
         html_path = reports / f"backtest_{decision['run_id']}.html"
         write_report(study.report, str(html_path), str(html_path.with_suffix(".json")))

@@ -1,15 +1,19 @@
 """Bar assets: the validated source-timeframe bars and their session-aware aggregates."""
 
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.common import check_results, check_specs, markdown_table, partition_window
-from assets.partitions import monthly_partitions
+from assets.common import check_results, check_specs, markdown_table, partition_window, say
+from assets.partitions import market_partitions
 from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.checks import (
+    PartitionError,
     aggregate_check_definitions,
     aggregate_checks,
+    all_quarantined_message,
+    expected_sessions,
     ingest_check_definitions,
     ingest_checks,
 )
@@ -53,16 +57,19 @@ def build_source_bars_asset(
 ) -> dg.AssetsDefinition:
     tf = universe.base_timeframe.label
     name = f"bars_{tf}"
-    partitions = monthly_partitions(universe)
+    partitions = market_partitions(universe)
+    checks = ingest_check_definitions(rules)
 
     @dg.asset(
         name=name,
         group_name=GROUP,
         partitions_def=partitions,
-        check_specs=check_specs(name, ingest_check_definitions(rules), partitions),
+        check_specs=check_specs(name, checks, partitions),
         kinds={"polars", "sql"},
         description=f"Validated {tf} bars of the universe from the market-data source, UTC "
-        "bar starts; rejected rows go to the quarantine table with their reason.",
+        "bar starts; rejected rows go to the quarantine table with their reason. A partition "
+        "whose rows were all rejected fails, naming the rules; one whose exchange sessions "
+        "have no stored bar fails its blocking check.",
     )
     def source_bars(
         context: dg.AssetExecutionContext,
@@ -72,21 +79,51 @@ def build_source_bars_asset(
     ) -> dg.MaterializeResult:
         store = trading_db.store()
         window = partition_window(context)
+        key = context.partition_key
         as_of = ingest_as_of(config, datetime.now(UTC))
+        began = time.monotonic()
+        batch = f"{name}/{key}"
+        source = market_data.source(universe)
         report = ingest_window(
-            market_data.source(universe),
+            source,
             store,
             universe,
             rules,
             window,
             as_of=as_of,
-            batch=f"{name}/{context.partition_key}",
+            batch=batch,
             refetch=config.refetch,
         )
+        reasons = ", ".join(f"{k} {v}" for k, v in report.by_reason.items())
+        say(
+            context,
+            f"{name} {key}: {report.rows_in} rows in, {report.rows_stored} stored, "
+            f"{report.rows_quarantined} quarantined"
+            + (f" ({reasons})" if reasons else "")
+            + f" [{time.monotonic() - began:.1f}s]",
+        )
+        if report.rows_in and not report.rows_stored:
+            quarantine = store.read_quarantine(start=window[0], end=window[1], batch=batch)
+            raise PartitionError(
+                all_quarantined_message(
+                    name,
+                    key,
+                    rows_in=report.rows_in,
+                    by_reason=report.by_reason,
+                    quarantine=quarantine.filter(quarantine["batch"] == batch),
+                    batch=batch,
+                )
+            )
         stored = store.read_bars(timeframe=tf, start=window[0], end=window[1])
-        context.log.info(
-            f"{name} {context.partition_key}: {report.rows_in} rows in, {report.rows_stored} "
-            f"stored, {report.rows_quarantined} quarantined {report.by_reason}"
+        sessions = expected_sessions(
+            universe.calendar,
+            universe.session,
+            (window[0], min(window[1], as_of)),
+            history_start=universe.history_start,
+            history_end=universe.history_end,
+        )
+        outcomes = ingest_checks(
+            report, stored, rules, sessions=sessions, symbols=universe.symbol_names
         )
         return dg.MaterializeResult(
             metadata={
@@ -95,9 +132,13 @@ def build_source_bars_asset(
                 "rows_stored": report.rows_stored,
                 "rows_quarantined": report.rows_quarantined,
                 "quarantined_by_reason": dict(report.by_reason),
+                "bars_deleted_at_source": report.bars_deleted,
+                "quarantine_superseded": report.quarantine_removed,
+                "price_adjustment": source.adjustment,
                 "by_symbol": markdown_table(report.by_symbol),
                 "bars_changed": report.bars_changed,
                 "bars_in_partition": stored.height,
+                "sessions": len(sessions),
                 "symbols": stored["symbol"].n_unique(),
                 "fetch_requests": len(report.requests),
                 "missing_bars_vs_calendar": report.missing_bars,
@@ -105,7 +146,7 @@ def build_source_bars_asset(
                 "half_day_bars": report.half_day_bars,
                 "zero_volume_bars": report.zero_volume_bars,
             },
-            check_results=check_results(ingest_checks(report, stored, rules)),
+            check_results=check_results(outcomes, checks),
         )
 
     return source_bars
@@ -114,14 +155,15 @@ def build_source_bars_asset(
 def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.AssetsDefinition:
     base = universe.base_timeframe
     name = f"bars_{target}"
-    partitions = monthly_partitions(universe)
+    partitions = market_partitions(universe)
+    checks = aggregate_check_definitions(base)
 
     @dg.asset(
         name=name,
         group_name=GROUP,
         partitions_def=partitions,
         deps=[f"bars_{base}"],
-        check_specs=check_specs(name, aggregate_check_definitions(base), partitions),
+        check_specs=check_specs(name, checks, partitions),
         kinds={"polars", "sql"},
         description=f"{target} bars aggregated from {base} bars, session-aware; a bar is "
         "written once its window has closed.",
@@ -151,6 +193,11 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
             calendar=universe.calendar,
             as_of=as_of,
         )
+        say(
+            context,
+            f"{name} {context.partition_key}: {bars.height} bars from {source.height} "
+            f"{base} bars ({changed} changed)",
+        )
         return dg.MaterializeResult(
             metadata={
                 "bars": bars.height,
@@ -158,7 +205,7 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
                 "source_bars": source.height,
                 "symbols": bars["symbol"].n_unique(),
             },
-            check_results=check_results(outcomes),
+            check_results=check_results(outcomes, checks),
         )
 
     return aggregated_bars

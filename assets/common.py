@@ -1,8 +1,10 @@
 """Small helpers every asset module uses: partition windows, check specs and results, what
 the instance holds per partition, markdown tables, and reading the bars around a partition."""
 
+import logging
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -17,6 +19,23 @@ from pipelines.checks import CheckDefinition, CheckOutcome
 from pipelines.config import UniverseConfig
 from pipelines.months import PartitionRecord, PartitionState
 from resources import TradingDatabaseResource
+
+PROGRESS = logging.getLogger("quantdag.progress")
+"""Progress lines of the assets. ``make run`` prints them; in the UI they are the run's log."""
+
+
+def say(context: dg.AssetExecutionContext, message: str) -> None:
+    """One progress line: into the run's Dagster log, and to the terminal when one listens
+    (``make run`` attaches a handler to :data:`PROGRESS`; nothing else does)."""
+    context.log.info(message)
+    PROGRESS.info(message)
+
+
+def progress_to(context: dg.AssetExecutionContext, prefix: str) -> Callable[[str], None]:
+    """A progress callback for the core's long loops (stages, folds, trials, configurations):
+    each line names ``prefix`` and the seconds since the callback was made."""
+    began = time.monotonic()
+    return lambda message: say(context, f"{prefix}: {message} [{time.monotonic() - began:.0f}s]")
 
 
 def partition_window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
@@ -49,7 +68,19 @@ def check_specs(
         ]
 
 
-def check_results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:
+def check_results(
+    outcomes: list[CheckOutcome], definitions: Mapping[str, CheckDefinition]
+) -> list[dg.AssetCheckResult]:
+    """One result per declared check (``definitions``, the table the specs were built from).
+
+    Every declared check must have its verdict: a check without one would stay "planned" for
+    the partition and show in the UI as skipped. A verdict for a check that was not declared,
+    or two for one, is a programming error."""
+    names = [o.name for o in outcomes]
+    if sorted(names) != sorted(definitions):
+        raise ValueError(
+            f"verdicts {sorted(names)} do not match the declared checks {sorted(definitions)}"
+        )
     return [
         dg.AssetCheckResult(
             check_name=o.name,

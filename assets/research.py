@@ -2,8 +2,15 @@
 
 import dagster as dg
 
-from assets.common import bars_around, check_results, check_specs, markdown_table, partition_window
-from assets.partitions import monthly_partitions
+from assets.common import (
+    bars_around,
+    check_results,
+    check_specs,
+    markdown_table,
+    partition_window,
+    progress_to,
+)
+from assets.partitions import market_partitions
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FEATURE_SET_VERSION, FeatureConfig, feature_registry
 from pipelines.features.partition import (
@@ -15,6 +22,7 @@ from pipelines.features.partition import (
 from pipelines.labels.partition import (
     LABEL_CHECKS,
     build_label_partition,
+    check_label_settings,
     label_checks,
     label_padding_days,
 )
@@ -28,7 +36,7 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
     config = FeatureConfig(universe.base_timeframe, universe.session, universe.calendar)
     registry = feature_registry(config)
     lookback = history_days(registry, config)
-    partitions = monthly_partitions(universe)
+    partitions = market_partitions(universe)
     checks = feature_check_definitions(MAX_MISSING_SHARE)
 
     @dg.asset(
@@ -49,7 +57,15 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
         # No return annotation: one would make Dagster type the output as Nothing.
         window = partition_window(context)
         bars = bars_around(trading_db, universe, window, before_days=lookback)
-        part = build_feature_partition(bars, window, config, registry, key=context.partition_key)
+        key = context.partition_key
+        part = build_feature_partition(
+            bars,
+            window,
+            config,
+            registry,
+            key=key,
+            progress=progress_to(context, f"features {key}"),
+        )
         return dg.MaterializeResult(
             value=part.matrix,
             metadata={
@@ -58,7 +74,7 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
                 "feature_set_version": FEATURE_SET_VERSION,
                 "symbols": part.matrix["symbol"].n_unique(),
             },
-            check_results=check_results(feature_checks(part, MAX_MISSING_SHARE)),
+            check_results=check_results(feature_checks(part, MAX_MISSING_SHARE), checks),
         )
 
     return feature_matrix
@@ -66,9 +82,10 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
 
 def build_labels_asset(universe: UniverseConfig, settings: Settings) -> dg.AssetsDefinition:
     labels_cfg = settings.labels
+    check_label_settings(labels_cfg, universe.base_timeframe)
     per_session = FeatureConfig(universe.base_timeframe, universe.session).bars_per_session
     before, after = label_padding_days(labels_cfg, per_session)
-    partitions = monthly_partitions(universe)
+    partitions = market_partitions(universe)
 
     @dg.asset(
         group_name=GROUP,
@@ -85,7 +102,9 @@ def build_labels_asset(universe: UniverseConfig, settings: Settings) -> dg.Asset
         """Triple-barrier labels with sample weights for every bar of the partition (long)."""
         window = partition_window(context)
         bars = bars_around(trading_db, universe, window, before_days=before, after_days=after)
+        progress = progress_to(context, f"labels {context.partition_key}")
         part = build_label_partition(bars, window, labels_cfg)
+        progress(f"{part.labels.height} bars labelled, {part.unlabelled} unlabelled")
         return dg.MaterializeResult(
             value=part.labels,
             metadata={
@@ -94,7 +113,7 @@ def build_labels_asset(universe: UniverseConfig, settings: Settings) -> dg.Asset
                 "label_distribution": part.distribution,
                 "max_bars_held": part.max_bars_held,
             },
-            check_results=check_results(label_checks(part, labels_cfg)),
+            check_results=check_results(label_checks(part, labels_cfg), LABEL_CHECKS),
         )
 
     return triple_barrier_labels

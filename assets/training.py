@@ -1,15 +1,15 @@
 """Training assets: the training set, out-of-sample predictions and the champion model."""
 
 import tempfile
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 
-from assets.common import markdown_table, partition_records
+from assets.common import markdown_table, partition_records, progress_to, say
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.models.holdout import HoldoutConfig, split_holdout
 from pipelines.models.promotion import GateConfig, PromotionRule
@@ -157,34 +157,56 @@ def build_training_set_asset(
     return training_set
 
 
-@dg.multi_asset(
-    group_name=GROUP,
-    outs={
-        "oos_predictions": dg.AssetOut(
-            io_manager_key="parquet_io_manager",
-            kinds={"polars", "parquet"},
-            description="Calibrated out-of-sample probability, base rate, fold and model "
-            "version for every bar of every walk-forward test window.",
-        ),
-        "champion_model": dg.AssetOut(
-            io_manager_key="parquet_io_manager",
-            kinds={"mlflow"},
-            description="The registry decision of the last training run: the new model is "
-            "champion only if it passed the skill gate and beat the champion on the same rows.",
-        ),
-    },
-    ins={"training_set": dg.AssetIn()},
-    can_subset=False,
-)
-def walk_forward_models(
+def build_walk_forward_models_asset(embargo: timedelta | None = None) -> dg.AssetsDefinition:
+    """The training asset, with ``embargo`` after each held-out block (None: the plan's, for
+    intraday bars; daily bars take :func:`pipelines.models.training.embargo_for`)."""
+
+    @dg.multi_asset(
+        group_name=GROUP,
+        outs={
+            "oos_predictions": dg.AssetOut(
+                io_manager_key="parquet_io_manager",
+                kinds={"polars", "parquet"},
+                description="Calibrated out-of-sample probability, base rate, fold and model "
+                "version for every bar of every walk-forward test window.",
+            ),
+            "champion_model": dg.AssetOut(
+                io_manager_key="parquet_io_manager",
+                kinds={"mlflow"},
+                description="The registry decision of the last training run: the new model "
+                "is champion only if it passed the skill gate and beat the champion on the same "
+                "rows.",
+            ),
+        },
+        ins={"training_set": dg.AssetIn()},
+        can_subset=False,
+    )
+    def walk_forward_models(  # type: ignore[no-untyped-def]
+        context: dg.AssetExecutionContext,
+        config: TrainingConfig,
+        mlflow: MlflowResource,
+        optuna: OptunaResource,
+        training_set: pl.DataFrame,
+    ):
+        """Purged walk-forward training (nested tuning in full mode), the skill gate and the
+        champion decision, tracked in MLflow."""
+        yield from _train_walk_forward(context, config, mlflow, optuna, training_set, embargo)
+
+    return walk_forward_models
+
+
+walk_forward_models = build_walk_forward_models_asset()
+"""The training asset with the intraday embargo."""
+
+
+def _train_walk_forward(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     mlflow: MlflowResource,
     optuna: OptunaResource,
     training_set: pl.DataFrame,
-):  # type: ignore[no-untyped-def]
-    """Purged walk-forward training (nested tuning in full mode), the skill gate and the
-    champion decision, tracked in MLflow."""
+    embargo: timedelta | None,
+) -> Iterator[dg.Output[pl.DataFrame]]:
     end = str(training_set["ts"].max())[:10]
     request = TrainingRequest(
         mode=config.mode,
@@ -197,10 +219,12 @@ def walk_forward_models(
         gate=GateConfig(config.gate_log_loss_z, config.gate_auc_z, config.gate_min_rows),
         rule=PromotionRule(config.promote_metric, config.promote_margin, config.promote_z),
         test_windows=config.test_windows,
+        embargo=embargo,
     )
-    context.log.info(
+    say(
+        context,
         f"training {config.kind} in {config.mode} mode on {training_set.height} rows"
-        + (f", {config.tune_trials} tuning trials a fold" if config.mode == "full" else "")
+        + (f", {config.tune_trials} tuning trials a fold" if config.mode == "full" else ""),
     )
     outcome = run_training(
         training_set,
@@ -209,6 +233,7 @@ def walk_forward_models(
         experiment=mlflow.experiment,
         model_name=mlflow.model_name,
         feature_set_version=FEATURE_SET_VERSION,
+        progress=progress_to(context, "training"),
     )
     result, decision, predictions = outcome.result, outcome.decision, outcome.predictions
     verdict = outcome.verdict

@@ -22,6 +22,12 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         description="Everything of one month: bars, aggregates, features and labels (the "
         "nightly's data run).",
     )
+    research_job = dg.define_asset_job(
+        "research_job",
+        selection=dg.AssetSelection.groups(RESEARCH_GROUP),
+        description="Features and labels of one month, from bars already stored (make run "
+        "stores every month's bars first: labels near a month's end read the next month's).",
+    )
     training_job = dg.define_asset_job(
         "training_job",
         selection=dg.AssetSelection.groups(TRAINING_GROUP),
@@ -33,4 +39,4 @@ def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
         selection=dg.AssetSelection.groups(BACKTEST_GROUP),
         description="The backtest report of the model strategy on the out-of-sample predictions.",
     )
-    return [market_data_job, all_assets_job, training_job, backtest_job]
+    return [market_data_job, all_assets_job, research_job, training_job, backtest_job]

@@ -13,10 +13,9 @@ from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-import exchange_calendars as xcals
-import pandas as pd
 
-from pipelines.bars.calendar import NEW_YORK
+from assets.partitions import market_partitions
+from pipelines.bars.calendar import NEW_YORK, sessions_between
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FeatureConfig
 from pipelines.labels.partition import label_months_reading, label_padding_days
@@ -61,7 +60,11 @@ def build_nightly_retraining_schedule(
     source_bars = f"bars_{universe.base_timeframe.label}"
     per_session = FeatureConfig(universe.base_timeframe, universe.session).bars_per_session
     _, after_days = label_padding_days(settings.labels, per_session)
+    grain = universe.partition_grain  # a daily source's partitions are years
     first_month = universe.history_start.replace(day=1)
+    if grain == "year":
+        first_month = first_month.replace(month=1)
+    partitions = market_partitions(universe)
 
     @dg.schedule(
         name="nightly_retraining_schedule",
@@ -75,20 +78,37 @@ def build_nightly_retraining_schedule(
     def nightly_retraining_schedule(context: dg.ScheduleEvaluationContext):  # type: ignore[no-untyped-def]
         when: datetime = context.scheduled_execution_time
         session = when.astimezone(ZoneInfo(NEW_YORK)).date()
-        if not xcals.get_calendar(calendar).is_session(pd.Timestamp(session)):
+        if sessions_between(calendar, session, session).frame.height == 0:
             return dg.SkipReason(f"{session} is not a {calendar} session: nothing new to learn")
+        if universe.history_end is not None and session > universe.history_end:
+            return dg.SkipReason(
+                f"{session} is after the universe's history_end ({universe.history_end}): the "
+                "data set ends there and has no partition for it; remove history_end from the "
+                "universe file to follow new sessions"
+            )
+        if session < universe.history_start:
+            return dg.SkipReason(
+                f"{session} is before the universe's history_start ({universe.history_start})"
+            )
+        key = partitions.get_partition_key_for_timestamp(when.timestamp())
+        if key not in partitions.get_partition_keys(current_time=when):
+            # A fixed data set (history_end) has fixed periods, each existing once it has ended.
+            return dg.SkipReason(
+                f"the partition {key} of {session} does not exist yet at {when:%Y-%m-%d %H:%M}: "
+                "with history_end set, a period exists once it has ended"
+            )
         done = existing_runs(context.instance, session, "data")
         if done:
             return dg.SkipReason(
                 f"the nightly of {session} already has its data run {done[0].run_id}"
             )
-        label_months = label_months_reading(session, after_days, first_month)
+        label_months = label_months_reading(session, after_days, first_month, grain)
         tags = nightly_tags(session, "data")
         if label_months:
             tags[LABEL_MONTHS_TAG] = ",".join(m.isoformat() for m in label_months)
         return dg.RunRequest(
             run_key=nightly_run_key(session, "data"),
-            partition_key=session.replace(day=1).isoformat(),
+            partition_key=key,
             run_config={
                 "ops": {source_bars: {"config": {"as_of": when.astimezone(UTC).isoformat()}}}
             },

@@ -524,6 +524,12 @@ def load_settings(path: str | Path) -> tuple[Settings, UniverseConfig]:
         for name, env in settings.environments.items()
         if env.research is not None
     ]
+    if universe.base_timeframe.is_daily and settings.labels.cut_at_session_close:
+        raise ConfigError(
+            f"{p}: labels.cut_at_session_close is true but {universe_path} has daily bars "
+            "(timeframe: 1d): a daily bar is a whole session, so no label could be made; set "
+            "`cut_at_session_close: false`"
+        )
     for key, research in blocks:
         unknown = sorted(set(research.holdout.symbols) - set(universe.symbol_names))
         if unknown:

@@ -1,5 +1,9 @@
-"""``make run``: materialize the whole asset graph for every month the source holds, then print
-what was stored and quarantined per symbol."""
+"""``make run``: materialize the whole asset graph for every month the source holds (each
+partition of each asset once), then print what was stored and quarantined per symbol.
+
+A run that fails prints its cause in a line or two and exits non-zero (1; 2 for a
+configuration error or a refused partition); ``--debug`` adds Dagster's log and the traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,93 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any
-from zoneinfo import ZoneInfo
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
 
-from assets.partitions import monthly_partitions
-from pipelines.bars.calendar import NEW_YORK
-from pipelines.config import FileSourceConfig
+from assets.common import PROGRESS
+from assets.partitions import market_partitions
+from pipelines.bars.checks import PartitionError
+from pipelines.config import ConfigError, FileSourceConfig
+from pipelines.data.normalise import SourceError
+from pipelines.data.sources import FileBarSource
+from pipelines.data.store import StoreError
 from pipelines.secrets import redact_uri
-from quantdag.definitions import build_definitions
 from quantdag.project import Project, load_project
 from quantdag.resources import build_resources
 
+if TYPE_CHECKING:
+    from dagster_shared.error import SerializableErrorInfo
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, SourceError, StoreError, PartitionError)
+"""Errors ``make run`` reports in a line (their messages say where and what to do)."""
+
+PROJECT_ERROR_NAMES = frozenset(
+    {
+        "ConfigError",
+        "SourceError",
+        "StoreError",
+        "PartitionError",
+        "CalendarRangeError",
+        "AggregationError",
+        "FeatureInputError",
+        "ProgramError",
+        "TransformError",
+        "MonthsRefusedError",
+        "HoldoutError",
+        "ModelError",
+        "SplitError",
+        "TuningError",
+        "EvaluationError",
+    }
+)
+"""The project's error types by name (a failed step's error is known only by its class name)."""
+
+
+class RunFailed(Exception):
+    """A Dagster run of ``make run`` failed; the message is what to print."""
+
+
+def universe_range(source: FileBarSource, symbols: Sequence[str]) -> tuple[datetime, datetime]:
+    """First and last bar start (UTC) of the universe's ``symbols`` in the source's files;
+    files of other symbols are not read."""
+    firsts: list[datetime] = []
+    lasts: list[datetime] = []
+    for path, symbol in source.files(list(symbols)):
+        frame = source.read_file(path, symbol)
+        if symbol is None:
+            frame = frame.filter(pl.col("symbol").is_in(list(symbols)))
+        ts = frame["ts"].drop_nulls()
+        if ts.len():
+            firsts.append(ts.min())  # type: ignore[arg-type]
+            lasts.append(ts.max())  # type: ignore[arg-type]
+    if not firsts:
+        raise SourceError(
+            f"{source.directory}: no bar of the universe's {len(symbols)} symbols in files "
+            f"matching {source.config.pattern!r}; check the source's path and pattern"
+        )
+    return min(firsts), max(lasts)
+
 
 def partition_keys(project: Project) -> list[str]:
-    """Months holding source data (file sources), or every month since ``history_start``."""
-    partitions = monthly_partitions(project.universe)
-    keys = partitions.get_partition_keys(dynamic_partitions_store=None)
+    """The partitions to materialize: with a file source, those holding bars of the universe's
+    symbols; else every partition from ``history_start`` (to ``history_end`` when set)."""
+    partitions = market_partitions(project.universe)
+    keys = list(partitions.get_partition_keys(dynamic_partitions_store=None))
     if not isinstance(project.env.source, FileSourceConfig):
         return keys
     source = build_resources(project)["market_data"].source(project.universe)
-    first, last = source.available_range()
-    lo = first.astimezone(ZoneInfo(NEW_YORK)).strftime("%Y-%m-01")
-    hi = last.astimezone(ZoneInfo(NEW_YORK)).strftime("%Y-%m-01")
-    return [k for k in keys if lo <= k <= hi]
+    first, last = universe_range(source, project.universe.symbol_names)
+    return [
+        k
+        for k in keys
+        if (w := partitions.time_window_for_partition_key(k)).start <= last and w.end > first
+    ]
 
 
 def summary(project: Project) -> pl.DataFrame:
@@ -55,66 +119,223 @@ def summary(project: Project) -> pl.DataFrame:
     return table.select("symbol", *[c for c in ordered if c in table.columns], *rest)
 
 
+def _chain(error: SerializableErrorInfo | None) -> Iterator[SerializableErrorInfo]:
+    while error is not None:
+        yield error
+        error = error.cause
+
+
+def _message(error: SerializableErrorInfo) -> str:
+    text = error.message.strip()
+    prefix = f"{error.cls_name}: "
+    text = text.split(prefix, 1)[1] if prefix in text else text
+    return f"{error.cls_name}: {text}"
+
+
+def user_error(error: SerializableErrorInfo) -> str:
+    """The cause of a failed step in a line: the innermost project error of the chain, else
+    the first error that is not Dagster's own."""
+    chain = list(_chain(error))
+    ours = [e for e in chain if e.cls_name in PROJECT_ERROR_NAMES]
+    if ours:
+        return _message(ours[-1])
+    theirs = [e for e in chain if not (e.cls_name or "").startswith("Dagster")]
+    first = _message(theirs[0] if theirs else chain[0]).splitlines()[0]
+    return f"{first} (an unexpected error: run with --debug for the traceback)"
+
+
+def _value(value: Any, limit: int = 5) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        items = [f"{k} {_value(v)}" for k, v in list(value.items())[:limit]]
+        more = f", and {len(value) - limit} more" if len(value) > limit else ""
+        return "{" + ", ".join(items) + more + "}" if items else "none"
+    if isinstance(value, list | tuple):
+        shown = ", ".join(_value(v) for v in value[:limit])
+        more = f" and {len(value) - limit} more" if len(value) > limit else ""
+        return (shown + more) if value else "none"
+    text = str(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def describe_check(evaluation: dg.AssetCheckEvaluation) -> str:
+    """A check's verdict in a line: asset, check, partition, and its summary or key figures."""
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    if "summary" in meta:
+        figures = str(meta["summary"])
+    else:
+        figures = "; ".join(f"{k} {_value(v)}" for k, v in meta.items() if k != "summary")
+    verdict = "passed" if evaluation.passed else "FAILED" if evaluation.blocking else "warns"
+    where = f" on {evaluation.partition}" if evaluation.partition else ""
+    return (
+        f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}{where}: "
+        f"{figures}"
+    )
+
+
+def failure(result: dg.ExecuteInProcessResult, what: str, debug: bool) -> str:
+    """Why a run failed, in a line or two per failed step (the traceback too with ``debug``)."""
+    lines: list[str] = []
+    for event in result.get_step_failure_events():
+        error = event.event_specific_data.error  # type: ignore[union-attr]
+        if error is None:
+            lines.append(f"{what}: step {event.step_key} failed (run {result.run_id})")
+        elif error.cls_name == "DagsterAssetCheckFailedError":
+            step = event.step_key or ""
+            failed = [
+                describe_check(e)
+                for e in result.get_asset_check_evaluations()
+                if not e.passed and e.blocking and e.asset_key.to_user_string() == step
+            ]
+            lines += failed or [f"{what}: {user_error(error)}"]
+            lines.append(
+                f"  A blocking check says the data of {what} is wrong or missing, so nothing "
+                "downstream of it was built: fix the cause and run again (--refetch ingests "
+                "a partition again after a source file was fixed)."
+            )
+        else:
+            lines.append(f"{what}: {user_error(error)}")
+        if debug and error is not None:
+            lines.append(error.to_string())
+    if not lines:
+        lines.append(f"{what}: run {result.run_id} failed; run with --debug for Dagster's log")
+    return "\n".join(lines)
+
+
+@contextmanager
+def printed_progress() -> Iterator[None]:
+    """The assets' progress lines (:data:`assets.common.PROGRESS`) printed as they come."""
+
+    class Print(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(f"  {record.getMessage()}", flush=True)
+
+    handler = Print(logging.INFO)
+    level = PROGRESS.level
+    PROGRESS.addHandler(handler)
+    PROGRESS.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        PROGRESS.removeHandler(handler)
+        PROGRESS.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--partition", action="append", help="only these months (YYYY-MM-01)")
+    parser.add_argument(
+        "--partition",
+        action="append",
+        metavar="KEY",
+        help="only these partitions (the period's first day, e.g. 2019-02-01); repeatable",
+    )
+    parser.add_argument(
+        "--refetch",
+        action="store_true",
+        help="fetch the partitions' bars from the source again (after fixing a source file)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="print Dagster's log and tracebacks of failures"
+    )
     args = parser.parse_args(argv)
     # MLflow's progress bars and store-migration notices would bury the summary.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    project = load_project()
-    defs = build_definitions(project)
-    job = defs.resolve_job_def("all_assets_job")
-    keys = args.partition or partition_keys(project)
-    instance = dg.DagsterInstance.get()
-    print(
-        f"QuantDAG ({project.environment}): materializing {len(keys)} monthly partitions "
-        f"of {project.universe.name}: {', '.join(keys)}"
-    )
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    # Bars of every month first: labels near a month's end need the next month's bars, so the
-    # result does not depend on whether the months were loaded before (a second run).
-    for key in keys:
-        bars = defs.resolve_job_def("market_data_job").execute_in_process(
-            partition_key=key, instance=instance, run_config=quiet
-        )
-        if not bars.success:
-            print(f"market data for {key} failed", file=sys.stderr)
-            return 1
-    for key in keys:
-        result = job.execute_in_process(partition_key=key, instance=instance, run_config=quiet)
-        print(f"  {key}: run {result.run_id} {'succeeded' if result.success else 'FAILED'}")
-        if not result.success:
-            print(f"partition {key} failed", file=sys.stderr)
-            return 1
-        for ev in result.get_asset_check_evaluations():
-            if not ev.passed:
-                detail = {k: v.value for k, v in ev.metadata.items()}
-                print(
-                    f"  check {ev.asset_key.to_user_string()}:{ev.check_name} "
-                    f"did not pass ({ev.severity.value}) for {key}: {str(detail)[:200]}"
-                )
-    training = defs.resolve_job_def("training_job").execute_in_process(
-        instance=instance,
-        run_config={
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            "ops": {"walk_forward_models": {"config": {"mode": "quick"}}},
-        },
-    )
-    if not training.success:
-        print("training failed", file=sys.stderr)
+    try:
+        project = load_project()
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with printed_progress():
+            return run(project, args)
+    except RunFailed as exc:
+        print(exc, file=sys.stderr)
         return 1
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def run(project: Project, args: argparse.Namespace) -> int:
+    """Materialize the graph: every partition's bars, then every partition's features and
+    labels, then training and the backtest; print the summary. Raises :class:`RunFailed`."""
+    from quantdag.definitions import build_definitions  # its import loads the default project
+
+    began = time.monotonic()
+    universe = project.universe
+    print(
+        f"QuantDAG ({project.environment}): planning the partitions of {universe.name} "
+        f"({len(universe.symbols)} symbols, history from {universe.history_start}"
+        + (f" to {universe.history_end}" if universe.history_end else "")
+        + ")",
+        flush=True,
+    )
+    planned = partition_keys(project)
+    keys = args.partition or planned
+    refused = [k for k in keys if k not in planned]
+    if refused:
+        print(
+            f"refused: {', '.join(refused)} "
+            + ("is not a partition" if len(refused) == 1 else "are not partitions")
+            + f" the source holds data of within the universe's history; planned: "
+            f"{', '.join(planned) or 'none'}",
+            file=sys.stderr,
+        )
+        return 2
+    if not keys:
+        print("nothing to materialize: the source holds no bar in the universe's history")
+        return 1
+    defs = build_definitions(project)
+    instance = dg.DagsterInstance.get()
+    level = "INFO" if args.debug else "CRITICAL"
+    quiet: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": level}}}}
+    print(
+        f"Materializing {len(keys)} partitions: {', '.join(keys)}. Bars of every partition "
+        "first (labels near a period's end read the next period's bars), then features and "
+        "labels, then training and the backtest.",
+        flush=True,
+    )
+
+    def execute(job: str, what: str, **kw: Any) -> dg.ExecuteInProcessResult:
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, raise_on_error=False, **kw
+        )
+        if not result.success:
+            raise RunFailed(failure(result, what, args.debug))
+        for e in result.get_asset_check_evaluations():
+            if not e.passed:
+                print(f"  {describe_check(e)}", flush=True)
+        return result
+
+    source_bars = f"bars_{universe.base_timeframe.label}"
+    refetch = {"ops": {source_bars: {"config": {"refetch": True}}}} if args.refetch else {}
+    for key in keys:
+        execute(
+            "market_data_job", f"bars of {key}", partition_key=key, run_config={**quiet, **refetch}
+        )
+    for key in keys:
+        execute(
+            "research_job", f"features and labels of {key}", partition_key=key, run_config=quiet
+        )
+    print("Training (quick mode)...", flush=True)
+    training = execute(
+        "training_job",
+        "training",
+        run_config={**quiet, "ops": {"walk_forward_models": {"config": {"mode": "quick"}}}},
+    )
     oos = training.asset_materializations_for_node("walk_forward_models")
     by_key = {m.asset_key.to_user_string(): m.metadata for m in oos}
     decision, quality = by_key["champion_model"], by_key["oos_predictions"]
     holdout = training.asset_materializations_for_node("holdout_predictions")[0].metadata
-    backtest = defs.resolve_job_def("backtest_job").execute_in_process(
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
-    if not backtest.success:
-        print("backtest failed", file=sys.stderr)
-        return 1
+    print("Backtest...", flush=True)
+    backtest = execute("backtest_job", "backtest", run_config=quiet)
     report = backtest.asset_materializations_for_node("backtest_report")[0].metadata
     table = summary(project)
     with pl.Config(
@@ -127,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in research_summary(quality, decision, holdout, report):
         print(line)
     print(f"Backtest report: {report['report'].value}")
+    print(f"Done in {time.monotonic() - began:.0f} s.")
     print("Open the Dagster UI with `make dev` to see assets, partitions and checks.")
     return 0
 

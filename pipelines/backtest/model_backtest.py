@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -107,10 +108,12 @@ def run_backtest_study(
     holdout: pl.DataFrame | None = None,
     sections: tuple[Section, ...] = (),
     title: str = "QuantDAG model strategy, walk-forward, out of sample",
+    progress: Callable[[str], None] | None = None,
 ) -> BacktestStudy:
     """Backtest every configuration on the out-of-sample ``predictions`` (each one a trial of
     ``family`` on ``basis``, recorded in ``trial_log``), report the ``selected`` one with its
-    deflated Sharpe and the grid's PBO, and backtest it once on each ``holdout`` segment."""
+    deflated Sharpe and the grid's PBO, and backtest it once on each ``holdout`` segment.
+    ``progress`` (optional) is told of each configuration as it is simulated."""
     if selected not in configurations:
         raise ValueError(f"the selected configuration {selected!r} is not in the grid")
     results: dict[str, BacktestResult] = {}
@@ -128,6 +131,8 @@ def run_backtest_study(
         results[name] = result
         params = {"configuration": name, **_describe(sizing), **_describe(broker.costs)}
         trials.append(Trial(name, params, basis, daily_returns(result.equity, float(cash))))
+        if progress is not None:
+            progress(f"configuration {len(trials)}/{len(configurations)} ({name}) simulated")
     chosen = next(t for t in trials if t.name == selected)
     selection = deflate(chosen, trial_log.record(family, trials, as_of=as_of), trials)
     table = pl.DataFrame(

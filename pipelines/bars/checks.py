@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from pipelines.bars.aggregate import assign_buckets
 from pipelines.bars.calendar import (
+    NEW_YORK,
     Session,
     SessionCalendar,
     segment_bounds,
@@ -99,11 +102,133 @@ def volume_balance(
     return expected - float(aggregated["volume"].sum())
 
 
+class PartitionError(ValueError):
+    """A partition cannot be materialized as it stands (for example every row that came in was
+    quarantined); the message names the asset, the partition, why, and what to do."""
+
+
+def quarantine_example(quarantine: pl.DataFrame) -> dict[str, str]:
+    """One example per quarantine rule (the first row of each), as ``file, row index n:
+    detail`` (``n`` counts the file's data rows from 0)."""
+    if quarantine.height == 0:
+        return {}
+    first = quarantine.sort("source_file", "source_row").unique("rule", keep="first")
+    return {
+        r["rule"]: f"{r['source_file']}, row index {r['source_row']}: {r['detail']}"
+        for r in first.iter_rows(named=True)
+    }
+
+
+def all_quarantined_message(
+    asset: str,
+    partition: str,
+    *,
+    rows_in: int,
+    by_reason: Mapping[str, int],
+    quarantine: pl.DataFrame,
+    batch: str,
+) -> str:
+    """The one-line error of a partition whose rows all went to the quarantine.
+
+    Example: ``bars_15m 2019-01-01: all 120 rows that came in were quarantined, none stored
+    (unparseable_value 120, e.g. AAPL_15min.csv, row index 2: column 'close' (close): cannot
+    parse n/a); ...``.
+    """
+    examples = quarantine_example(quarantine)
+    rules = ", ".join(
+        f"{rule} {n}" + (f", e.g. {examples[rule]}" if rule in examples else "")
+        for rule, n in sorted(by_reason.items(), key=lambda kv: -kv[1])
+    )
+    return (
+        f"{asset} {partition}: all {rows_in} rows that came in were quarantined, none stored "
+        f"({rules}). Fix the source files or the source config (columns, timezone, label), "
+        f"then ingest it again with refetch (python -m quantdag.run --refetch, or run config "
+        f"ops.{asset}.config.refetch: true); the rows are in the quarantine table, batch "
+        f"{batch!r}."
+    )
+
+
+def expected_sessions(
+    calendar: str,
+    session: Session,
+    window: tuple[datetime, datetime],
+    *,
+    history_start: date,
+    history_end: date | None,
+) -> list[date]:
+    """The sessions a stored partition must hold: New York dates inside ``window`` (UTC
+    instants, end exclusive; clip its end to ``as_of`` first) and inside
+    ``history_start..history_end``, whose tradable window (``session``) has closed by the
+    window's end. Example: February 2019 up to 2019-02-12 18:30 New York is the 8 sessions
+    2019-02-01 .. 2019-02-12."""
+    start, end = window
+    ny = ZoneInfo(NEW_YORK)
+    first = max(start.astimezone(ny).date(), history_start)
+    last = (end - timedelta(microseconds=1)).astimezone(ny).date()
+    if history_end is not None:
+        last = min(last, history_end)
+    if end <= start or last < first:
+        return []
+    sessions = sessions_between(calendar, first, last).window(session)
+    return sessions.filter(pl.col("end") <= end.astimezone(UTC))["session_date"].to_list()
+
+
+def missing_sessions(
+    stored: pl.DataFrame, sessions: Sequence[date], symbols: Sequence[str]
+) -> dict[str, list[date]]:
+    """Per symbol of ``symbols``: the sessions among ``sessions`` with no stored bar (symbols
+    missing none are left out)."""
+    if not sessions:
+        return {}
+    present = (
+        stored.select("symbol", session_date=session_dates(pl.col("ts"))).unique()
+        if stored.height
+        else pl.DataFrame(schema={"symbol": pl.String(), "session_date": pl.Date()})
+    )
+    have: dict[str, set[date]] = {}
+    for sym, day in present.iter_rows():
+        have.setdefault(sym, set()).add(day)
+    out = {}
+    for sym in symbols:
+        gone = [d for d in sessions if d not in have.get(sym, set())]
+        if gone:
+            out[sym] = gone
+    return out
+
+
+def describe_missing(missing: Mapping[str, Sequence[date]], n_symbols: int) -> str:
+    """Missing sessions grouped by the symbols that miss the same ones, e.g. ``all 24 symbols:
+    2019-01-02, 2019-01-03`` or ``AAPL, MSFT: 2019-02-04``; ``none`` when nothing is missing."""
+    if not missing:
+        return "none"
+    groups: dict[tuple[date, ...], list[str]] = {}
+    for sym, days in missing.items():
+        groups.setdefault(tuple(days), []).append(sym)
+    parts = []
+    for days, syms in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        who = f"all {n_symbols} symbols" if len(syms) == n_symbols > 1 else _names(syms)
+        shown = ", ".join(d.isoformat() for d in days[:5])
+        more = f" and {len(days) - 5} more" if len(days) > 5 else ""
+        parts.append(f"{who}: {shown}{more}")
+    return "; ".join(parts)
+
+
+def _names(symbols: Sequence[str], limit: int = 6) -> str:
+    more = f" and {len(symbols) - limit} more" if len(symbols) > limit else ""
+    return ", ".join(symbols[:limit]) + more
+
+
 def ingest_check_definitions(rules: ValidationConfig) -> dict[str, CheckDefinition]:
     """The checks of :func:`ingest_checks`, for the asset's check specs and its verdicts."""
     return check_table(
         CheckDefinition(
             "rows_accounted", "rows in = rows stored + rows quarantined", blocking=True
+        ),
+        CheckDefinition(
+            "sessions_have_bars",
+            "the partition's exchange sessions (up to as_of, within the universe's history) "
+            "have stored bars: a period with sessions and no bar fails",
+            blocking=True,
         ),
         CheckDefinition(
             "bar_integrity",
@@ -117,7 +242,8 @@ def ingest_check_definitions(rules: ValidationConfig) -> dict[str, CheckDefiniti
         ),
         CheckDefinition(
             "whole_sessions_present",
-            "no symbol misses a whole session inside its span",
+            "every symbol has stored bars in every exchange session of the partition (up to "
+            "as_of, within the universe's history)",
             blocking=False,
         ),
         CheckDefinition(
@@ -130,12 +256,25 @@ def ingest_check_definitions(rules: ValidationConfig) -> dict[str, CheckDefiniti
 
 
 def ingest_checks(
-    report: IngestReport, stored: pl.DataFrame, rules: ValidationConfig
+    report: IngestReport,
+    stored: pl.DataFrame,
+    rules: ValidationConfig,
+    *,
+    sessions: Sequence[date],
+    symbols: Sequence[str],
 ) -> list[CheckOutcome]:
-    """Verdicts on one ingestion (``report``) and the bars now stored for its window."""
+    """Verdicts on one ingestion (``report``) and on the bars now stored for its partition,
+    judged against the exchange ``sessions`` the partition must hold
+    (:func:`expected_sessions`) for each of ``symbols``."""
     checks = ingest_check_definitions(rules)
     problems = bar_integrity(stored)
     share = report.rows_quarantined / report.rows_in if report.rows_in else 0.0
+    missing = missing_sessions(stored, sessions, symbols)
+    with_bars = (
+        set(stored.select(session_dates(pl.col("ts")))["ts"].to_list()) if stored.height else set()
+    )
+    empty = [d for d in sessions if d not in with_bars]
+    span = f"{sessions[0]} .. {sessions[-1]}" if sessions else "none"
     return [
         checks["rows_accounted"].outcome(
             report.accounted,
@@ -150,9 +289,29 @@ def ingest_checks(
             share <= rules.max_quarantine_share,
             {"share": share, "by_reason": dict(report.by_reason)},
         ),
+        checks["sessions_have_bars"].outcome(
+            not sessions or stored.height > 0,
+            {
+                "summary": (
+                    f"{len(sessions)} sessions ({span}), {stored.height} bars stored"
+                    + (f"; sessions without any bar: {len(empty)}" if empty else "")
+                ),
+                "sessions": len(sessions),
+                "bars_stored": stored.height,
+                "sessions_without_bars": [d.isoformat() for d in empty],
+            },
+        ),
         checks["whole_sessions_present"].outcome(
-            report.missing_sessions == 0,
-            {"missing_sessions": report.missing_sessions, "missing_bars": report.missing_bars},
+            not missing,
+            {
+                "summary": f"{len(sessions)} sessions; missing: "
+                + describe_missing(missing, len(symbols)),
+                "sessions": len(sessions),
+                "symbols_missing_sessions": len(missing),
+                "missing_sessions": sum(len(v) for v in missing.values()),
+                "by_symbol": {s: ", ".join(d.isoformat() for d in v) for s, v in missing.items()},
+                "missing_bars_in_fetched_sessions": report.missing_bars,
+            },
         ),
         checks["price_jumps"].outcome(
             report.price_jumps == 0, {"flagged_bars": report.price_jumps}

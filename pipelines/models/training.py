@@ -12,6 +12,7 @@ from typing import Literal
 import polars as pl
 
 from pipelines.features.registry import CATEGORIES
+from pipelines.labels.partition import calendar_days
 from pipelines.models.estimators import Kind, ModelConfig, ModelError
 from pipelines.models.evaluation import EvaluationError
 from pipelines.models.holdout import HoldoutError
@@ -40,8 +41,10 @@ from pipelines.models.walk_forward import (
     WalkForwardResult,
     run_walk_forward,
 )
+from pipelines.timeframes import Timeframe
 
 Mode = Literal["quick", "full"]
+INTRADAY_EMBARGO = timedelta(hours=4)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class TrainingPlan:
     test_windows: int
     train_multiple: int = 3
     calibration: Calibration = "platt"
-    embargo: timedelta = field(default_factory=lambda: timedelta(hours=4))
+    embargo: timedelta = INTRADAY_EMBARGO
 
 
 def plan_for(mode: Mode, kind: Kind = "lightgbm", seed: int = 0) -> TrainingPlan:
@@ -163,6 +166,20 @@ class TrainingRequest:
     gate: GateConfig = field(default_factory=GateConfig)
     rule: PromotionRule = field(default_factory=PromotionRule)
     test_windows: int | None = None
+    embargo: timedelta | None = None
+    """The embargo after each held-out block (None: the plan's 4 hours, for intraday bars);
+    see :func:`embargo_for`."""
+
+
+def embargo_for(timeframe: Timeframe, max_holding_bars: int) -> timedelta:
+    """The embargo after a held-out block for bars of ``timeframe``: 4 hours on intraday bars
+    (the plan's default: sixteen 15-minute bars, the labels' horizon), and on daily bars the
+    calendar days that cover ``max_holding_bars`` sessions (the labels' horizon again, weekends,
+    holidays and an unscheduled closure such as September 2001's included). Example: daily bars
+    with ``max_holding_bars=10`` give 23 days."""
+    if not timeframe.is_daily:
+        return INTRADAY_EMBARGO
+    return timedelta(days=calendar_days(max_holding_bars) + 9)
 
 
 @dataclass(frozen=True)
@@ -182,8 +199,14 @@ class TrainingOutcome:
         return self.result.trials
 
 
-def fold_tuner(request: TrainingRequest, features: list[str], weight: str | None) -> FoldTuner:
-    """Nested tuning: each fold's configuration is tuned on that fold's own rows."""
+def fold_tuner(
+    request: TrainingRequest,
+    features: list[str],
+    weight: str | None,
+    progress: Callable[[str], None] | None = None,
+) -> FoldTuner:
+    """Nested tuning: each fold's configuration is tuned on that fold's own rows (``progress``,
+    optional, is told of each trial)."""
 
     def tuner(data: pl.DataFrame, fold: Fold) -> tuple[ModelConfig, int]:
         base = plan_for(request.mode, request.kind, request.seed).model
@@ -194,7 +217,13 @@ def fold_tuner(request: TrainingRequest, features: list[str], weight: str | None
             seed=request.seed,
         )
         tuned, study = tune_fold(
-            data, fold, base=base, features=features, config=config, weight=weight
+            data,
+            fold,
+            base=base,
+            features=features,
+            config=config,
+            weight=weight,
+            progress=progress,
         )
         return tuned, trials_taken(study)
 
@@ -255,11 +284,13 @@ def run_training(
     model_name: str,
     feature_set_version: str,
     tags: dict[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainingOutcome:
     """Train walk-forward (tuning each fold on its own rows in full mode), judge the result by
     the skill gate, log to MLflow, register and decide the champion, and optionally stack; the
     one core call of the training assets. ``data`` holds development rows only: split the
-    holdout off first (:func:`pipelines.models.holdout.split_holdout`)."""
+    holdout off first (:func:`pipelines.models.holdout.split_holdout`). ``progress``
+    (optional) is told of each fold, each tuning trial and the decision."""
     overlap = scored_holdout_rows(tracking_uri, experiment, data)
     if overlap is not None:
         raise HoldoutError(overlap)
@@ -267,10 +298,12 @@ def run_training(
     plan = plan_for(request.mode, request.kind, request.seed)
     if request.test_windows is not None:
         plan = replace(plan, test_windows=request.test_windows)
+    if request.embargo is not None:
+        plan = replace(plan, embargo=request.embargo)
     weight = "weight" if "weight" in data.columns else None
     tuner = None
     if request.mode == "full" and request.tune_trials > 0:
-        tuner = fold_tuner(request, features, weight)
+        tuner = fold_tuner(request, features, weight, progress)
     folds = folds_for(data, plan)
     result = run_walk_forward(
         data,
@@ -280,8 +313,14 @@ def run_training(
         weight=weight,
         calibration=plan.calibration,
         tuner=tuner,
+        progress=progress,
     )
     verdict = skill_gate(result.predictions, request.gate)
+    if progress is not None:
+        progress(
+            f"skill gate {'passed' if verdict.passed else 'refused'}; logging to MLflow and "
+            "deciding the champion"
+        )
     decision = log_and_register(
         result,
         config=plan.model,

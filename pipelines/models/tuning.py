@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -144,6 +145,7 @@ def tune_fold(
     weight: str | None = None,
     worker: str = "main",
     trainer: Trainer = train_classifier,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[ModelConfig, optuna.Study]:
     """Tune ``base`` on ``fold``: each trial fits the fold's recipe on its training rows with
     early stopping on its validation rows and is scored there. Returns ``base`` with the best
@@ -193,8 +195,18 @@ def tune_fold(
         direction=_direction(config),
         sampler=optuna.samplers.TPESampler(seed=config.seed + fold.index),
     )
+
+    def told(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if progress is not None:
+            value = "pruned" if trial.value is None else f"{config.metric} {trial.value:.4f}"
+            progress(f"fold {fold.index}: tuning trial {trial.number + 1} ({value})")
+
     study.optimize(
-        objective, n_trials=config.n_trials, timeout=config.timeout_s, gc_after_trial=False
+        objective,
+        n_trials=config.n_trials,
+        timeout=config.timeout_s,
+        gc_after_trial=False,
+        callbacks=[told],
     )
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         if refusals:  # the fold's rows cannot be fitted (e.g. one class): as fit_fold says

@@ -256,14 +256,16 @@ def run_walk_forward(
     calibration: Calibration = "platt",
     winsorise: bool = True,
     tuner: FoldTuner | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> WalkForwardResult:
     """Fit :func:`fit_fold` on every fold of ``data`` (rows in the order the folds index) and
     predict each test block out of sample. With a ``tuner``, each fold's configuration comes
     from it (nested tuning: it sees that fold's own training and validation rows only). A fold
     whose training or validation rows hold a single class is skipped, with the reason
-    recorded, never silently."""
+    recorded, never silently. ``progress`` (optional) is told of each fold as it ends."""
+    say = progress or (lambda _: None)
     preds, metrics, skipped, fits, records = [], [], [], [], []
-    for fold in folds:
+    for n, fold in enumerate(folds, 1):
         try:
             cfg, trials = (config, 0) if tuner is None else tuner(data, fold)
             fit = fit_fold(
@@ -278,6 +280,7 @@ def run_walk_forward(
             )
         except ModelError as exc:
             skipped.append(f"fold {fold.index}: {exc}")
+            say(f"fold {n}/{len(folds)} skipped: {exc}")
             continue
         test = data[fold.test]
         raw, prob = fit.predict(test)
@@ -314,6 +317,12 @@ def run_walk_forward(
                 dict(cfg.params),
                 trials,
             )
+        )
+        tuned = f", {trials} tuning trials" if trials else ""
+        scored = f", test AUC {metrics[-1]['auc']:.3f}" if metrics and "auc" in metrics[-1] else ""
+        say(
+            f"fold {n}/{len(folds)} trained on {fold.train.size} rows{tuned}; "
+            f"{test.height} test rows{scored}"
         )
     if not preds:
         raise ModelError(f"every fold was skipped: {skipped}")

@@ -20,9 +20,10 @@ from pipelines.months import MonthsRefusedError
 from resources import TradingDatabaseResource
 from tests.dagster.test_materialize import _sample_setup
 
-JAN, FEB, MAR = "2019-01-01", "2019-02-01", "2019-03-01"
+JAN, FEB = "2019-01-01", "2019-02-01"
 BLOCKING = {
     ("bars_15m", "rows_accounted"),
+    ("bars_15m", "sessions_have_bars"),
     ("bars_15m", "bar_integrity"),
     ("bars_60m", "bar_integrity"),
     ("bars_60m", "volume_conserved"),
@@ -106,7 +107,7 @@ def test_every_blocking_verdict_comes_from_a_blocking_spec(tmp_path: Path) -> No
     )
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 5 + 2 + 2 + 5 + 2
+    assert len(evaluations) == 6 + 2 + 2 + 5 + 2
     for e in evaluations:
         assert e.blocking == (e.severity is dg.AssetCheckSeverity.ERROR), e.check_name
         assert e.partition == FEB  # evaluated, and recorded, per month
@@ -154,23 +155,24 @@ def test_training_refuses_a_month_whose_blocking_check_failed(tmp_path: Path) ->
 
 
 def test_training_refuses_a_month_never_materialized(tmp_path: Path) -> None:
-    """January and March (a month the sample holds no bar of) are materialized; February has
-    bars only: its features and labels are a gap in the middle of the span."""
+    """January has bars only (its features and labels were never materialized), February
+    everything: January is in the span (the bars hold it) and is refused, or left out with
+    ``allow_gaps``. (A month with no bars at all cannot stand in for a gap any more: its
+    bars fail the blocking sessions_have_bars check.)"""
     assets, resources, instance = _setup(tmp_path)
-    assert _month(assets, resources, instance, JAN).success
-    assert _month(assets, resources, instance, FEB, "bars_15m").success
-    assert _month(assets, resources, instance, MAR).success
+    assert _month(assets, resources, instance, JAN, "bars_15m").success
+    assert _month(assets, resources, instance, FEB).success
 
-    gap = f"{FEB}: feature_matrix never materialized; triple_barrier_labels never materialized"
+    gap = f"{JAN}: feature_matrix never materialized; triple_barrier_labels never materialized"
     with pytest.raises(MonthsRefusedError) as refused:
         _train(assets, resources, instance)
     assert gap in str(refused.value)
-    assert f"refuses 1 of 3 months ({JAN} to {MAR})" in str(refused.value)
+    assert f"refuses 1 of 2 months ({JAN} to {FEB})" in str(refused.value)
 
     allowed = _train(assets, resources, instance, allow_gaps=True)
     meta = allowed.asset_materializations_for_node("training_set")[0].metadata
-    assert meta["months"].value == [JAN, MAR]
+    assert meta["months"].value == [FEB]
     assert meta["left_out_months"].value == {
-        FEB: "feature_matrix never materialized; triple_barrier_labels never materialized"
+        JAN: "feature_matrix never materialized; triple_barrier_labels never materialized"
     }
     assert gap in _warnings(instance, allowed)

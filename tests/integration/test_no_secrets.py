@@ -196,13 +196,13 @@ def test_make_run_leaves_no_secret_anywhere(
                         links.append(str(mat.metadata["mlflow_run"].value))
         assert {r.job_name for r in runs} == {
             "market_data_job",
-            "all_assets_job",
+            "research_job",
             "training_job",
             "backtest_job",
         } and len(runs) == 2 * len(PARTITIONS) + 2
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    # Bars in the market-data job and again in the job of all assets; the rest once each.
-    assert materialized["bars_15m"] == 2 * materialized["feature_matrix"] == 2 * len(PARTITIONS)
+    # Each partition of each asset once: bars in the market-data job, the rest in the research job.
+    assert materialized["bars_15m"] == materialized["feature_matrix"] == len(PARTITIONS)
     assert materialized["champion_model"] == materialized["backtest_report"] == 1
     # The resources' config, stored with each run, names the variables it reads.
     assert named == set(VARIABLES) - {"DAGSTER_PG_URL"}

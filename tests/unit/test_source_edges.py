@@ -415,3 +415,13 @@ def test_vendor_daily_conventions_are_declared_not_guessed(tmp_path: Path) -> No
     read = _source(tmp_path, DAILY, columns=cols, timestamp_format="%d-%b-%y", adjustment="raw")
     bars = _validated(read, ["GOOG"], DAILY).bars
     assert bars["ts"].to_list() == [datetime(2004, 8, 19, 13, 30, tzinfo=UTC)]
+
+
+def test_daily_labels_cut_at_the_close_are_refused_when_the_config_loads(tmp_path: Path) -> None:
+    for name in ("settings.yaml", "universe.yaml"):
+        text = (ROOT / "config" / "daily" / name).read_text()
+        (tmp_path / name).write_text(
+            text.replace("cut_at_session_close: false", "cut_at_session_close: true")
+        )
+    with pytest.raises(ConfigError, match="cut_at_session_close: false"):
+        load_settings(tmp_path / "settings.yaml")
