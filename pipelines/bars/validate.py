@@ -193,7 +193,7 @@ def _first_failure(
     )
 
 
-def _detail(rule: str, session: Session) -> pl.Expr | None:
+def _detail(rule: str, session: Session, daily: bool = False) -> pl.Expr | None:
     fmt_ts = pl.col("ts").dt.convert_time_zone("America/New_York").dt.strftime("%Y-%m-%d %H:%M")
     return {
         "unparseable_value": pl.col("parse_error"),
@@ -226,7 +226,11 @@ def _detail(rule: str, session: Session) -> pl.Expr | None:
         "ohlc_violation": pl.format(
             "open {} high {} low {} close {}", "open", "high", "low", "close"
         ),
-        "not_a_session": pl.format("{} ET is not a trading session", fmt_ts),
+        "not_a_session": (
+            pl.format("{} is not a trading session", pl.col("session_date"))
+            if daily
+            else pl.format("{} ET is not a trading session", fmt_ts)
+        ),
         "outside_session": pl.format(
             "bar starting {} ET lies outside the {} session {}-{} ET",
             fmt_ts,
@@ -334,7 +338,7 @@ def validate_bars(
     )
     detail = pl.lit(None, pl.String)
     for r in RULES:
-        expr = _detail(r, session)
+        expr = _detail(r, session, timeframe.is_daily)
         if expr is not None:
             detail = pl.when(pl.col("rule") == r).then(expr).otherwise(detail)
     origin = raw.select(provenance).with_row_index("_row")

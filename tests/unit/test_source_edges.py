@@ -104,6 +104,7 @@ def test_bars_of_the_1980s_to_2000s_are_stored_and_holidays_refused(tmp_path: Pa
     stored = result.bars["ts"].dt.convert_time_zone("America/New_York").dt.date().to_list()
     assert stored == [date(1987, 10, 19), date(1999, 12, 31), date(2004, 8, 19)]
     assert result.quarantine["rule"].to_list() == ["not_a_session", "not_a_session"]
+    assert result.quarantine["detail"][0] == "1994-04-27 is not a trading session"
     # Stored with the session's open, 09:30 New York (EDT then), as an aggregated 1d bar.
     assert result.bars["ts"][0] == datetime(1987, 10, 19, 13, 30, tzinfo=UTC)
 
