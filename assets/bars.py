@@ -97,7 +97,7 @@ def build_source_bars_asset(
         reasons = ", ".join(f"{k} {v}" for k, v in report.by_reason.items())
         say(
             context,
-            f"{name} {key}: {report.rows_in} rows in, {report.rows_stored} stored, "
+            f"{name} {key}: {report.rows_in} rows fetched, {report.rows_stored} stored, "
             f"{report.rows_quarantined} quarantined"
             + (f" ({reasons})" if reasons else "")
             + f" [{time.monotonic() - began:.1f}s]",
@@ -122,8 +122,16 @@ def build_source_bars_asset(
             history_start=universe.history_start,
             history_end=universe.history_end,
         )
+        spanning = store.symbols_spanning(
+            timeframe=tf, start=window[0], end=window[1], symbols=universe.symbol_names
+        )
         outcomes = ingest_checks(
-            report, stored, rules, sessions=sessions, symbols=universe.symbol_names
+            report,
+            stored,
+            rules,
+            sessions=sessions,
+            symbols=universe.symbol_names,
+            spanning=spanning,
         )
         return dg.MaterializeResult(
             metadata={

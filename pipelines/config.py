@@ -303,7 +303,9 @@ class AlpacaSourceConfig(_Frozen):
     ``[0, min(cap, base * 2**attempt)]`` seconds. Example: base 1, cap 60 waits at most 1, 2, 4,
     ... then 60 s.
     ``connect_timeout_s`` / ``read_timeout_s``: per-request limits in seconds for opening the
-    connection and for each wait on the socket (not the whole response). Example: 5 and 30.
+    connection and for each wait on the socket. Example: 5 and 30.
+    ``response_timeout_s``: the whole of one response, however slowly its bytes arrive (a
+    server that sends a byte a second never trips the read timeout). Example: 120.
     ``max_pages``: pages (of up to 10,000 bars) one window may take before it is an error, which
     stops a server that keeps sending ``next_page_token``. Example: 1000 allows 10 million bars.
     ``feed_delay_minutes``: how long after a bar closes the feed's history is final; ``None``
@@ -322,6 +324,7 @@ class AlpacaSourceConfig(_Frozen):
     backoff_cap_s: Annotated[float, Field(gt=0)] = 60.0
     connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    response_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     max_pages: Annotated[int, Field(ge=1)] = 1000
     feed_delay_minutes: Annotated[int, Field(ge=0, le=24 * 60)] | None = None
 

@@ -64,7 +64,13 @@ class FileBarSourceResource(BarSourceResource):
         )
 
     def source(self, universe: UniverseConfig) -> FileBarSource:
-        return FileBarSource(self.config(), universe.base_timeframe, root=PROJECT_ROOT)
+        return FileBarSource(
+            self.config(),
+            universe.base_timeframe,
+            root=PROJECT_ROOT,
+            history=(universe.history_start, universe.history_end),
+            calendar=universe.calendar,
+        )
 
 
 _ALPACA = AlpacaSourceConfig()
@@ -87,6 +93,7 @@ class AlpacaBarSourceResource(BarSourceResource):
     backoff_cap_s: float = _ALPACA.backoff_cap_s
     connect_timeout_s: float = _ALPACA.connect_timeout_s
     read_timeout_s: float = _ALPACA.read_timeout_s
+    response_timeout_s: float = _ALPACA.response_timeout_s
     max_pages: int = _ALPACA.max_pages
     feed_delay_minutes: int | None = _ALPACA.feed_delay_minutes
 
@@ -121,6 +128,7 @@ class AlpacaBarSourceResource(BarSourceResource):
             backoff_cap_s=self.backoff_cap_s,
             connect_timeout_s=self.connect_timeout_s,
             read_timeout_s=self.read_timeout_s,
+            response_timeout_s=self.response_timeout_s,
             max_pages=self.max_pages,
             feed_delay_minutes=self.feed_delay_minutes,
         )

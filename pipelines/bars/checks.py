@@ -227,7 +227,8 @@ def ingest_check_definitions(rules: ValidationConfig) -> dict[str, CheckDefiniti
         CheckDefinition(
             "sessions_have_bars",
             "the partition's exchange sessions (up to as_of, within the universe's history) "
-            "have stored bars: a period with sessions and no bar fails",
+            "have stored bars: a period with sessions and no bar fails, and so does one where a "
+            "symbol with bars before and after it has none",
             blocking=True,
         ),
         CheckDefinition(
@@ -262,10 +263,13 @@ def ingest_checks(
     *,
     sessions: Sequence[date],
     symbols: Sequence[str],
+    spanning: Sequence[str] = (),
 ) -> list[CheckOutcome]:
     """Verdicts on one ingestion (``report``) and on the bars now stored for its partition,
     judged against the exchange ``sessions`` the partition must hold
-    (:func:`expected_sessions`) for each of ``symbols``."""
+    (:func:`expected_sessions`) for each of ``symbols``. ``spanning``: symbols with stored bars
+    before and after the partition; one of them without a bar in it fails
+    ``sessions_have_bars`` (a hole in its history, not a listing or a delisting)."""
     checks = ingest_check_definitions(rules)
     problems = bar_integrity(stored)
     share = report.rows_quarantined / report.rows_in if report.rows_in else 0.0
@@ -274,6 +278,8 @@ def ingest_checks(
         set(stored.select(session_dates(pl.col("ts")))["ts"].to_list()) if stored.height else set()
     )
     empty = [d for d in sessions if d not in with_bars]
+    present = set(stored["symbol"].unique().to_list()) if stored.height else set()
+    holes = sorted(set(spanning) - present) if sessions else []
     span = f"{sessions[0]} .. {sessions[-1]}" if sessions else "none"
     return [
         checks["rows_accounted"].outcome(
@@ -290,12 +296,19 @@ def ingest_checks(
             {"share": share, "by_reason": dict(report.by_reason)},
         ),
         checks["sessions_have_bars"].outcome(
-            not sessions or stored.height > 0,
+            not sessions or (stored.height > 0 and not holes),
             {
                 "summary": (
                     f"{len(sessions)} sessions ({span}), {stored.height} bars stored"
                     + (f"; sessions without any bar: {len(empty)}" if empty else "")
+                    + (
+                        f"; no bar at all for {', '.join(holes)}, which have bars before and "
+                        "after this partition"
+                        if holes
+                        else ""
+                    )
                 ),
+                "symbols_without_bars": holes,
                 "sessions": len(sessions),
                 "bars_stored": stored.height,
                 "sessions_without_bars": [d.isoformat() for d in empty],

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 import requests
+import urllib3
 from alpaca.common.enums import BaseURL
 from alpaca.common.exceptions import APIError
 from alpaca.data.enums import Adjustment, DataFeed
@@ -101,19 +102,44 @@ class _Redirected(Exception):
 
 class _TimeoutSession(requests.Session):
     """A session that gives every request ``timeout`` (connect, read seconds) unless the caller
-    passes one, and refuses redirects (alpaca-py does not follow them; a 3xx would otherwise
-    look like an empty page)."""
+    passes one, reads the body within ``deadline_s`` seconds in all (a server trickling bytes
+    never trips the per-read timeout), and refuses redirects (alpaca-py does not follow them; a
+    3xx would otherwise look like an empty page)."""
 
-    def __init__(self, timeout: tuple[float, float]) -> None:
+    def __init__(self, timeout: tuple[float, float], deadline_s: float = 120.0) -> None:
         super().__init__()
         self.timeout = timeout
+        self.deadline_s = deadline_s
 
     def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
+        kwargs["stream"] = True
+        deadline = time.monotonic() + self.deadline_s
         response = super().request(method, url, *args, **kwargs)
         if response.is_redirect:
+            response.close()
             raise _Redirected(response.status_code, response.headers.get("location", "?"))
+        body = bytearray()
+        try:
+            # read1 returns whatever has arrived, so the deadline is checked however slowly
+            # the bytes come (iter_content would wait for a whole chunk first).
+            while chunk := response.raw.read1(65536, decode_content=True):
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise requests.exceptions.Timeout(
+                        f"the response took longer than {self.deadline_s:g} s in all"
+                    )
+        # The errors requests itself raises when it reads a body (Response.iter_content).
+        except urllib3.exceptions.ProtocolError as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from None
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ReadTimeout(exc) from None
+        except urllib3.exceptions.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from None
+        finally:
+            response.close()
+        response._content = bytes(body)
         return response
 
 
@@ -225,7 +251,7 @@ class AlpacaBarSource:
         # alpaca-py would otherwise retry 429/504 itself with a fixed 3 s wait and no jitter, and
         # send requests without a timeout; the retry policy and the timeouts are ours.
         self.client._retry = 0
-        self.client._session = _TimeoutSession(self.timeout)
+        self.client._session = _TimeoutSession(self.timeout, config.response_timeout_s)
         self.url = f"{config.url_override or BaseURL.DATA.value}/v2{_BARS_PATH}"
         self._secrets = (api_key, secret_key)
         self.sleep = sleep

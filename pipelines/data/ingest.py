@@ -149,6 +149,7 @@ def ingest_window(
             rules=rules,
             previous_close=previous_closes(store, tf.label, req.symbols, req.start),
         )
+        files = raw["source_file"].unique().drop_nulls().to_list()
         del raw  # the batch can be large; only the validated result is needed from here on
         with store.engine.begin() as conn:
             # Supersedes what earlier fetches of this window stored (bars gone at the source are
@@ -163,6 +164,7 @@ def ingest_window(
                 universe=universe.symbol_names,
                 window=(req.start, req.end),
                 batch=batch,
+                files=files,
             )
             changed += written.bars_changed
             deleted += written.bars_deleted

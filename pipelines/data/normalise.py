@@ -93,9 +93,10 @@ def _parse_timestamps(
     daily: bool = False,
     timestamp_format: str | None = None,
 ) -> _Parsed:
+    if daily:
+        return _parse_daily(df, col, where, timestamp_format)
     dtype = df.schema[col]
-    # A daily bar is labelled by its session date, a New York date: no zone needs declaring.
-    zone = timezone if timezone is not None or not daily else NEW_YORK
+    zone = timezone
     if isinstance(dtype, pl.Datetime):
         if dtype.time_zone is None:
             if zone is None:
@@ -112,20 +113,14 @@ def _parse_timestamps(
             )
         return _Parsed(pl.col(col).dt.convert_time_zone("UTC"))
     if isinstance(dtype, pl.Date):
-        if not daily:
-            raise SourceError(
-                f"{where}: column {col!r} holds dates; intraday bars need date and time "
-                "(for daily bars set the universe's `timeframe: 1d`)"
-            )
-        return _Parsed(_session_date(pl.col(col)))
+        raise SourceError(
+            f"{where}: column {col!r} holds dates; intraday bars need date and time "
+            "(for daily bars set the universe's `timeframe: 1d`)"
+        )
     if timestamp_format is not None:
         return _custom_format(df, col, zone, where, timestamp_format)
     text = pl.col(col).cast(pl.String).str.strip_chars().str.replace("T", " ", literal=True)
     date_only = text.str.contains(_DATE_ONLY)
-    if daily:
-        dated = _session_date(text.str.to_date("%Y-%m-%d", strict=False))
-    else:
-        dated = pl.lit(None, pl.Datetime("us", "UTC"))
     has_offset = df.select(text.str.contains(_OFFSET).alias("o"))["o"]
     n_aware = int(has_offset.sum())
     n_values = int(has_offset.len() - has_offset.null_count())
@@ -155,17 +150,53 @@ def _parse_timestamps(
         )
         if timezone is not None:
             _refuse_contradicting_offsets(df, col, aware, aware_text, timezone, where)
-        return _Parsed(pl.coalesce(dated, aware) if daily else aware, hint)
-    if zone is None and not (daily and bool(df.select(date_only.all()).item())):
+        return _Parsed(aware, hint)
+    if zone is None:
         raise SourceError(
             f"{where}: column {col!r} holds timestamps without a UTC offset; declare the zone "
             "of its wall clock as `timezone:` in the source config (for example America/New_York)"
         )
-    if zone is None:
-        return _Parsed(dated, hint)
     local = _localise(naive, zone)
     why = pl.when(naive.is_not_null()).then(local.why).otherwise(hint)
-    return _Parsed(pl.coalesce(dated, local.ts) if daily else local.ts, why)
+    return _Parsed(local.ts, why)
+
+
+def _parse_daily(df: pl.DataFrame, col: str, where: str, timestamp_format: str | None) -> _Parsed:
+    """A daily bar's session is the date as written, in the value's own zone or offset: a
+    vendor that stamps the session 2019-01-03 as ``2019-01-03T00:00:00Z`` means that session,
+    although it is 19:00 of the day before in New York. Epoch times are read as UTC dates."""
+    dtype = df.schema[col]
+    hint = pl.lit(f"accepted forms: {ACCEPTED_TIMESTAMPS}")
+    if isinstance(dtype, pl.Date):
+        return _Parsed(_session_date(pl.col(col)))
+    if isinstance(dtype, pl.Datetime):
+        return _Parsed(_session_date(pl.col(col).dt.date()))
+    raw = pl.col(col).cast(pl.String).str.strip_chars()
+    if timestamp_format in ("epoch_s", "epoch_ms"):
+        number = raw.cast(pl.Int64, strict=False)
+        epoch = (
+            pl.from_epoch(number, time_unit="s")
+            if timestamp_format == "epoch_s"
+            else pl.from_epoch(number, time_unit="ms")
+        )
+        return _Parsed(_session_date(epoch.dt.date()), hint)
+    if timestamp_format is not None:
+        hint = pl.lit(f"does not match the source's timestamp_format {timestamp_format!r}")
+        return _Parsed(_session_date(raw.str.to_date(timestamp_format, strict=False)), hint)
+    text = raw.str.replace("T", " ", literal=True)
+    aware_text = text.str.replace(r"[Zz]$", "+00:00")
+    well_formed = (
+        text.str.contains(_DATE_ONLY)
+        | pl.any_horizontal(
+            text.str.to_datetime(f, strict=False).is_not_null() for f in _NAIVE_FORMATS
+        )
+        | pl.any_horizontal(
+            aware_text.str.to_datetime(f, time_zone="UTC", strict=False).is_not_null()
+            for f in _AWARE_FORMATS
+        )
+    )
+    written = text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+    return _Parsed(_session_date(pl.when(well_formed).then(written)), hint)
 
 
 def _session_date(d: pl.Expr) -> pl.Expr:
@@ -369,13 +400,19 @@ def normalise_frame(
 def _refuse_unplaceable(
     df: pl.DataFrame, col: str, ts: pl.Expr, why: pl.Expr | None, where: str
 ) -> None:
-    """Raise when no timestamp of the file parses: such rows belong to no window."""
+    """Raise when no timestamp of the file parses (or none is given): such rows belong to no
+    window, so they could be neither stored nor quarantined."""
     present = df.select(pl.col(col).is_not_null().sum()).item()
-    if present == 0 or df.select(ts.is_not_null().any()).item():
+    if present and df.select(ts.is_not_null().any()).item():
         return
+    if not present:
+        raise SourceError(
+            f"{where}: none of its {df.height} rows has a value in the timestamp column "
+            f"{col!r}: check the file and the source's `columns: {{timestamp: ...}}`"
+        )
     first = df.select(pl.col(col).drop_nulls().first()).item()
     reason = df.select(why.drop_nulls().first()).item() if why is not None else None
     raise SourceError(
         f"{where}: none of its {present} timestamps in column {col!r} parses (the first is "
-        f"{str(first)!r}: {reason or 'not understood'}). Accepted: {ACCEPTED_TIMESTAMPS}"
+        f"{str(first)!r}): {reason or f'accepted forms: {ACCEPTED_TIMESTAMPS}'}"
     )

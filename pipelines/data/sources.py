@@ -11,12 +11,14 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Protocol, cast
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from pipelines.bars.calendar import NEW_YORK, sessions_between
 from pipelines.config import FileSourceConfig
 from pipelines.data.normalise import SourceError, normalise_frame
 from pipelines.data.schema import RAW_SCHEMA
@@ -51,12 +53,35 @@ class BarSource(Protocol):
         ...
 
 
-def in_window(frame: pl.DataFrame, start: datetime, end: datetime) -> pl.DataFrame:
+def in_window(
+    frame: pl.DataFrame,
+    start: datetime,
+    end: datetime,
+    history: tuple[datetime, datetime | None] | None = None,
+) -> pl.DataFrame:
     """Rows whose bar start lies in ``[start, end)``. A row whose time could not be parsed
     belongs to the window of the nearest parsed row before it in the file (after it, for a
-    file that starts with such rows), so that it is counted exactly once."""
+    file that starts with such rows), so that it is counted exactly once. With ``history``
+    (the first and the end instant ever ingested, UTC), such a row whose neighbour lies outside
+    it is placed at the nearest edge instead, so that some window does fetch it."""
     anchor = pl.col("ts").forward_fill().backward_fill().over("source_file")
+    if history is not None:
+        lo, hi = history
+        clamped = anchor.clip(lower_bound=lo)
+        if hi is not None:
+            clamped = clamped.clip(upper_bound=hi - timedelta(microseconds=1))
+        anchor = pl.when(pl.col("ts").is_null()).then(clamped).otherwise(pl.col("ts"))
     return frame.filter((anchor >= start) & (anchor < end))
+
+
+def history_bounds(first: date, last: date | None) -> tuple[datetime, datetime | None]:
+    """The instants a universe's ``history_start`` .. ``history_end`` (New York dates,
+    inclusive) span: from midnight of the first to midnight after the last."""
+    ny = ZoneInfo(NEW_YORK)
+    lo = datetime.combine(first, time(0), ny).astimezone(UTC)
+    if last is None:
+        return lo, None
+    return lo, datetime.combine(last + timedelta(days=1), time(0), ny).astimezone(UTC)
 
 
 class FileBarSource:
@@ -67,10 +92,18 @@ class FileBarSource:
     """
 
     def __init__(
-        self, config: FileSourceConfig, timeframe: Timeframe, *, root: Path | None = None
+        self,
+        config: FileSourceConfig,
+        timeframe: Timeframe,
+        *,
+        root: Path | None = None,
+        history: tuple[date, date | None] | None = None,
+        calendar: str = "XNYS",
     ) -> None:
         self.config = config
         self.timeframe = timeframe
+        self.history = None if history is None else history_bounds(*history)
+        self.calendar = calendar
         path = Path(config.path)
         self.directory = path if path.is_absolute() or root is None else root / path
         if not self.directory.is_dir():
@@ -121,22 +154,34 @@ class FileBarSource:
             ) from None
         if df.schema.get(self.config.columns.symbol or "", None) == pl.Categorical:
             df = df.with_columns(pl.col(self.config.columns.symbol).cast(pl.String))  # type: ignore[arg-type]
-        return normalise_frame(
-            df,
-            self.config.columns,
-            timezone=self.config.timezone,
-            label=self.config.label,
-            timeframe=self.timeframe,
-            source=self.name,
-            source_file=str(path.name),
-            symbol=symbol,
-            timestamp_format=self.config.timestamp_format,
-            adjustment=self.config.adjustment,
-        )
+        try:
+            return normalise_frame(
+                df,
+                self.config.columns,
+                timezone=self.config.timezone,
+                label=self.config.label,
+                timeframe=self.timeframe,
+                source=self.name,
+                source_file=str(path.name),
+                symbol=symbol,
+                timestamp_format=self.config.timestamp_format,
+                adjustment=self.config.adjustment,
+            )
+        except SourceError as exc:
+            raise SourceError(f"{self.directory}/{exc}") from None
 
     def covered_until(self, as_of: datetime) -> datetime:
-        """Files hold only finished bars: everything before ``as_of`` is final."""
-        return as_of
+        """Bars that have ended by ``as_of`` are final. Intraday: bars starting before
+        ``as_of`` minus the bar length (a file written mid-bar holds that bar's partial
+        values). Daily: sessions closed by ``as_of``."""
+        if not self.timeframe.is_daily:
+            return as_of - self.timeframe.duration
+        ny = as_of.astimezone(ZoneInfo(NEW_YORK))
+        midnight = datetime.combine(ny.date(), time(0), ZoneInfo(NEW_YORK)).astimezone(UTC)
+        today = sessions_between(self.calendar, ny.date(), ny.date()).frame
+        if today.height and as_of >= today["close"][0]:
+            return as_of
+        return midnight
 
     def _require_files(self, files: list[tuple[Path, str | None]], symbols: Sequence[str]) -> None:
         """Raise unless every symbol has its file (per-symbol patterns only): a missing file
@@ -171,7 +216,7 @@ class FileBarSource:
         files = self.files(symbols)
         self._require_files(files, symbols)
         for path, symbol in files:
-            raw = in_window(self.read_file(path, symbol), start, end)
+            raw = in_window(self.read_file(path, symbol), start, end, self.history)
             if symbol is None:
                 raw = raw.filter(
                     pl.col("symbol").is_in(list(wanted))

@@ -104,7 +104,14 @@ class BarStore:
         if url.startswith("sqlite:///"):
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"the trading database {redact_uri(url)} cannot be created: its folder "
+                        f"{Path(path).parent} cannot be made ({exc.strerror}); point the "
+                        "settings' database_url (or QUANTDAG_DATABASE_URL) at a writable place"
+                    ) from None
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         parsed = sa.make_url(url)
@@ -481,6 +488,23 @@ class BarStore:
         """Quarantined rows per symbol and rule: columns ``symbol``, ``rule``, ``rows``."""
         return self._counts(quarantine.c.symbol, quarantine.c.rule, label="rows")
 
+    def symbols_spanning(
+        self, *, timeframe: str, start: datetime, end: datetime, symbols: Sequence[str]
+    ) -> list[str]:
+        """Those of ``symbols`` with a stored ``timeframe`` bar before ``start`` and one at or
+        after ``end``: a window of theirs without bars is a hole, not a listing or a delisting."""
+        b = bars_table.c
+        stmt = (
+            sa.select(b.symbol)
+            .where(b.timeframe == timeframe, b.symbol.in_(list(symbols)))
+            .group_by(b.symbol)
+            .having(
+                sa.and_(sa.func.min(b.ts) < self._ts(start), sa.func.max(b.ts) >= self._ts(end))
+            )
+        )
+        with self.engine.connect() as conn:
+            return sorted(str(r) for r in conn.execute(stmt).scalars())
+
     def _counts(self, *columns: sa.Column[Any], label: str) -> pl.DataFrame:
         stmt = sa.select(*columns, sa.func.count().label(label)).group_by(*columns)
         with self.engine.connect() as conn:
@@ -568,6 +592,7 @@ class BarStore:
         universe: Sequence[str],
         window: tuple[datetime, datetime],
         batch: str,
+        files: Sequence[str] | None = None,
     ) -> WriteCounts:
         """Store what one fetch of ``symbols`` over ``window`` = ``[start, end)`` from ``source``
         returned (validated ``bars`` and ``quarantined`` rows), superseding what earlier fetches
@@ -577,8 +602,9 @@ class BarStore:
         + rows quarantined. Superseded, and deleted unless this fetch has them again:
 
         - bars of ``source`` and ``timeframe`` for ``symbols`` with ``start <= ts < end``;
-        - quarantine rows of ``source`` whose symbol is one of ``symbols``, null, or outside
-          ``universe`` (a source returns such rows with every request), and whose time lies in
+        - quarantine rows of ``source`` whose symbol is one of ``symbols``, or is null or
+          outside ``universe`` and came from one of ``files`` (the files this fetch read rows
+          from; None: any), and whose time lies in
           the window, or, for rows whose time could not be parsed, whose fetch window lies
           inside this one. A row without a time quarantined by a fetch that only overlaps this
           window is kept: it may belong to the part outside. Rows quarantined before schema
@@ -597,7 +623,15 @@ class BarStore:
         syms = [escape_nul(s) for s in symbols]
         superseded = sa.select(q.fingerprint).where(
             q.source == escape_nul(source),
-            sa.or_(q.symbol.in_(syms), q.symbol.is_(None), q.symbol.not_in(list(universe))),
+            sa.or_(
+                q.symbol.in_(syms),
+                sa.and_(
+                    sa.or_(q.symbol.is_(None), q.symbol.not_in(list(universe))),
+                    sa.true()
+                    if files is None
+                    else q.source_file.in_([escape_nul(f) for f in files]),
+                ),
+            ),
             sa.or_(
                 sa.and_(q.ts >= self._ts(start), q.ts < self._ts(end)),
                 sa.and_(

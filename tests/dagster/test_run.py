@@ -101,7 +101,7 @@ def test_all_quarantined_partition_is_reported_at_its_cause(
     assert "unparseable_value 52, e.g. AAA_15min.csv, row index 0" in message
     assert "refetch" in message  # what to do
     # The progress line of the ingestion came before, with the counts.
-    assert "bars_15m 2019-02-01: 52 rows in, 0 stored, 52 quarantined" in out
+    assert "bars_15m 2019-02-01: 52 rows fetched, 0 stored, 52 quarantined" in out
 
     # Run again: nothing new is fetched, and the month, still without a bar, fails its
     # blocking check, said in two lines with what to do.

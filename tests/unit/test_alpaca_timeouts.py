@@ -104,3 +104,80 @@ def test_a_connection_that_is_never_established_times_out(full_backlog_url: str)
             ["AAPL"], datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC), ["AAPL"]
         )
     assert time.monotonic() - started < 3
+
+
+@pytest.fixture
+def trickle_url() -> Iterator[str]:
+    """A server that answers 200 and then sends one byte every 0.2 s, for ever: no single
+    read waits long enough to trip the read timeout."""
+    import threading
+
+    stop = threading.Event()
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000000\r\n\r\n"
+            )
+            try:
+                while not stop.is_set():
+                    conn.sendall(b" ")
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        sock.settimeout(0.2)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        stop.set()
+
+
+def test_a_response_trickling_in_ends_at_the_response_deadline(trickle_url: str) -> None:
+    source = AlpacaBarSource(
+        AlpacaSourceConfig(
+            url_override=trickle_url,
+            connect_timeout_s=0.5,
+            read_timeout_s=1.0,
+            response_timeout_s=1.0,
+            max_retries=0,
+        ),
+        Timeframe.parse("15m"),
+        api_key="key-id-value",
+        secret_key="secret-key-value",
+    )
+    import threading
+
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            source.fetch(
+                ["AAPL"],
+                datetime(2024, 1, 2, tzinfo=UTC),
+                datetime(2024, 1, 3, tzinfo=UTC),
+                ["AAPL"],
+            )
+        except BaseException as exc:  # the test inspects whatever ended it
+            outcome.append(exc)
+
+    # In a thread, so that a regression shows as a failure here rather than a hung suite.
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(timeout=6)
+    assert not worker.is_alive(), "the fetch was still reading the trickle after 6 s"
+    assert len(outcome) == 1 and isinstance(outcome[0], SourceError)
+    assert "Timeout" in str(outcome[0])

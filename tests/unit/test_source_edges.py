@@ -46,6 +46,12 @@ def _universe(
     )
 
 
+def _store(tmp_path: Path) -> BarStore:
+    store = BarStore(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    return store
+
+
 def _csv(folder: Path, name: str, header: str, rows: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -163,8 +169,7 @@ def test_the_bundled_daily_sample_ingests_whole(tmp_path: Path) -> None:
     source = FileBarSource(
         settings.environments["local"].source, universe.base_timeframe, root=ROOT
     )  # type: ignore[arg-type]
-    store = BarStore(f"sqlite:///{tmp_path / 't.db'}")
-    store.migrate()
+    store = _store(tmp_path)
     window = (datetime(2018, 1, 1, 5, tzinfo=UTC), datetime(2019, 1, 1, 5, tzinfo=UTC))
     report = ingest_window(
         source,
@@ -209,7 +214,9 @@ def test_a_file_of_unparseable_timestamps_is_refused_then_read_with_its_format(
     tmp_path: Path, value: str, fmt: str
 ) -> None:
     _csv(tmp_path, "A.csv", "timestamp,open,high,low,close,volume", [f"{value},1,2,0.5,1.5,10"])
-    with pytest.raises(SourceError, match=r"none of its 1 timestamps.*Accepted: YYYY-MM-DD HH:MM"):
+    with pytest.raises(
+        SourceError, match=r"A.csv: none of its 1 timestamps.*accepted forms: YYYY-MM-DD HH:MM"
+    ):
         _source(tmp_path, timezone="America/New_York").fetch(["A"], *ALL_TIME, ["A"])
     read = _source(tmp_path, timezone="America/New_York", timestamp_format=fmt)
     bars = _validated(read, ["A"]).bars
@@ -252,8 +259,7 @@ def test_a_missing_file_is_an_error_and_never_covered(tmp_path: Path) -> None:
         ),
         M15,
     )
-    store = BarStore(f"sqlite:///{tmp_path / 't.db'}")
-    store.migrate()
+    store = _store(tmp_path)
     universe = _universe(["AAPL", "MSFT"], start="2019-01-01")
     window = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2019, 2, 1, 5, tzinfo=UTC))
     with pytest.raises(SourceError, match=r"no file for AAPL.*'aapl_15min.csv' is"):
@@ -378,8 +384,7 @@ def test_coverage_ends_at_the_last_final_bar(tmp_path: Path) -> None:
         path=str(tmp_path / "src"), pattern="{symbol}.csv", label="end", timezone="America/New_York"
     )
     source = DelayedSource(cfg, M15)
-    store = BarStore(f"sqlite:///{tmp_path / 't.db'}")
-    store.migrate()
+    store = _store(tmp_path)
     as_of = datetime(2019, 1, 4, 20, 0, tzinfo=UTC)  # 15:00 New York
     window = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2019, 2, 1, 5, tzinfo=UTC))
     ingest_window(
@@ -426,3 +431,133 @@ def test_daily_labels_cut_at_the_close_are_refused_when_the_config_loads(tmp_pat
         )
     with pytest.raises(ConfigError, match="cut_at_session_close: false"):
         load_settings(tmp_path / "settings.yaml")
+
+
+def test_a_file_without_any_timestamp_value_is_refused(tmp_path: Path) -> None:
+    _csv(tmp_path, "A.csv", "timestamp,open,high,low,close,volume", [",1,2,0.5,1.5,10"] * 3)
+    with pytest.raises(SourceError, match=r"A.csv: none of its 3 rows has a value"):
+        _source(tmp_path, DAILY).fetch(["A"], *ALL_TIME, ["A"])
+
+
+def test_unparseable_rows_next_to_rows_before_the_history_are_still_fetched(
+    tmp_path: Path,
+) -> None:
+    """A row without a parsed time joins its neighbour's window; when that neighbour lies
+    before ``history_start`` (never fetched), the row joins the first window instead."""
+    rows = [
+        "2018-12-31 15:45,1,2,0.5,1.5,10",
+        "garbage,1,2,0.5,1.5,10",
+        "2019-01-04 09:45,1,2,0.5,1.5,10",
+    ]
+    _csv(tmp_path, "A.csv", "timestamp,open,high,low,close,volume", rows)
+    cfg = FileSourceConfig(
+        path=str(tmp_path), pattern="{symbol}.csv", label="end", timezone="America/New_York"
+    )
+    jan = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2019, 2, 1, 5, tzinfo=UTC))
+    bounded = FileBarSource(cfg, M15, history=(date(2019, 1, 2), None))
+    assert bounded.fetch(["A"], *jan, ["A"])["source_row"].to_list() == [1, 2]
+    # Canary: without the history, the row goes with its 2018 neighbour, a window never run.
+    assert FileBarSource(cfg, M15).fetch(["A"], *jan, ["A"])["source_row"].to_list() == [2]
+
+
+def test_daily_bars_stamped_at_utc_midnight_keep_their_written_session(tmp_path: Path) -> None:
+    """Tiingo-style ``2019-01-03T00:00:00.000Z`` is the session of 2019-01-03, although it is
+    19:00 on the 2nd in New York; so are epoch times of UTC midnight."""
+    rows = [
+        "2019-01-03T00:00:00.000Z,1,2,0.5,1.5,10",
+        "2019-01-04T00:00:00.000Z,1,2,0.5,1.5,10",
+        "2019-01-07T00:00:00Z,1,2,0.5,1.5,10",
+    ]
+    _csv(tmp_path, "A.csv", "timestamp,open,high,low,close,volume", rows)
+    result = _validated(_source(tmp_path, DAILY), ["A"], DAILY)
+    dates = result.bars["ts"].dt.convert_time_zone("America/New_York").dt.date().to_list()
+    assert dates == [date(2019, 1, 3), date(2019, 1, 4), date(2019, 1, 7)]
+    assert result.rows_quarantined == 0
+    _csv(
+        tmp_path / "e",
+        "A.csv",
+        "timestamp,open,high,low,close,volume",
+        ["1546473600,1,2,0.5,1.5,10"],
+    )  # 2019-01-03 00:00 UTC
+    epoch = _validated(_source(tmp_path / "e", DAILY, timestamp_format="epoch_s"), ["A"], DAILY)
+    assert epoch.bars["ts"].to_list() == [datetime(2019, 1, 3, 14, 30, tzinfo=UTC)]
+
+
+def test_a_daily_row_written_before_its_close_is_not_covered(tmp_path: Path) -> None:
+    """A vendor file written at 13:00 holds the session under way with partial values: it is
+    neither stored nor recorded as fetched until the close has passed."""
+    rows = ["2019-01-03,10,10.5,9.5,10.2,100", "2019-01-04,10,10.2,9.9,10.1,5"]
+    _csv(tmp_path / "src", "A.csv", "timestamp,open,high,low,close,volume", rows)
+    source = _source(tmp_path / "src", DAILY)
+    noon = datetime(2019, 1, 4, 18, 0, tzinfo=UTC)  # 13:00 New York
+    assert source.covered_until(noon) == datetime(2019, 1, 4, 5, 0, tzinfo=UTC)
+    after_close = datetime(2019, 1, 4, 21, 5, tzinfo=UTC)
+    assert source.covered_until(after_close) == after_close
+    store = _store(tmp_path)
+    universe = _universe(["A"], timeframe="1d", start="2019-01-01")
+    year = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2020, 1, 1, 5, tzinfo=UTC))
+    first = ingest_window(source, store, universe, ValidationConfig(), year, as_of=noon, batch="y")
+    assert first.rows_stored == 1
+    _csv(
+        tmp_path / "src",
+        "A.csv",
+        "timestamp,open,high,low,close,volume",
+        [rows[0], "2019-01-04,10,12,8,11.7,900"],
+    )
+    ingest_window(source, store, universe, ValidationConfig(), year, as_of=after_close, batch="y")
+    bars = store.read_bars(timeframe="1d", start=year[0], end=year[1])
+    assert bars["close"].to_list() == [10.2, 11.7]
+
+
+def test_a_symbol_missing_from_a_partition_between_its_bars_fails_the_month(
+    tmp_path: Path,
+) -> None:
+    """A month where a symbol with bars before and after it has none is a hole, and the
+    blocking ``sessions_have_bars`` fails; a symbol listed later is not a hole."""
+    from pipelines.bars.checks import ingest_checks
+    from pipelines.data.ingest import IngestReport
+
+    src = tmp_path / "src"
+    header = "timestamp,open,high,low,close,volume"
+    _csv(
+        src, "A.csv", header, ["2019-01-04 09:45,1,2,0.5,1.5,10", "2019-03-04 09:45,1,2,0.5,1.5,10"]
+    )
+    _csv(
+        src, "B.csv", header, ["2019-02-04 09:45,1,2,0.5,1.5,10", "2019-03-04 09:45,1,2,0.5,1.5,10"]
+    )
+    store = _store(tmp_path)
+    source = _source(src, timezone="America/New_York")
+    universe = _universe(["A", "B"], start="2019-01-01")
+    whole = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2019, 4, 1, 4, tzinfo=UTC))
+    ingest_window(
+        source,
+        store,
+        universe,
+        ValidationConfig(),
+        whole,
+        as_of=datetime(2026, 1, 1, tzinfo=UTC),
+        batch="q1",
+    )
+    feb = (datetime(2019, 2, 1, 5, tzinfo=UTC), datetime(2019, 3, 1, 5, tzinfo=UTC))
+    jan = (datetime(2019, 1, 1, 5, tzinfo=UTC), feb[0])
+    assert store.symbols_spanning(
+        timeframe="15m", start=feb[0], end=feb[1], symbols=["A", "B"]
+    ) == ["A"]
+    assert (
+        store.symbols_spanning(timeframe="15m", start=jan[0], end=jan[1], symbols=["A", "B"]) == []
+    )
+    stored = store.read_bars(timeframe="15m", start=feb[0], end=feb[1])
+    report = IngestReport(window=feb, requests=())
+
+    def verdict(spanning: list[str]) -> bool:
+        outcomes = ingest_checks(
+            report,
+            stored,
+            ValidationConfig(),
+            sessions=[date(2019, 2, 4)],
+            symbols=["A", "B"],
+            spanning=spanning,
+        )
+        return next(o.passed for o in outcomes if o.name == "sessions_have_bars")
+
+    assert not verdict(["A"]) and verdict([])

@@ -194,3 +194,25 @@ def test_hostile_rows_are_stored_or_quarantined_on_sqlite(tmp_path: Path) -> Non
     text = " ".join(str(v) for row in held for v in row)
     assert "\x00" not in text and "MS\\x00FT" in text  # NUL kept visible, as the text \x00
     assert {s for s, *_ in store.bar_counts().rows()} == {"AAPL", "MSFT"}
+
+
+def test_a_universe_change_keeps_the_quarantine_of_files_not_read(tmp_path: Path) -> None:
+    """Rows of a symbol that left the universe were not fetched again: a fetch of another
+    symbol does not take their quarantine rows for its own."""
+    store = BarStore(f"sqlite:///{tmp_path / 'trading.db'}")
+    store.migrate()
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src, "AAPL", _day("2019-01-04", 2))
+    _write(src, "MSFT", [*_day("2019-01-04", 1), _bar("2019-01-04 10:15:00", "n/a")])
+    source = _per_symbol_source(src)
+    _ingest(source, store, JAN, "jan")
+    assert store.count_quarantine() == 1
+    _write(src, "TSLA", _day("2019-01-04", 2))
+    changed = UNIVERSE.model_copy(
+        update={"symbols": (SymbolSpec(symbol="AAPL"), SymbolSpec(symbol="TSLA"))}
+    )
+    report = ingest_window(
+        source, store, changed, ValidationConfig(), JAN, as_of=NOW, batch="jan2", refetch=True
+    )
+    assert report.quarantine_removed == 0 and store.count_quarantine() == 1
