@@ -367,10 +367,20 @@ HOLDOUT_SEGMENTS = (
 )
 
 
+CONSTANT_FORECAST = 1e-6
+"""Forecasts spread less than this (probability units) are one number in effect."""
+
+
 def _holdout_segment(holdout: Mapping[str, Any], key: str, what: str) -> str:
     rows = _v(holdout, f"{key}.rows")
     if not rows:
         return f"{what}: no rows"
+    spread = _v(holdout, f"{key}.forecast_spread")
+    if spread is not None and spread < CONSTANT_FORECAST:
+        return (
+            f"{what}: {int(rows)} bars, the model's forecasts are constant (spread "
+            f"{spread:.1e}): no ranking and no skill to test"
+        )
     return (
         f"{what}: {int(rows)} bars, AUC {_fmt(_v(holdout, f'{key}.auc'), '.3f')} "
         f"(SE {_fmt(_v(holdout, f'{key}.auc_se'), '.3f')}), gain over the base rate "

@@ -504,6 +504,9 @@ def holdout_metrics(predictions: pl.DataFrame) -> dict[str, float]:
         y, p = part["y"].to_numpy(), part["prob"].to_numpy()
         out[f"{name}.rows"] = float(part.height)
         out[f"{name}.positive_share"] = float(y.mean()) if y.size else 0.0
+        # A model without usable trees forecasts one number: its z-scores then measure float
+        # noise around the base rate, not skill, and are shown as such.
+        out[f"{name}.forecast_spread"] = float(p.max() - p.min()) if p.size else 0.0
         clusters = session_blocks(part["ts"])
         if np.unique(y).size < 2 or np.unique(clusters).size < 2:
             continue

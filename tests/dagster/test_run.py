@@ -265,3 +265,23 @@ def test_the_nightly_stops_at_history_end(tmp_path: Path) -> None:
         assert "after the universe's history_end (2019-02-15)" in (after.skip_message or "")
         [request] = tick(date(2019, 2, 15)).run_requests or []  # its last session
         assert request.partition_key == "2019-02-01"
+
+
+def test_a_holdout_of_constant_forecasts_shows_no_z() -> None:
+    """A model without usable trees forecasts one number; its z against the base rate measures
+    float noise, so make run names the case instead of printing the z."""
+    from quantdag.run import _holdout_segment
+
+    figures = {
+        "rows": 566.0,
+        "auc": 0.5,
+        "auc_se": 0.0,
+        "log_loss_skill": 2e-7,
+        "log_loss_skill_z": 11.14,
+    }
+    constant = {f"time.{k}": dg.MetadataValue.float(v) for k, v in figures.items()}
+    constant["time.forecast_spread"] = dg.MetadataValue.float(3e-9)
+    line = _holdout_segment(constant, "time", "out of time")
+    assert "forecasts are constant" in line and "z" not in line.split("constant")[1]
+    varied = {**constant, "time.forecast_spread": dg.MetadataValue.float(0.2)}
+    assert "(z +11.14)" in _holdout_segment(varied, "time", "out of time")
