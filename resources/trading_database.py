@@ -12,11 +12,14 @@ class TradingDatabaseResource(dg.ConfigurableResource):  # type: ignore[misc]
 
     ``connect_timeout_s``: seconds to wait for a PostgreSQL server to answer a new connection
     (at least 2) before the run fails naming its host and port. ``busy_timeout_s``: seconds a
-    SQLite writer waits for another run's write to finish before it fails saying so."""
+    SQLite writer waits for another run's write to finish before it fails saying so.
+    ``statement_timeout_s``: the longest one PostgreSQL statement may run (a server that hangs
+    inside a query ends the run instead of blocking it)."""
 
     url: str
     connect_timeout_s: int = 10
     busy_timeout_s: float = 60.0
+    statement_timeout_s: float = 600.0
 
     _store: BarStore | None = PrivateAttr(default=None)
 
@@ -24,7 +27,10 @@ class TradingDatabaseResource(dg.ConfigurableResource):  # type: ignore[misc]
         """The store, migrated to the newest schema on first use."""
         if self._store is None:
             store = BarStore(
-                self.url, connect_timeout=self.connect_timeout_s, busy_timeout=self.busy_timeout_s
+                self.url,
+                connect_timeout=self.connect_timeout_s,
+                busy_timeout=self.busy_timeout_s,
+                statement_timeout=self.statement_timeout_s,
             )
             store.migrate()
             self._store = store

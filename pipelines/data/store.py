@@ -94,13 +94,22 @@ class BarStore:
     """Read and write bars, quarantine rows and ingest coverage.
 
     ``connect_timeout`` (seconds, PostgreSQL; at least 2) bounds the wait for a server to answer
-    a new connection, unless the URL sets ``connect_timeout`` itself. ``busy_timeout`` (seconds,
+    a new connection, unless the URL sets ``connect_timeout`` itself; ``statement_timeout``
+    (seconds, PostgreSQL) bounds each statement, so a server that hangs inside a query ends the
+    run, unless the URL sets ``options``. ``busy_timeout`` (seconds,
     SQLite) is how long a writer waits for another writer to finish before it fails.
 
     Example: ``store = BarStore("sqlite:///.quantdag/trading.db"); store.migrate()``.
     """
 
-    def __init__(self, url: str, *, connect_timeout: int = 10, busy_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: int = 10,
+        busy_timeout: float = 60.0,
+        statement_timeout: float = 600.0,
+    ) -> None:
         if url.startswith("sqlite:///"):
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
@@ -118,12 +127,16 @@ class BarStore:
         connect_args: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             connect_args["timeout"] = busy_timeout
-        elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-            connect_args["connect_timeout"] = connect_timeout
+        elif parsed.get_backend_name() == "postgresql":
+            if "connect_timeout" not in parsed.query:
+                connect_args["connect_timeout"] = connect_timeout
+            if "options" not in parsed.query:
+                connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
         self.engine = sa.create_engine(url, connect_args=connect_args)
         self.url = url
         self.connect_timeout = int(parsed.query.get("connect_timeout", connect_timeout))  # type: ignore[arg-type]
         self.busy_timeout = busy_timeout
+        self.statement_timeout = statement_timeout
         self._parsed = parsed
         sa.event.listen(self.engine, "handle_error", self._translate_error)
 
@@ -142,6 +155,14 @@ class BarStore:
             and isinstance(exc, psycopg.OperationalError)
         ):
             raise self._connect_error(exc) from exc
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            raise StoreError(
+                f"a statement on the trading database server at {self._parsed.host or 'localhost'}:"
+                f"{self._parsed.port or 5432} ran longer than "
+                f"{self.statement_timeout:g} s and was cancelled (statement_timeout); the server "
+                "may be overloaded or a lock held by another session: check it, or raise "
+                "statement_timeout_s on the trading_db resource"
+            ) from exc
 
     def _locked_error(self) -> StoreError:
         where = self._parsed.database or ":memory:"

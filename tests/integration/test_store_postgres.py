@@ -114,3 +114,19 @@ def test_rows_added_in_a_failed_transaction_are_rolled_back(
         pg_store.upsert_bars(bars, timeframe="15m", source="t", conn=conn)
         raise RuntimeError("boom")
     assert pg_store.count_bars() == 0
+
+
+def test_a_statement_that_hangs_ends_as_a_clear_error(pg_database: str) -> None:
+    """A server that accepts the connection and then hangs inside a query (here a statement
+    that sleeps) is cut at the statement timeout, not waited on for ever."""
+    from pipelines.data.store import StoreError
+
+    store = BarStore(pg_database, statement_timeout=0.5)
+    with (
+        pytest.raises(StoreError, match=r"ran longer than 0.5 s and was cancelled") as err,
+        store.engine.connect() as conn,
+    ):
+        conn.execute(sa.text("SELECT pg_sleep(5)"))
+    assert "Traceback" not in str(err.value)
+    with BarStore(pg_database).engine.connect() as conn:  # the default leaves room for real work
+        assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "10min"
