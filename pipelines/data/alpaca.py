@@ -50,6 +50,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.Timeout,
+    # A body that does not decode (a corrupt gzip stream) was damaged on the way.
+    requests.exceptions.ContentDecodingError,
 )
 PAGE_SIZE = 10_000
 """Bars asked for per page: Alpaca's maximum ``limit``."""
@@ -103,7 +105,8 @@ class _Redirected(Exception):
 class _TimeoutSession(requests.Session):
     """A session that gives every request ``timeout`` (connect, read seconds) unless the caller
     passes one, reads the body within ``deadline_s`` seconds in all (a server trickling bytes
-    never trips the per-read timeout), and refuses redirects (alpaca-py does not follow them; a
+    never trips the per-read timeout; the status line and headers are bounded by the read
+    timeout per wait only), and refuses redirects (alpaca-py does not follow them; a
     3xx would otherwise look like an empty page)."""
 
     def __init__(self, timeout: tuple[float, float], deadline_s: float = 120.0) -> None:
@@ -140,6 +143,7 @@ class _TimeoutSession(requests.Session):
         finally:
             response.close()
         response._content = bytes(body)
+        response._content_consumed = True  # type: ignore[attr-defined]
         return response
 
 
@@ -265,6 +269,10 @@ class AlpacaBarSource:
         coverage is kept per source: bars on another price basis are another source's, and
         changing the basis fetches the history again rather than mixing the two."""
         return f"alpaca:{self.config.feed}:{self.config.adjustment}"
+
+    def file_names(self, symbols: Sequence[str] | None) -> None:
+        """None: the source has no files (its quarantine rows name request pages)."""
+        return None
 
     @property
     def adjustment(self) -> str:

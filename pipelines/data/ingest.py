@@ -149,7 +149,6 @@ def ingest_window(
             rules=rules,
             previous_close=previous_closes(store, tf.label, req.symbols, req.start),
         )
-        files = raw["source_file"].unique().drop_nulls().to_list()
         del raw  # the batch can be large; only the validated result is needed from here on
         with store.engine.begin() as conn:
             # Supersedes what earlier fetches of this window stored (bars gone at the source are
@@ -164,7 +163,8 @@ def ingest_window(
                 universe=universe.symbol_names,
                 window=(req.start, req.end),
                 batch=batch,
-                files=files,
+                files=source.file_names(req.symbols),
+                existing_files=source.file_names(None),
             )
             changed += written.bars_changed
             deleted += written.bars_deleted

@@ -151,6 +151,12 @@ def _parse_timestamps(
         if timezone is not None:
             _refuse_contradicting_offsets(df, col, aware, aware_text, timezone, where)
         return _Parsed(aware, hint)
+    if zone is None and df.select(date_only.all()).item():
+        raise SourceError(
+            f"{where}: column {col!r} holds dates without a time (the first is "
+            f"{df[col].drop_nulls()[0]!r}): intraday bars need a time; for daily bars set the "
+            "universe's `timeframe: 1d`"
+        )
     if zone is None:
         raise SourceError(
             f"{where}: column {col!r} holds timestamps without a UTC offset; declare the zone "
@@ -173,13 +179,14 @@ def _parse_daily(df: pl.DataFrame, col: str, where: str, timestamp_format: str |
         return _Parsed(_session_date(pl.col(col).dt.date()))
     raw = pl.col(col).cast(pl.String).str.strip_chars()
     if timestamp_format in ("epoch_s", "epoch_ms"):
-        number = raw.cast(pl.Int64, strict=False)
+        number = _plausible_epoch(raw, timestamp_format)
         epoch = (
             pl.from_epoch(number, time_unit="s")
             if timestamp_format == "epoch_s"
             else pl.from_epoch(number, time_unit="ms")
         )
-        return _Parsed(_session_date(epoch.dt.date()), hint)
+        why = pl.lit(f"not a {timestamp_format} value between 1970 and 2100")
+        return _Parsed(_session_date(epoch.dt.date()), why)
     if timestamp_format is not None:
         hint = pl.lit(f"does not match the source's timestamp_format {timestamp_format!r}")
         return _Parsed(_session_date(raw.str.to_date(timestamp_format, strict=False)), hint)
@@ -199,6 +206,19 @@ def _parse_daily(df: pl.DataFrame, col: str, where: str, timestamp_format: str |
     return _Parsed(_session_date(pl.when(well_formed).then(written)), hint)
 
 
+EPOCH_RANGE_S = (0, 4_102_444_800)
+"""Unix times read as bar times: 1970-01-01 up to 2100-01-01 (UTC), in seconds. Outside it a
+value is a unit mistake (milliseconds read as seconds) or garbage, and polars would wrap or
+overflow it into a time no window holds."""
+
+
+def _plausible_epoch(value: pl.Expr, fmt: str) -> pl.Expr:
+    number = value.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    scale = 1 if fmt == "epoch_s" else 1000
+    lo, hi = EPOCH_RANGE_S
+    return pl.when(number.is_between(lo * scale, hi * scale)).then(number)
+
+
 def _session_date(d: pl.Expr) -> pl.Expr:
     # Noon New York: never inside a DST change, and its New York date is the session's.
     return (
@@ -213,7 +233,8 @@ def _session_date(d: pl.Expr) -> pl.Expr:
 def _custom_format(df: pl.DataFrame, col: str, zone: str | None, where: str, fmt: str) -> _Parsed:
     hint = pl.lit(f"does not match the source's timestamp_format {fmt!r}")
     if fmt in ("epoch_s", "epoch_ms"):
-        number = pl.col(col).cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+        hint = pl.lit(f"not a {fmt} value between 1970 and 2100")
+        number = _plausible_epoch(pl.col(col), fmt)
         epoch = (
             pl.from_epoch(number, time_unit="s")
             if fmt == "epoch_s"

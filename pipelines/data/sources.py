@@ -46,6 +46,11 @@ class BarSource(Protocol):
         vendor's own name such as Alpaca's ``all``), recorded with every ingestion."""
         ...
 
+    def file_names(self, symbols: Sequence[str] | None) -> list[str] | None:
+        """The names of the files a fetch of ``symbols`` reads (every file, with None), as
+        quarantine rows record them; None for a source without files."""
+        ...
+
     def covered_until(self, as_of: datetime) -> datetime:
         """The instant up to which the source's bars are final as of ``as_of``: bars ending
         after it may still be open or unpublished (a delayed feed) and are not recorded as
@@ -169,6 +174,9 @@ class FileBarSource:
             )
         except SourceError as exc:
             raise SourceError(f"{self.directory}/{exc}") from None
+
+    def file_names(self, symbols: Sequence[str] | None) -> list[str]:
+        return [p.name for p, _ in self.files(symbols)]
 
     def covered_until(self, as_of: datetime) -> datetime:
         """Bars that have ended by ``as_of`` are final. Intraday: bars starting before

@@ -614,6 +614,7 @@ class BarStore:
         window: tuple[datetime, datetime],
         batch: str,
         files: Sequence[str] | None = None,
+        existing_files: Sequence[str] | None = None,
     ) -> WriteCounts:
         """Store what one fetch of ``symbols`` over ``window`` = ``[start, end)`` from ``source``
         returned (validated ``bars`` and ``quarantined`` rows), superseding what earlier fetches
@@ -624,8 +625,9 @@ class BarStore:
 
         - bars of ``source`` and ``timeframe`` for ``symbols`` with ``start <= ts < end``;
         - quarantine rows of ``source`` whose symbol is one of ``symbols``, or is null or
-          outside ``universe`` and came from one of ``files`` (the files this fetch read rows
-          from; None: any), and whose time lies in
+          outside ``universe`` and came from one of ``files`` (the files this fetch read;
+          None: any) or from a file no longer among ``existing_files`` (removed or renamed at
+          the source), and whose time lies in
           the window, or, for rows whose time could not be parsed, whose fetch window lies
           inside this one. A row without a time quarantined by a fetch that only overlaps this
           window is kept: it may belong to the part outside. Rows quarantined before schema
@@ -650,7 +652,12 @@ class BarStore:
                     sa.or_(q.symbol.is_(None), q.symbol.not_in(list(universe))),
                     sa.true()
                     if files is None
-                    else q.source_file.in_([escape_nul(f) for f in files]),
+                    else sa.or_(
+                        q.source_file.in_([escape_nul(f) for f in files]),
+                        sa.false()
+                        if existing_files is None
+                        else q.source_file.not_in([escape_nul(f) for f in existing_files]),
+                    ),
                 ),
             ),
             sa.or_(
@@ -665,6 +672,20 @@ class BarStore:
         for i in range(0, len(stale), 500):
             conn.execute(sa.delete(quarantine).where(q.fingerprint.in_(stale[i : i + 500])))
         added = self._insert_quarantine(conn, records)
+        # A row without a time found again by this fetch now belongs to this fetch's window: a
+        # later re-fetch of the window it came from first must not take it for its own.
+        timeless = [
+            {"fp": r["fingerprint"], "fs": r["fetch_start"], "fe": r["fetch_end"]}
+            for r in records
+            if r["ts"] is None
+        ]
+        if timeless:
+            conn.execute(
+                sa.update(quarantine)
+                .where(q.fingerprint == sa.bindparam("fp"))
+                .values(fetch_start=sa.bindparam("fs"), fetch_end=sa.bindparam("fe")),
+                timeless,
+            )
         self.record_coverage(
             ((s, start, end) for s in symbols),
             source=source,

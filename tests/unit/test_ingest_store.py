@@ -44,6 +44,13 @@ class RecordingSource:
     def covered_until(self, as_of: datetime) -> datetime:
         return self.inner.covered_until(as_of)
 
+    def file_names(self, symbols: Sequence[str] | None) -> list[str]:
+        return self.inner.file_names(symbols)
+
+    @property
+    def adjustment(self) -> str:
+        return self.inner.adjustment
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> BarStore:

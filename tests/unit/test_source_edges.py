@@ -561,3 +561,22 @@ def test_a_symbol_missing_from_a_partition_between_its_bars_fails_the_month(
         return next(o.passed for o in outcomes if o.name == "sessions_have_bars")
 
     assert not verdict(["A"]) and verdict([])
+
+
+def test_epoch_values_outside_1970_2100_are_quarantined_not_wrapped(tmp_path: Path) -> None:
+    rows = [
+        "1546613100,1,2,0.5,1.5,10",
+        "99999999999999,1,2,0.5,1.5,10",
+        "9223372036854775807,1,2,0.5,1.5,10",
+    ]
+    _csv(tmp_path, "A.csv", "timestamp,open,high,low,close,volume", rows)
+    result = _validated(_source(tmp_path, timestamp_format="epoch_s"), ["A"])
+    assert result.rows_in == 3 and result.rows_stored == 1
+    assert result.quarantine["rule"].to_list() == ["unparseable_value"] * 2
+    assert "between 1970 and 2100" in result.quarantine["detail"][0]
+
+
+def test_a_date_only_intraday_file_gets_the_date_hint_before_the_zone_one(tmp_path: Path) -> None:
+    _csv(tmp_path, "A.csv", "timestamp,open,high,low,close,volume", ["2019-01-04,1,2,0.5,1.5,10"])
+    with pytest.raises(SourceError, match=r"dates without a time.*timeframe: 1d"):
+        _source(tmp_path).fetch(["A"], *ALL_TIME, ["A"])

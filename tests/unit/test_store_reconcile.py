@@ -216,3 +216,55 @@ def test_a_universe_change_keeps_the_quarantine_of_files_not_read(tmp_path: Path
         source, store, changed, ValidationConfig(), JAN, as_of=NOW, batch="jan2", refetch=True
     )
     assert report.quarantine_removed == 0 and store.count_quarantine() == 1
+
+
+def _multi_symbol_source(directory: Path) -> FileBarSource:
+    cfg = FileSourceConfig(
+        path=str(directory),
+        pattern="*.csv",
+        columns=ColumnMap(symbol="symbol"),
+        timezone="America/New_York",
+        label="end",
+    )
+    return FileBarSource(cfg, UNIVERSE.base_timeframe)
+
+
+def test_a_file_removed_at_the_source_takes_its_quarantine_rows_along(tmp_path: Path) -> None:
+    """Quarantine rows of a file that is gone (removed or renamed) are superseded by the next
+    fetch of their window: the identity counts the source as it is now."""
+    store = BarStore(f"sqlite:///{tmp_path / 'trading.db'}")
+    store.migrate()
+    src = tmp_path / "src"
+    src.mkdir()
+    head = "symbol,timestamp,open,high,low,close,volume"
+    (src / "main.csv").write_text(f"{head}\nAAPL,2019-01-04 09:45,1,2,0.5,1.5,100\n")
+    (src / "junk.csv").write_text(f"{head}\nSPY,2019-01-04 09:45,1,2,0.5,1.5,100\n")
+    source = _multi_symbol_source(src)
+    first = _ingest(source, store, JAN, "jan")
+    assert (first.rows_stored, first.rows_quarantined) == (1, 1)
+    (src / "junk.csv").unlink()
+    again = _ingest(source, store, JAN, "jan2")
+    assert again.quarantine_removed == 1 and store.count_quarantine() == 0
+
+
+def test_a_timeless_row_found_by_a_later_window_is_kept_by_the_earlier_one(
+    tmp_path: Path,
+) -> None:
+    """A row without a parsed time moves to February when its January neighbour is removed;
+    re-fetching February claims it, so a later re-fetch of January leaves it alone."""
+    store = BarStore(f"sqlite:///{tmp_path / 'trading.db'}")
+    store.migrate()
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src, "AAPL", [_bar("2019-01-31 15:45:00"), _bar("garbage"), _bar("2019-02-04 09:45:00")])
+    _write(src, "MSFT", _day("2019-01-04", 1))
+    source = _per_symbol_source(src)
+    _ingest(source, store, JAN, "jan")
+    _ingest(source, store, FEB, "feb")
+    assert store.count_quarantine() == 1
+    _write(src, "AAPL", [_bar("garbage"), _bar("2019-02-04 09:45:00")])
+    feb = _ingest(source, store, FEB, "feb2")
+    assert feb.rows_quarantined == 1
+    jan = _ingest(source, store, JAN, "jan2")
+    assert jan.rows_quarantined == 0 and jan.quarantine_removed == 0
+    assert store.count_quarantine() == 1
