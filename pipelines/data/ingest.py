@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from pipelines.bars.calendar import NEW_YORK, session_dates, sessions_between
 from pipelines.bars.validate import ValidationResult, validate_bars
 from pipelines.config import UniverseConfig, ValidationConfig
 from pipelines.data.schema import BarFlag
@@ -21,6 +23,7 @@ from pipelines.data.sources import BarSource
 from pipelines.data.store import BarStore
 
 Interval = tuple[datetime, datetime]
+NY = ZoneInfo(NEW_YORK)
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,12 @@ def ingest_window(
     and coverage in one transaction per request.
 
     ``batch`` names this ingestion in the quarantine table (for example the partition key).
+    Nothing after the universe's ``history_end`` is fetched.
     """
     start, end = window[0], min(window[1], source.covered_until(as_of))
+    if universe.history_end is not None:
+        after = datetime.combine(universe.history_end + timedelta(days=1), time(0), NY)
+        end = min(end, after.astimezone(UTC))
     if end <= start:
         return IngestReport(window=window, requests=())
     tf = universe.base_timeframe
@@ -165,6 +172,9 @@ def ingest_window(
                 batch=batch,
                 files=source.file_names(req.symbols),
                 existing_files=source.file_names(None),
+                covered_to=None
+                if source.file_names(None) is None
+                else coverage_ends(result, req, universe),
             )
             changed += written.bars_changed
             deleted += written.bars_deleted
@@ -173,6 +183,37 @@ def ingest_window(
         results.append(result)
     report = _report(window, requests, results, changed, added)
     return replace(report, bars_deleted=deleted, quarantine_removed=removed)
+
+
+def coverage_ends(
+    result: ValidationResult, req: FetchRequest, universe: UniverseConfig
+) -> dict[str, datetime]:
+    """How far a fetch from files covers each symbol: files are written by another process and
+    may lag the clock, so a symbol is covered only up to its last row: to the next session's
+    start when that row ends its session, else to the row's end. A symbol without a row in the
+    window is not covered at all (fetched again next time)."""
+    tf = universe.base_timeframe
+    seen = pl.concat(
+        [result.bars.select("symbol", "ts"), result.quarantine.select("symbol", "ts")]
+    ).filter(pl.col("symbol").is_in(list(req.symbols)) & pl.col("ts").is_not_null())
+    if seen.height == 0:
+        return {}
+    last = seen.group_by("symbol").agg(pl.col("ts").max())
+    first_day = session_dates(pl.col("ts")).min()
+    days = last.select(first_day.alias("a"), session_dates(pl.col("ts")).max().alias("b"))
+    session = "regular" if tf.is_daily else universe.session
+    calendar = sessions_between(
+        universe.calendar, days["a"][0], days["b"][0] + timedelta(days=14)
+    ).window(session)
+    ends: dict[str, datetime] = {}
+    for symbol, ts in last.iter_rows():
+        day = ts.astimezone(NY).date()
+        today = calendar.filter(pl.col("session_date") == day)
+        later = calendar.filter(pl.col("session_date") > day)
+        row_end = today["end"][0] if tf.is_daily and today.height else ts + tf.duration
+        complete = not today.height or row_end >= today["end"][0]
+        ends[symbol] = later["start"][0] if complete and later.height else row_end
+    return ends
 
 
 def _report(

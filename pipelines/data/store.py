@@ -18,7 +18,7 @@ import hashlib
 import io
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -615,6 +615,7 @@ class BarStore:
         batch: str,
         files: Sequence[str] | None = None,
         existing_files: Sequence[str] | None = None,
+        covered_to: Mapping[str, datetime] | None = None,
     ) -> WriteCounts:
         """Store what one fetch of ``symbols`` over ``window`` = ``[start, end)`` from ``source``
         returned (validated ``bars`` and ``quarantined`` rows), superseding what earlier fetches
@@ -632,6 +633,9 @@ class BarStore:
           inside this one. A row without a time quarantined by a fetch that only overlaps this
           window is kept: it may belong to the part outside. Rows quarantined before schema
           0002 have no fetch window and are kept when their time is null.
+
+        The window is recorded as fetched for each of ``symbols``, up to ``covered_to[symbol]``
+        where given (a symbol absent from it is not recorded at all).
 
         Rows this fetch has again are left as they are, so a re-fetch of an unchanged source
         changes nothing (all counts 0).
@@ -686,8 +690,9 @@ class BarStore:
                 .values(fetch_start=sa.bindparam("fs"), fetch_end=sa.bindparam("fe")),
                 timeless,
             )
+        ends = {s: end for s in symbols} if covered_to is None else covered_to
         self.record_coverage(
-            ((s, start, end) for s in symbols),
+            ((s, start, min(ends[s], end)) for s in symbols if s in ends and ends[s] > start),
             source=source,
             timeframe=timeframe,
             batch=batch,

@@ -580,3 +580,23 @@ def test_a_date_only_intraday_file_gets_the_date_hint_before_the_zone_one(tmp_pa
     _csv(tmp_path, "A.csv", "timestamp,open,high,low,close,volume", ["2019-01-04,1,2,0.5,1.5,10"])
     with pytest.raises(SourceError, match=r"dates without a time.*timeframe: 1d"):
         _source(tmp_path).fetch(["A"], *ALL_TIME, ["A"])
+
+
+def test_a_file_that_lags_the_clock_loses_no_session(tmp_path: Path) -> None:
+    """The nightly reads a vendor file at 18:30 before the vendor has added the day: the day is
+    not recorded as fetched, and the next night's run stores it."""
+    header = "timestamp,open,high,low,close,volume"
+    rows = ["2019-01-02,10,11,9,10,100", "2019-01-03,10,11,9,10,100"]
+    _csv(tmp_path / "src", "A.csv", header, rows)
+    source = _source(tmp_path / "src", DAILY)
+    store = _store(tmp_path)
+    universe = _universe(["A"], timeframe="1d", start="2019-01-01")
+    year = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2020, 1, 1, 5, tzinfo=UTC))
+    evening = datetime(2019, 1, 4, 23, 30, tzinfo=UTC)  # 18:30 New York, after the close
+    ingest_window(source, store, universe, ValidationConfig(), year, as_of=evening, batch="y")
+    covered = store.covered(source=source.name, timeframe="1d", symbols=["A"])["A"]
+    assert max(e for _, e in covered) == datetime(2019, 1, 4, 14, 30, tzinfo=UTC)  # Jan 4 open
+    _csv(tmp_path / "src", "A.csv", header, [*rows, "2019-01-04,10,11,9,10.5,100"])
+    next_evening = datetime(2019, 1, 7, 23, 30, tzinfo=UTC)
+    ingest_window(source, store, universe, ValidationConfig(), year, as_of=next_evening, batch="y")
+    assert store.read_bars(timeframe="1d", start=year[0], end=year[1]).height == 3
