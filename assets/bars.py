@@ -19,6 +19,7 @@ from pipelines.bars.checks import (
 )
 from pipelines.config import UniverseConfig, ValidationConfig
 from pipelines.data.ingest import ingest_window
+from pipelines.data.sources import FileBarSource
 from pipelines.timeframes import Timeframe
 from resources import BarSourceResource, TradingDatabaseResource
 
@@ -122,16 +123,21 @@ def build_source_bars_asset(
             history_start=universe.history_start,
             history_end=universe.history_end,
         )
-        spanning = store.symbols_spanning(
-            timeframe=tf, start=window[0], end=window[1], symbols=universe.symbol_names
+        spanning = set(
+            store.symbols_spanning(
+                timeframe=tf, start=window[0], end=window[1], symbols=universe.symbol_names
+            )
         )
+        if isinstance(source, FileBarSource):  # the files know spans not yet ingested
+            spans = source.symbol_spans(universe.symbol_names)
+            spanning |= {s for s, (lo, hi) in spans.items() if lo < window[0] and hi >= window[1]}
         outcomes = ingest_checks(
             report,
             stored,
             rules,
             sessions=sessions,
             symbols=universe.symbol_names,
-            spanning=spanning,
+            spanning=sorted(spanning),
         )
         return dg.MaterializeResult(
             metadata={

@@ -256,6 +256,14 @@ def ingest_check_definitions(rules: ValidationConfig) -> dict[str, CheckDefiniti
     )
 
 
+def _with_quarantined(symbols: Sequence[str], report: IngestReport) -> list[str]:
+    """Each symbol, with how many of its rows this ingestion quarantined where it did."""
+    counts: dict[str, int] = {}
+    if report.by_symbol.height and "quarantined" in report.by_symbol.columns:
+        counts = dict(report.by_symbol.select("symbol", "quarantined").iter_rows())
+    return [f"{s} ({counts[s]} rows quarantined)" if counts.get(s) else s for s in symbols]
+
+
 def ingest_checks(
     report: IngestReport,
     stored: pl.DataFrame,
@@ -302,8 +310,8 @@ def ingest_checks(
                     f"{len(sessions)} sessions ({span}), {stored.height} bars stored"
                     + (f"; sessions without any bar: {len(empty)}" if empty else "")
                     + (
-                        f"; no bar at all for {', '.join(holes)}, which have bars before and "
-                        "after this partition"
+                        f"; no bar at all for {', '.join(_with_quarantined(holes, report))}, "
+                        "which have bars before and after this partition"
                         if holes
                         else ""
                     )

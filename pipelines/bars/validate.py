@@ -131,9 +131,9 @@ class ValidationResult:
             q = pl.DataFrame(schema={"symbol": pl.String()})
         out = stored.join(q, on="symbol", how="full", coalesce=True).fill_null(0)
         rules = [c for c in out.columns if c not in ("symbol", "stored")]
-        return out.with_columns(quarantined=pl.sum_horizontal(rules) if rules else pl.lit(0)).sort(
-            "symbol"
-        )
+        out = out.with_columns(quarantined=pl.sum_horizontal(rules) if rules else pl.lit(0))
+        # One integer type, so that the tables of several requests stack.
+        return out.with_columns(pl.exclude("symbol").cast(pl.Int64)).sort("symbol")
 
 
 def _code(rule: str) -> pl.Expr:

@@ -145,8 +145,11 @@ def ingest_window(
     requests = plan_fetch(symbols, (start, end), covered)
     results: list[ValidationResult] = []
     changed = added = deleted = removed = 0
+    # Rows of no universe symbol come with every request that reads their file; when requests
+    # overlap in time (symbols covered to different points), each such row counts once.
+    returned: list[pl.DataFrame] = []
     for req in requests:
-        raw = source.fetch(req.symbols, req.start, req.end, symbols)
+        raw = _once(source.fetch(req.symbols, req.start, req.end, symbols), symbols, returned)
         result = validate_bars(
             raw,
             universe=symbols,
@@ -183,6 +186,22 @@ def ingest_window(
         results.append(result)
     report = _report(window, requests, results, changed, added)
     return replace(report, bars_deleted=deleted, quarantine_removed=removed)
+
+
+def _once(raw: pl.DataFrame, universe: Sequence[str], returned: list[pl.DataFrame]) -> pl.DataFrame:
+    """``raw`` without the rows of no universe symbol already returned by an earlier request
+    (by file and row); ``returned`` gathers the keys of those rows."""
+    keys = ["source_file", "source_row"]
+    foreign = raw.filter(pl.col("symbol").is_null() | ~pl.col("symbol").is_in(list(universe)))
+    if foreign.height == 0:
+        return raw
+    if returned:
+        dup = foreign.select(keys).join(pl.concat(returned), on=keys, how="semi")
+        if dup.height:
+            raw = raw.join(dup, on=keys, how="anti", nulls_equal=True, maintain_order="left")
+            foreign = foreign.join(dup, on=keys, how="anti", nulls_equal=True)
+    returned.append(foreign.select(keys))
+    return raw
 
 
 def coverage_ends(

@@ -236,6 +236,22 @@ class FileBarSource:
             return pl.DataFrame(schema=RAW_SCHEMA)
         return pl.concat(frames)
 
+    def symbol_spans(self, symbols: Sequence[str]) -> dict[str, tuple[datetime, datetime]]:
+        """First and last parsed bar start (UTC) of each of ``symbols`` in the files: a symbol
+        whose span covers a partition but has no bar in it has a hole, however the partitions
+        were run (a store only knows the partitions ingested so far)."""
+        spans: dict[str, tuple[datetime, datetime]] = {}
+        for path, symbol in self.files(symbols):
+            frame = self.read_file(path, symbol).filter(
+                pl.col("ts").is_not_null() & pl.col("symbol").is_in(list(symbols))
+            )
+            for sym, first, last in (
+                frame.group_by("symbol").agg(pl.col("ts").min(), pl.col("ts").max().alias("l"))
+            ).iter_rows():
+                lo, hi = spans.get(sym, (first, last))
+                spans[sym] = (min(lo, first), max(hi, last))
+        return spans
+
     def available_range(self, symbols: Sequence[str] | None = None) -> tuple[datetime, datetime]:
         """First and last bar start (UTC) over the files of ``symbols`` (all files if None);
         used to pick partitions to load."""

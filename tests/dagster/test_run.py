@@ -285,3 +285,46 @@ def test_a_holdout_of_constant_forecasts_shows_no_z() -> None:
     assert "forecasts are constant" in line and "z" not in line.split("constant")[1]
     varied = {**constant, "time.forecast_spread": dg.MetadataValue.float(0.2)}
     assert "(z +11.14)" in _holdout_segment(varied, "time", "out of time")
+
+
+def test_a_month_missing_between_a_symbols_bars_fails_when_backfilled_in_order(
+    tmp_path: Path,
+) -> None:
+    """AAA has bars in January and March and none in February; BBB trades all three months.
+    Run oldest first, as a backfill does, February's blocking check fails: the files, not the
+    store (which has no March yet), say that AAA's history spans it."""
+    settings = _tiny_project(
+        tmp_path,
+        universe={
+            "history_start": "2019-01-02",
+            "symbols": [{"symbol": "AAA"}, {"symbol": "BBB"}],
+        },
+    )
+    source = tmp_path / "source"
+    header = "timestamp,open,high,low,close,volume"
+    days = {
+        "AAA": [date(2019, 1, 3), date(2019, 3, 4)],
+        "BBB": [date(2019, 1, 3), *SESSIONS, date(2019, 3, 4)],
+    }
+    for symbol, sessions in days.items():
+        rows = [r for day in sessions for r in _rows(day)]
+        (source / f"{symbol}_15min.csv").write_text("\n".join([header, *rows]) + "\n")
+    _, assets, resources = _tiny_assets(settings, tmp_path)
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        jan = dg.materialize(
+            assets, partition_key="2019-01-01", resources=resources, instance=instance
+        )
+        assert jan.success
+        feb = dg.materialize(
+            assets,
+            partition_key="2019-02-01",
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
+        verdict = next(
+            e for e in feb.get_asset_check_evaluations() if e.check_name == "sessions_have_bars"
+        )
+        assert not verdict.passed and verdict.blocking
+        assert verdict.metadata["symbols_without_bars"].value == ["AAA"]

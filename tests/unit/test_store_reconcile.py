@@ -268,3 +268,28 @@ def test_a_timeless_row_found_by_a_later_window_is_kept_by_the_earlier_one(
     jan = _ingest(source, store, JAN, "jan2")
     assert jan.rows_quarantined == 0 and jan.quarantine_removed == 0
     assert store.count_quarantine() == 1
+
+
+def test_overlapping_requests_count_a_foreign_row_once(tmp_path: Path) -> None:
+    """When symbols are covered to different points, one ingestion makes overlapping requests;
+    a row of no universe symbol in a shared file is counted (and quarantined) once."""
+    store = BarStore(f"sqlite:///{tmp_path / 'trading.db'}")
+    store.migrate()
+    src = tmp_path / "src"
+    src.mkdir()
+    head = "symbol,timestamp,open,high,low,close,volume"
+    rows = [
+        "AAPL,2019-01-04 09:45,1,2,0.5,1.5,100",
+        "MSFT,2019-01-04 09:45,1,2,0.5,1.5,100",
+        "SPY,2019-01-22 09:45,1,2,0.5,1.5,100",
+        "AAPL,2019-01-22 09:45,1,2,0.5,1.5,100",
+        "MSFT,2019-01-22 09:45,1,2,0.5,1.5,100",
+    ]
+    (src / "all.csv").write_text("\n".join([head, *rows]) + "\n")
+    source = _multi_symbol_source(src)
+    half = (JAN[0], datetime(2019, 1, 15, 5, tzinfo=UTC))
+    only_aapl = UNIVERSE.model_copy(update={"symbols": (SymbolSpec(symbol="AAPL"),)})
+    ingest_window(source, store, only_aapl, ValidationConfig(), half, as_of=NOW, batch="a")
+    report = ingest_window(source, store, UNIVERSE, ValidationConfig(), JAN, as_of=NOW, batch="b")
+    assert len(report.requests) == 2 and report.requests[0].start != report.requests[1].start
+    assert report.accounted and report.rows_quarantined == 1  # SPY, once
