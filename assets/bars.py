@@ -128,8 +128,9 @@ def build_source_bars_asset(
                 timeframe=tf, start=window[0], end=window[1], symbols=universe.symbol_names
             )
         )
-        if isinstance(source, FileBarSource):  # the files know spans not yet ingested
-            spans = source.symbol_spans(universe.symbol_names)
+        absent = sorted(set(universe.symbol_names) - set(stored["symbol"].unique().to_list()))
+        if absent and isinstance(source, FileBarSource):  # files know spans not yet ingested
+            spans = source.symbol_spans(absent)
             spanning |= {s for s, (lo, hi) in spans.items() if lo < window[0] and hi >= window[1]}
         outcomes = ingest_checks(
             report,

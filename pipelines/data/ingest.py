@@ -24,6 +24,7 @@ from pipelines.data.store import BarStore
 
 Interval = tuple[datetime, datetime]
 NY = ZoneInfo(NEW_YORK)
+TIME_RULES = ("not_a_session", "outside_session", "off_grid")
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,10 @@ def ingest_window(
     # Rows of no universe symbol come with every request that reads their file; when requests
     # overlap in time (symbols covered to different points), each such row counts once.
     returned: list[pl.DataFrame] = []
+    protected: set[tuple[str, int]] = set()
     for req in requests:
         raw = _once(source.fetch(req.symbols, req.start, req.end, symbols), symbols, returned)
+        fresh = set(returned[-1].drop_nulls().iter_rows()) if returned else set()
         result = validate_bars(
             raw,
             universe=symbols,
@@ -178,7 +181,9 @@ def ingest_window(
                 covered_to=None
                 if source.file_names(None) is None
                 else coverage_ends(result, req, universe),
+                protected=protected,
             )
+            protected |= fresh
             changed += written.bars_changed
             deleted += written.bars_deleted
             removed += written.quarantine_removed
@@ -212,9 +217,12 @@ def coverage_ends(
     start when that row ends its session, else to the row's end. A symbol without a row in the
     window is not covered at all (fetched again next time)."""
     tf = universe.base_timeframe
-    seen = pl.concat(
-        [result.bars.select("symbol", "ts"), result.quarantine.select("symbol", "ts")]
-    ).filter(pl.col("symbol").is_in(list(req.symbols)) & pl.col("ts").is_not_null())
+    # A quarantined row counts as seen only when its time is not in question: a mis-dated row
+    # (a holiday, outside the session) must not carry coverage past the file's real end.
+    timed = result.quarantine.filter(~pl.col("rule").is_in(list(TIME_RULES)))
+    seen = pl.concat([result.bars.select("symbol", "ts"), timed.select("symbol", "ts")]).filter(
+        pl.col("symbol").is_in(list(req.symbols)) & pl.col("ts").is_not_null()
+    )
     if seen.height == 0:
         return {}
     last = seen.group_by("symbol").agg(pl.col("ts").max())

@@ -151,7 +151,7 @@ def _parse_timestamps(
         if timezone is not None:
             _refuse_contradicting_offsets(df, col, aware, aware_text, timezone, where)
         return _Parsed(aware, hint)
-    if zone is None and df.select(date_only.all()).item():
+    if zone is None and df.select(text.is_not_null().any() & date_only.all()).item():
         raise SourceError(
             f"{where}: column {col!r} holds dates without a time (the first is "
             f"{df[col].drop_nulls()[0]!r}): intraday bars need a time; for daily bars set the "
@@ -185,7 +185,7 @@ def _parse_daily(df: pl.DataFrame, col: str, where: str, timestamp_format: str |
             if timestamp_format == "epoch_s"
             else pl.from_epoch(number, time_unit="ms")
         )
-        why = pl.lit(f"not a {timestamp_format} value between 1970 and 2100")
+        why = pl.lit(f"not a whole {timestamp_format} value between 1970 and 2100")
         return _Parsed(_session_date(epoch.dt.date()), why)
     if timestamp_format is not None:
         hint = pl.lit(f"does not match the source's timestamp_format {timestamp_format!r}")
@@ -233,7 +233,7 @@ def _session_date(d: pl.Expr) -> pl.Expr:
 def _custom_format(df: pl.DataFrame, col: str, zone: str | None, where: str, fmt: str) -> _Parsed:
     hint = pl.lit(f"does not match the source's timestamp_format {fmt!r}")
     if fmt in ("epoch_s", "epoch_ms"):
-        hint = pl.lit(f"not a {fmt} value between 1970 and 2100")
+        hint = pl.lit(f"not a whole {fmt} value between 1970 and 2100")
         number = _plausible_epoch(pl.col(col), fmt)
         epoch = (
             pl.from_epoch(number, time_unit="s")

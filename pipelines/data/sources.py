@@ -243,8 +243,15 @@ class FileBarSource:
         spans: dict[str, tuple[datetime, datetime]] = {}
         for path, symbol in self.files(symbols):
             frame = self.read_file(path, symbol).filter(
-                pl.col("ts").is_not_null() & pl.col("symbol").is_in(list(symbols))
+                pl.col("ts").is_not_null()
+                & pl.col("symbol").is_in(list(symbols))
+                & pl.col("parse_error").is_null()
             )
+            if self.history is not None:  # rows outside the history are never ingested
+                lo, hi = self.history
+                frame = frame.filter(pl.col("ts") >= lo)
+                if hi is not None:
+                    frame = frame.filter(pl.col("ts") < hi)
             for sym, first, last in (
                 frame.group_by("symbol").agg(pl.col("ts").min(), pl.col("ts").max().alias("l"))
             ).iter_rows():

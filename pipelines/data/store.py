@@ -616,6 +616,7 @@ class BarStore:
         files: Sequence[str] | None = None,
         existing_files: Sequence[str] | None = None,
         covered_to: Mapping[str, datetime] | None = None,
+        protected: set[tuple[str, int]] | None = None,
     ) -> WriteCounts:
         """Store what one fetch of ``symbols`` over ``window`` = ``[start, end)`` from ``source``
         returned (validated ``bars`` and ``quarantined`` rows), superseding what earlier fetches
@@ -672,7 +673,16 @@ class BarStore:
             ),
         )
         keep = {r["fingerprint"] for r in records}
-        stale = [f for f in conn.execute(superseded).scalars() if f not in keep]
+        # ``protected``: (file, row) of rows an earlier request of the same ingestion returned
+        # and stored; this request saw them too but left them to that one.
+        guard = protected or set()
+        stale = [
+            f
+            for f, file, row in conn.execute(
+                superseded.add_columns(q.source_file, q.source_row)
+            ).all()
+            if f not in keep and (file, row) not in guard
+        ]
         for i in range(0, len(stale), 500):
             conn.execute(sa.delete(quarantine).where(q.fingerprint.in_(stale[i : i + 500])))
         added = self._insert_quarantine(conn, records)
@@ -690,6 +700,18 @@ class BarStore:
                 .values(fetch_start=sa.bindparam("fs"), fetch_end=sa.bindparam("fe")),
                 timeless,
             )
+        # This fetch is what the window now holds: coverage recorded inside it before (a longer
+        # file read earlier) no longer says what is stored.
+        cov = ingest_coverage.c
+        conn.execute(
+            sa.delete(ingest_coverage).where(
+                cov.source == source,
+                cov.timeframe == timeframe,
+                cov.symbol.in_(list(symbols)),
+                cov.start >= self._ts(start),
+                cov.start < self._ts(end),
+            )
+        )
         ends = {s: end for s in symbols} if covered_to is None else covered_to
         self.record_coverage(
             ((s, start, min(ends[s], end)) for s in symbols if s in ends and ends[s] > start),

@@ -293,3 +293,39 @@ def test_overlapping_requests_count_a_foreign_row_once(tmp_path: Path) -> None:
     report = ingest_window(source, store, UNIVERSE, ValidationConfig(), JAN, as_of=NOW, batch="b")
     assert len(report.requests) == 2 and report.requests[0].start != report.requests[1].start
     assert report.accounted and report.rows_quarantined == 1  # SPY, once
+    assert store.count_quarantine() == 1  # and stored once, not superseded by the second request
+
+
+def test_a_refetch_of_a_truncated_file_forgets_the_coverage_it_no_longer_holds(
+    tmp_path: Path,
+) -> None:
+    """Fetched as the file grows (two days, then the third), re-fetched while the vendor
+    rewrites it (one day left), fetched again once it is whole: every day is stored, none is
+    left "covered" without its bars."""
+    store = BarStore(f"sqlite:///{tmp_path / 'trading.db'}")
+    store.migrate()
+    src = tmp_path / "src"
+    src.mkdir()
+    days = ["2019-01-04", "2019-01-07", "2019-01-08"]
+    only = UNIVERSE.model_copy(update={"symbols": (SymbolSpec(symbol="MSFT"),)})
+
+    def run(upto: int, batch: str, refetch: bool = False) -> None:
+        _write(src, "MSFT", [r for d in days[:upto] for r in _day(d, 26)])
+        ingest_window(
+            _per_symbol_source(src),
+            store,
+            only,
+            ValidationConfig(),
+            JAN,
+            as_of=NOW,
+            batch=batch,
+            refetch=refetch,
+        )
+
+    run(2, "a")
+    run(3, "b")
+    assert _stored(store, JAN) == 78
+    run(1, "c", refetch=True)
+    assert _stored(store, JAN) == 26
+    run(3, "d")
+    assert _stored(store, JAN) == 78
