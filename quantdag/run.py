@@ -66,22 +66,13 @@ class RunFailed(Exception):
 def universe_range(source: FileBarSource, symbols: Sequence[str]) -> tuple[datetime, datetime]:
     """First and last bar start (UTC) of the universe's ``symbols`` in the source's files;
     files of other symbols are not read."""
-    firsts: list[datetime] = []
-    lasts: list[datetime] = []
-    for path, symbol in source.files(list(symbols)):
-        frame = source.read_file(path, symbol)
-        if symbol is None:
-            frame = frame.filter(pl.col("symbol").is_in(list(symbols)))
-        ts = frame["ts"].drop_nulls()
-        if ts.len():
-            firsts.append(ts.min())  # type: ignore[arg-type]
-            lasts.append(ts.max())  # type: ignore[arg-type]
-    if not firsts:
+    spans = source.symbol_spans(list(symbols)).values()
+    if not spans:
         raise SourceError(
             f"{source.directory}: no bar of the universe's {len(symbols)} symbols in files "
             f"matching {source.config.pattern!r}; check the source's path and pattern"
         )
-    return min(firsts), max(lasts)
+    return min(first for first, _ in spans), max(last for _, last in spans)
 
 
 def partition_keys(project: Project) -> list[str]:

@@ -149,10 +149,8 @@ def ingest_window(
     # Rows of no universe symbol come with every request that reads their file; when requests
     # overlap in time (symbols covered to different points), each such row counts once.
     returned: list[pl.DataFrame] = []
-    protected: set[tuple[str, int]] = set()
     for req in requests:
         raw = _once(source.fetch(req.symbols, req.start, req.end, symbols), symbols, returned)
-        fresh = set(returned[-1].drop_nulls().iter_rows()) if returned else set()
         result = validate_bars(
             raw,
             universe=symbols,
@@ -181,9 +179,9 @@ def ingest_window(
                 covered_to=None
                 if source.file_names(None) is None
                 else coverage_ends(result, req, universe),
-                protected=protected,
+                # Foreign rows an earlier request stored are that request's, not stale here.
+                protected={k for f in returned[:-1] for k in f.drop_nulls().iter_rows()},
             )
-            protected |= fresh
             changed += written.bars_changed
             deleted += written.bars_deleted
             removed += written.quarantine_removed
@@ -195,12 +193,10 @@ def ingest_window(
 
 def _once(raw: pl.DataFrame, universe: Sequence[str], returned: list[pl.DataFrame]) -> pl.DataFrame:
     """``raw`` without the rows of no universe symbol already returned by an earlier request
-    (by file and row); ``returned`` gathers the keys of those rows."""
+    (by file and row); ``returned`` gains the keys of this request's own (one frame each)."""
     keys = ["source_file", "source_row"]
     foreign = raw.filter(pl.col("symbol").is_null() | ~pl.col("symbol").is_in(list(universe)))
-    if foreign.height == 0:
-        return raw
-    if returned:
+    if foreign.height and returned:
         dup = foreign.select(keys).join(pl.concat(returned), on=keys, how="semi")
         if dup.height:
             raw = raw.join(dup, on=keys, how="anti", nulls_equal=True, maintain_order="left")
@@ -225,22 +221,34 @@ def coverage_ends(
     )
     if seen.height == 0:
         return {}
-    last = seen.group_by("symbol").agg(pl.col("ts").max())
-    first_day = session_dates(pl.col("ts")).min()
-    days = last.select(first_day.alias("a"), session_dates(pl.col("ts")).max().alias("b"))
+    last = (
+        seen.group_by("symbol")
+        .agg(pl.col("ts").max())
+        .with_columns(day=session_dates(pl.col("ts")))
+        .sort("day")
+    )
     session = "regular" if tf.is_daily else universe.session
-    calendar = sessions_between(
-        universe.calendar, days["a"][0], days["b"][0] + timedelta(days=14)
-    ).window(session)
-    ends: dict[str, datetime] = {}
-    for symbol, ts in last.iter_rows():
-        day = ts.astimezone(NY).date()
-        today = calendar.filter(pl.col("session_date") == day)
-        later = calendar.filter(pl.col("session_date") > day)
-        row_end = today["end"][0] if tf.is_daily and today.height else ts + tf.duration
-        complete = not today.height or row_end >= today["end"][0]
-        ends[symbol] = later["start"][0] if complete and later.height else row_end
-    return ends
+    first, final = last["day"].min(), last["day"].max()
+    sessions = (
+        sessions_between(universe.calendar, first, final + timedelta(days=14))  # type: ignore[operator, arg-type]
+        .window(session)
+        .select("session_date", "start", "end", next_start=pl.col("start").shift(-1))
+    )
+    # The row's own session, or the next one when the row lies on a day without a session.
+    found = last.join_asof(
+        sessions, left_on="day", right_on="session_date", strategy="forward"
+    ).with_columns(own=pl.col("session_date") == pl.col("day"))
+    row_end = (
+        pl.when(pl.col("own") & pl.lit(tf.is_daily))
+        .then(pl.col("end"))
+        .otherwise(pl.col("ts") + pl.duration(minutes=tf.minutes))
+    )
+    after = pl.when(pl.col("own")).then(pl.col("next_start")).otherwise(pl.col("start"))
+    complete = ~pl.col("own").fill_null(False) | (row_end >= pl.col("end"))
+    ends = found.select(
+        "symbol", end=pl.when(complete & after.is_not_null()).then(after).otherwise(row_end)
+    )
+    return dict(ends.iter_rows())
 
 
 def _report(

@@ -179,14 +179,8 @@ def _parse_daily(df: pl.DataFrame, col: str, where: str, timestamp_format: str |
         return _Parsed(_session_date(pl.col(col).dt.date()))
     raw = pl.col(col).cast(pl.String).str.strip_chars()
     if timestamp_format in ("epoch_s", "epoch_ms"):
-        number = _plausible_epoch(raw, timestamp_format)
-        epoch = (
-            pl.from_epoch(number, time_unit="s")
-            if timestamp_format == "epoch_s"
-            else pl.from_epoch(number, time_unit="ms")
-        )
-        why = pl.lit(f"not a whole {timestamp_format} value between 1970 and 2100")
-        return _Parsed(_session_date(epoch.dt.date()), why)
+        epoch = _epoch(raw, timestamp_format)
+        return _Parsed(_session_date(epoch.dt.date()), _epoch_why(timestamp_format))
     if timestamp_format is not None:
         hint = pl.lit(f"does not match the source's timestamp_format {timestamp_format!r}")
         return _Parsed(_session_date(raw.str.to_date(timestamp_format, strict=False)), hint)
@@ -212,11 +206,18 @@ value is a unit mistake (milliseconds read as seconds) or garbage, and polars wo
 overflow it into a time no window holds."""
 
 
-def _plausible_epoch(value: pl.Expr, fmt: str) -> pl.Expr:
+def _epoch(value: pl.Expr, fmt: str) -> pl.Expr:
+    """Unix time (``epoch_s`` or ``epoch_ms``) as a UTC instant; null outside
+    :data:`EPOCH_RANGE_S` or when not a whole number."""
     number = value.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
     scale = 1 if fmt == "epoch_s" else 1000
     lo, hi = EPOCH_RANGE_S
-    return pl.when(number.is_between(lo * scale, hi * scale)).then(number)
+    plausible = pl.when(number.is_between(lo * scale, hi * scale)).then(number)
+    return pl.from_epoch(plausible * (1000 // scale), time_unit="ms").dt.replace_time_zone("UTC")
+
+
+def _epoch_why(fmt: str) -> pl.Expr:
+    return pl.lit(f"not a whole {fmt} value between 1970 and 2100")
 
 
 def _session_date(d: pl.Expr) -> pl.Expr:
@@ -233,14 +234,8 @@ def _session_date(d: pl.Expr) -> pl.Expr:
 def _custom_format(df: pl.DataFrame, col: str, zone: str | None, where: str, fmt: str) -> _Parsed:
     hint = pl.lit(f"does not match the source's timestamp_format {fmt!r}")
     if fmt in ("epoch_s", "epoch_ms"):
-        hint = pl.lit(f"not a whole {fmt} value between 1970 and 2100")
-        number = _plausible_epoch(pl.col(col), fmt)
-        epoch = (
-            pl.from_epoch(number, time_unit="s")
-            if fmt == "epoch_s"
-            else pl.from_epoch(number, time_unit="ms")
-        )
-        return _Parsed(epoch.dt.replace_time_zone("UTC"), hint)
+        epoch = _epoch(pl.col(col), fmt)
+        return _Parsed(epoch, _epoch_why(fmt))
     text = pl.col(col).cast(pl.String).str.strip_chars()
     if "%z" in fmt or "%Z" in fmt:
         return _Parsed(text.str.to_datetime(fmt, time_zone="UTC", strict=False), hint)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -237,39 +237,26 @@ class FileBarSource:
         return pl.concat(frames)
 
     def symbol_spans(self, symbols: Sequence[str]) -> dict[str, tuple[datetime, datetime]]:
-        """First and last parsed bar start (UTC) of each of ``symbols`` in the files: a symbol
-        whose span covers a partition but has no bar in it has a hole, however the partitions
-        were run (a store only knows the partitions ingested so far)."""
+        """First and last parsed bar start (UTC) of each of ``symbols`` in the files, within
+        the history when the source has one. Plans which partitions hold data, and tells a
+        hole (a symbol whose span covers a partition without a bar in it) however the
+        partitions were run: a store only knows the partitions ingested so far."""
+        in_history = pl.col("ts").is_not_null()
+        if self.history is not None:  # rows outside the history are never ingested
+            first_ingested, end_ingested = self.history
+            in_history &= pl.col("ts") >= first_ingested
+            if end_ingested is not None:
+                in_history &= pl.col("ts") < end_ingested
         spans: dict[str, tuple[datetime, datetime]] = {}
         for path, symbol in self.files(symbols):
             frame = self.read_file(path, symbol).filter(
-                pl.col("ts").is_not_null()
-                & pl.col("symbol").is_in(list(symbols))
-                & pl.col("parse_error").is_null()
+                in_history & pl.col("symbol").is_in(list(symbols))
             )
-            if self.history is not None:  # rows outside the history are never ingested
-                lo, hi = self.history
-                frame = frame.filter(pl.col("ts") >= lo)
-                if hi is not None:
-                    frame = frame.filter(pl.col("ts") < hi)
             for sym, first, last in (
-                frame.group_by("symbol").agg(pl.col("ts").min(), pl.col("ts").max().alias("l"))
-            ).iter_rows():
-                lo, hi = spans.get(sym, (first, last))
-                spans[sym] = (min(lo, first), max(hi, last))
+                frame.group_by("symbol")
+                .agg(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
+                .iter_rows()
+            ):
+                known = spans.get(sym, (first, last))
+                spans[sym] = (min(known[0], first), max(known[1], last))
         return spans
-
-    def available_range(self, symbols: Sequence[str] | None = None) -> tuple[datetime, datetime]:
-        """First and last bar start (UTC) over the files of ``symbols`` (all files if None);
-        used to pick partitions to load."""
-        firsts: list[datetime] = []
-        lasts: list[datetime] = []
-        for path, symbol in self.files(symbols):
-            ts = self.read_file(path, symbol)["ts"].drop_nulls()
-            if ts.len():
-                firsts.append(cast(datetime, ts.min()))
-                lasts.append(cast(datetime, ts.max()))
-        lo, hi = (min(firsts), max(lasts)) if firsts else (None, None)
-        if lo is None or hi is None:
-            raise SourceError(f"{self.directory}: no bars found matching {self.config.pattern!r}")
-        return lo, hi

@@ -32,6 +32,15 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 DAILY = Timeframe.parse("1d")
 M15 = Timeframe.parse("15m")
+VENDOR_COLUMNS = {
+    "timestamp": "Date",
+    "open": "Open",
+    "high": "High",
+    "low": "Low",
+    "close": "Close",
+    "volume": "Volume",
+}
+"""The column names of Yahoo- and Google-style daily CSVs."""
 ALL_TIME = (datetime(1980, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
 
 
@@ -137,14 +146,7 @@ def test_yahoo_style_daily_csv_with_adj_close_is_total_return(tmp_path: Path) ->
         "2013-02-11,45.17,45.18,44.45,44.6,22.3,2915405",
     ]
     _csv(tmp_path, "A.csv", header, rows)
-    cols = {
-        "timestamp": "Date",
-        "open": "Open",
-        "high": "High",
-        "low": "Low",
-        "close": "Close",
-        "volume": "Volume",
-    }
+    cols = VENDOR_COLUMNS
     with pytest.raises(SourceError, match=r"adjusted close 'Adj Close'.*adjustment: total_return"):
         _source(tmp_path, DAILY, columns=cols).fetch(["A"], *ALL_TIME, ["A"])
     split = _validated(_source(tmp_path, DAILY, columns=cols, adjustment="split"), ["A"], DAILY)
@@ -408,14 +410,7 @@ def test_vendor_daily_conventions_are_declared_not_guessed(tmp_path: Path) -> No
     declared in the source config, and what is not declared is refused with the fix."""
     header = "Date,Open,High,Low,Close,Volume"
     _csv(tmp_path, "GOOG.csv", header, ["19-Aug-04,100.01,104.06,95.96,100.335,44659000"])
-    cols = {
-        "timestamp": "Date",
-        "open": "Open",
-        "high": "High",
-        "low": "Low",
-        "close": "Close",
-        "volume": "Volume",
-    }
+    cols = VENDOR_COLUMNS
     with pytest.raises(SourceError, match="timestamp_format"):
         _source(tmp_path, DAILY, columns=cols).fetch(["GOOG"], *ALL_TIME, ["GOOG"])
     read = _source(tmp_path, DAILY, columns=cols, timestamp_format="%d-%b-%y", adjustment="raw")
