@@ -12,10 +12,11 @@ import polars as pl
 from assets.common import progress_to, say
 from pipelines.backtest.broker import BrokerConfig, CostModel
 from pipelines.backtest.model_backtest import Market, run_backtest_study, sizing_with_label_exits
-from pipelines.backtest.report import Section, write_report
+from pipelines.backtest.report import Section, risk_tables, write_report
 from pipelines.backtest.strategy import SizingConfig
 from pipelines.backtest.trials import MlflowTrialLog, predictions_basis
 from pipelines.config import Settings, UniverseConfig
+from pipelines.execution.path import path_config
 from pipelines.features import FeatureConfig
 from pipelines.labels.partition import barrier_config, label_padding_days
 from resources import MlflowResource, TradingDatabaseResource
@@ -154,6 +155,12 @@ def build_backtest_report_asset(
             holdout=holdout_predictions if holdout_predictions.height else None,
             sections=(gate_section(decision),),
             progress=progress_to(context, "backtest"),
+            path=path_config(
+                settings.trading,
+                strategy="model",
+                bar_minutes=tf.minutes,
+                calendar=universe.calendar,
+            ),
         )
         html_path = reports / f"backtest_{decision['run_id']}.html"
         write_report(study.report, str(html_path), str(html_path.with_suffix(".json")))
@@ -163,6 +170,15 @@ def build_backtest_report_asset(
         summary += "".join(
             f"\n| {k} | undefined: {undefined[k]} |" for k in HEADLINE if k in undefined
         )
+        refused, states = risk_tables(study.result)
+        risk = {
+            "refused_by_rule": dg.MetadataValue.json(dict(refused.iter_rows())),
+            "trading_states": dg.MetadataValue.json(
+                {s: round(x, 4) for s, n, x in states.iter_rows() if n}
+            ),
+        }
+        if "turnover_annual" in m:
+            risk["turnover_annual"] = m["turnover_annual"]
         held = {
             f"holdout_{seg}_{k}": float(r.metrics[k])
             for seg, r in study.holdout.items()
@@ -178,6 +194,7 @@ def build_backtest_report_asset(
                 "deployable": bool(decision["deployable"]),
                 "configuration": selected,
                 **headline,
+                **risk,
                 **held,
             }
         )

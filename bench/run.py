@@ -147,6 +147,13 @@ def daily() -> dict[str, object]:
     return _json(["-m", "bench.daily", "--shared", str(SHARED)])
 
 
+def risk() -> dict[str, object]:
+    """`risk.*`: the decision path's latency for a bar of 50 symbols, HRP weights of 500
+    symbols, and overshoot and participation-cap breaches of the model strategy on the shared
+    15-minute set under a 5% cap."""
+    return _json(["-m", "bench.risk", "--shared", str(SHARED)])
+
+
 BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
 PARTS = {
     "ingest": ingest,
@@ -155,6 +162,7 @@ PARTS = {
     "training": training,
     "backtest": backtest,
     "daily": daily,
+    "risk": risk,
 }
 
 

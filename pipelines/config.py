@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.portfolio.config import Covariance, Method
 from pipelines.secrets import has_password, redact_uri
 from pipelines.timeframes import Timeframe
 
@@ -403,6 +404,70 @@ class ResearchSettings(_Frozen):
     holdout: HoldoutSettings = HoldoutSettings()
 
 
+class PortfolioSettings(_Frozen):
+    """How open bets share the risk budget (see :class:`pipelines.portfolio.config.
+    PortfolioConfig`). Example: ``{method: hrp, lookback: 252, rebalance_band: 0.25,
+    min_trade_value: 1000}`` weighs bets by hierarchical risk parity on a year of daily returns
+    and skips resizes under 25% or 1,000 USD."""
+
+    method: Method = "bet_size"
+    lookback: Annotated[int, Field(ge=2)] = 252
+    min_history: Annotated[int, Field(ge=2)] = 20
+    covariance: Covariance = "ledoit_wolf"
+    risk_aversion: Annotated[float, Field(gt=0)] = 1.0
+    rebalance_band: Annotated[float, Field(ge=0)] = 0.25
+    min_trade_value: Annotated[float, Field(ge=0)] = 1_000.0
+
+
+class RiskSettings(_Frozen):
+    """Pre-trade checks, each refusal recorded with its rule (see :class:`pipelines.risk.checks.
+    RiskConfig`; null turns a check off). Fractions are of equity: ``max_position: 0.10`` caps a
+    position at 10% of equity; ``max_order_notional`` is USD; ``price_band: 0.10`` refuses an
+    order sized at a price more than 10% from the last trade."""
+
+    max_order_notional: Annotated[float, Field(gt=0)] | None = 250_000.0
+    max_position: Annotated[float, Field(gt=0)] | None = 0.10
+    max_gross: Annotated[float, Field(gt=0)] | None = 1.0
+    max_net: Annotated[float, Field(gt=0)] | None = 1.0
+    max_orders_per_minute: Annotated[int, Field(ge=1)] | None = 120
+    price_band: Annotated[float, Field(gt=0)] | None = 0.10
+    trading_hours: bool = True
+    restricted: tuple[str, ...] = ()
+    allow_short: bool = True
+    min_bar_volume: Annotated[float, Field(ge=0)] = 1.0
+
+
+class LimitSettings(_Frozen):
+    """Trading states (see :class:`pipelines.risk.limits.LimitsConfig`): ``daily_loss: 0.03``
+    halts for the rest of the session after a 3% loss from its first equity;
+    ``reduce_drawdown: 0.05`` only cuts exposure from a 5% drawdown; ``halt_drawdown: 0.10``
+    halts and trips the kill switch; ``max_data_age_s`` (seconds, null: off) reduces while the
+    newest bar is older than that."""
+
+    daily_loss: Annotated[float, Field(gt=0, lt=1)] | None = 0.03
+    reduce_drawdown: Annotated[float, Field(gt=0, lt=1)] | None = 0.05
+    halt_drawdown: Annotated[float, Field(gt=0, lt=1)] | None = 0.10
+    max_data_age_s: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _ladder(self) -> LimitSettings:
+        r, h = self.reduce_drawdown, self.halt_drawdown
+        if r is not None and h is not None and r >= h:
+            raise ValueError(f"reduce_drawdown {r} must be below halt_drawdown {h}")
+        return self
+
+
+class TradingSettings(_Frozen):
+    """The trading path's settings, the same in the backtest and the live session: portfolio
+    construction, pre-trade checks, trading-state limits, and whether a tripped kill switch
+    also closes every position (``flatten_on_trip``)."""
+
+    portfolio: PortfolioSettings = PortfolioSettings()
+    risk: RiskSettings = RiskSettings()
+    limits: LimitSettings = LimitSettings()
+    flatten_on_trip: bool = False
+
+
 class EnvironmentConfig(_Frozen):
     """One complete resource set, chosen by ``QUANTDAG_ENV``. ``research``, when given,
     replaces the top-level one for this environment (e.g. no time holdout for a live account,
@@ -427,6 +492,7 @@ class Settings(_Frozen):
     validation: ValidationConfig = ValidationConfig()
     labels: LabelSettings = LabelSettings()
     research: ResearchSettings = ResearchSettings()
+    trading: TradingSettings = TradingSettings()
     data_dir: str = ".quantdag"
     environments: dict[Environment, EnvironmentConfig]
 

@@ -429,6 +429,15 @@ def research_summary(
         f"{_fmt(_v(report, 'beta'), '.2f')} and alpha {_fmt(_v(report, 'alpha'), '+.2%')} a "
         "year against the benchmark."
     )
+    refused = _v(report, "refused_by_rule") or {}
+    states = _v(report, "trading_states") or {}
+    lines.append(
+        "  risk (default configuration): orders refused by rule: "
+        + (", ".join(f"{rule} {n}" for rule, n in refused.items()) or "none")
+        + "; trading states seen: "
+        + ", ".join(f"{s} {x:.1%} of bars" for s, x in states.items())
+        + f"; turnover {_fmt(_v(report, 'turnover_annual'), '.1f')}x equity a year."
+    )
     held = sorted({k.split("_")[1] for k in report if k.startswith("holdout_")})
     for segment in held:
         lines.append(

@@ -17,16 +17,25 @@ recorded with its reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import NamedTuple
 
 import numpy as np
-import numpy.typing as npt
 
+from pipelines.execution.batch import Bar, BarBatch
 from pipelines.execution.orders import Order
+
+__all__ = [
+    "Bar",
+    "BarBatch",
+    "BrokerConfig",
+    "CostModel",
+    "Fill",
+    "Ledger",
+    "SimulatedBroker",
+    "money",
+]
 
 CENT = Decimal("0.01")
 MICROS_PER_BORROW_YEAR = Decimal(360 * 86400 * 1_000_000)
@@ -72,97 +81,6 @@ class BrokerConfig:
     max_leverage: float = 1.0
 
 
-class Bar(NamedTuple):
-    """One bar of one symbol (prices in USD, ``ts`` its end, UTC)."""
-
-    symbol: str
-    ts: datetime
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    volatility: float = 0.0  # per-bar return volatility, for the impact model
-
-
-class BarBatch(Mapping[str, Bar]):
-    """The bars that closed at one time ``ts``, at most one per symbol: a read-only mapping
-    symbol -> :class:`Bar`, and the same data as numpy columns (``ids`` index the broker's
-    sorted symbols) for strategies that work on arrays."""
-
-    __slots__ = (
-        "_index",
-        "close",
-        "high",
-        "ids",
-        "low",
-        "open",
-        "symbols",
-        "ts",
-        "volatility",
-        "volume",
-    )
-
-    def __init__(
-        self,
-        ts: datetime,
-        symbols: Sequence[str],
-        ids: npt.NDArray[np.int64],
-        open: npt.NDArray[np.float64],
-        high: npt.NDArray[np.float64],
-        low: npt.NDArray[np.float64],
-        close: npt.NDArray[np.float64],
-        volume: npt.NDArray[np.float64],
-        volatility: npt.NDArray[np.float64],
-    ) -> None:
-        self.ts, self.symbols, self.ids = ts, symbols, ids
-        self.open, self.high, self.low, self.close = open, high, low, close
-        self.volume, self.volatility = volume, volatility
-        self._index: dict[str, int] | None = None
-
-    @classmethod
-    def of(cls, bars: Sequence[Bar], ids: Mapping[str, int]) -> BarBatch:
-        """A batch of ``bars`` (same ``ts``, distinct symbols)."""
-        if len({b.ts for b in bars}) != 1 or len({b.symbol for b in bars}) != len(bars):
-            raise ValueError("a batch holds bars of one time, one per symbol")
-        cols = [np.array([b[k] for b in bars], dtype=np.float64) for k in range(2, 8)]
-        sym = [b.symbol for b in bars]
-        return cls(bars[0].ts, sym, np.array([ids[x] for x in sym], dtype=np.int64), *cols)
-
-    def _bar(self, i: int) -> Bar:
-        return Bar(
-            self.symbols[i],
-            self.ts,
-            float(self.open[i]),
-            float(self.high[i]),
-            float(self.low[i]),
-            float(self.close[i]),
-            float(self.volume[i]),
-            float(self.volatility[i]),
-        )
-
-    def index(self, symbol: str) -> int | None:
-        """Position of ``symbol``'s bar in the columns, None if it has none at ``ts``."""
-        if self._index is None:
-            self._index = {x: i for i, x in enumerate(self.symbols)}
-        return self._index.get(symbol)
-
-    def __getitem__(self, symbol: str) -> Bar:
-        i = self.index(symbol)
-        if i is None:
-            raise KeyError(symbol)
-        return self._bar(i)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.symbols)
-
-    def __len__(self) -> int:
-        return len(self.symbols)
-
-    def items(self) -> Iterator[tuple[str, Bar]]:  # type: ignore[override]
-        return ((s, self._bar(i)) for i, s in enumerate(self.symbols))
-
-
 @dataclass(frozen=True)
 class Fill:
     client_order_id: str
@@ -181,7 +99,7 @@ class Event:
 
     client_order_id: str
     ts: datetime
-    kind: str  # "rejected" | "held"
+    kind: str  # "rejected" | "held" | "canceled"
     reason: str
 
 
@@ -239,6 +157,29 @@ class SimulatedBroker:
     def open_orders(self) -> dict[str, tuple[Order, int]]:
         """Orders not yet (fully) filled: id -> (order, shares remaining)."""
         return {oid: v for pending in self._pending.values() for oid, v in pending.items()}
+
+    def working(self, symbol: str) -> list[tuple[Order, int]]:
+        """``symbol``'s orders still working: (order, shares remaining), in submission order."""
+        pending = self._pending.get(symbol)
+        return list(pending.values()) if pending else []
+
+    @property
+    def working_symbols(self) -> list[str]:
+        """The symbols with an order still working."""
+        return list(self._pending)
+
+    def cancel(self, client_order_id: str, ts: datetime, reason: str) -> bool:
+        """Cancel what is left of an order (recorded as a ``canceled`` event with ``reason``);
+        False when no such order is working (filled, canceled or never accepted)."""
+        for symbol, pending in self._pending.items():
+            entry = pending.pop(client_order_id, None)
+            if entry is not None:
+                if not pending:
+                    del self._pending[symbol]
+                order, left = entry
+                self._event(order, ts, "canceled", f"{reason}; {left} of {order.quantity} left")
+                return True
+        return False
 
     def _event(self, order: Order, ts: datetime, kind: str, reason: str) -> None:
         self.ledger.events.append(Event(order.client_order_id, ts, kind, reason))
@@ -327,6 +268,10 @@ class SimulatedBroker:
         fills = []
         low = min(bar.open, bar.high, bar.low, bar.close)
         valid = low > 0 and math.isfinite(bar.open + bar.high + bar.low + bar.close)
+        # The participation cap is the symbol's, per bar: every order of the symbol shares it.
+        p = self.config.participation
+        cap = None if p is None else math.floor(p * bar.volume)
+        room = cap
         for oid, (order, remaining) in list(pending.items()):
             if order.bar_ts >= bar.ts:
                 continue
@@ -337,16 +282,24 @@ class SimulatedBroker:
             if price is None:
                 continue
             quantity = remaining
-            if self.config.participation is not None:
-                cap = math.floor(self.config.participation * bar.volume)
-                if cap <= 0:
-                    self._event(order, bar.ts, "held", "zero volume under the participation cap")
+            if room is not None:
+                if room <= 0:
+                    self._event(
+                        order,
+                        bar.ts,
+                        "held",
+                        "zero volume under the participation cap"
+                        if not cap
+                        else "the bar's participation cap is used up",
+                    )
                     continue
-                quantity = min(quantity, cap)
+                quantity = min(quantity, room)
             fill = self._fill(order, bar, price, quantity)
             if fill is None:
                 del pending[oid]
                 continue
+            if room is not None:
+                room -= quantity
             fills.append(fill)
             left = remaining - quantity
             if left:

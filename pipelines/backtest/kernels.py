@@ -8,6 +8,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from pipelines.labels.kernels import barrier_prices
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -16,26 +18,26 @@ I64 = npt.NDArray[np.int64]
 def ma_cross_step(
     ids: I64,
     close: F64,
-    count: I64,
-    sums: F64,
+    memory: F64,
     fast: int,
     slow: int,
     shares: int,
     warmup: int,
     target: I64,
 ) -> None:
-    """One bar time of the moving-average crossover: per symbol id, push ``close`` onto the
-    ring of the last ``slow + 1`` prefix sums and set ``target`` to ``shares`` where
-    ``fast_sum * slow > slow_sum * fast``, 0 where not, -1 before ``warmup`` closes."""
+    """One bar time of the moving-average crossover: per symbol id, count the close (column 0
+    of ``memory``), push it onto the ring of the last ``slow + 1`` prefix sums (columns 1..)
+    and set ``target`` to ``shares`` where ``fast_sum * slow > slow_sum * fast``, 0 where not,
+    -1 before ``warmup`` closes."""
     ring = slow + 1
     for j in range(len(ids)):
         i = ids[j]
-        n = count[i] + 1
-        count[i] = n
-        total = sums[i, (n - 1) % ring] + close[j]
-        sums[i, n % ring] = total
-        fast_sum = total - sums[i, (n - fast) % ring]
-        slow_sum = total - sums[i, (n - slow) % ring]
+        n = int(memory[i, 0]) + 1
+        memory[i, 0] = n
+        total = memory[i, 1 + (n - 1) % ring] + close[j]
+        memory[i, 1 + n % ring] = total
+        fast_sum = total - memory[i, 1 + (n - fast) % ring]
+        slow_sum = total - memory[i, 1 + (n - slow) % ring]
         if n < warmup:
             target[j] = -1
         elif fast_sum * slow > slow_sum * fast:
@@ -56,11 +58,12 @@ def bet_size_value(p: float, p0: float, threshold: float, max_bet: float) -> flo
     return max(-max_bet, min(max_bet, size))
 
 
-# Rows of the per-symbol state of :func:`model_step`: side (0 flat, +1 long, -1 short), the
-# bet's upper and lower barrier, the bars since its entry, its shares and the symbol's last
-# close (to value the bets held when the gross cap sizes new ones).
-SIDE, UPPER, LOWER, AGE, SHARES, LAST = 0, 1, 2, 3, 4, 5
-STATE_WIDTH = 6
+# Columns of the per-symbol state of :func:`model_step`: side (0 flat, +1 long, -1 short), the
+# bet's upper and lower barrier, the bars since its entry, its shares, the symbol's last close
+# (to value the bets held when the gross cap sizes new ones) and the bet's size |2 Phi(z) - 1|
+# (what a portfolio method weighs the bets by).
+SIDE, UPPER, LOWER, AGE, SHARES, LAST, BET = 0, 1, 2, 3, 4, 5, 6
+STATE_WIDTH = 7
 
 
 @njit(cache=True)
@@ -116,12 +119,12 @@ def model_step(
         has[j] = True
         entered[j] = True
         side = 1.0 if size > 0.0 else -1.0
-        up = profit_take if side > 0.0 else stop_loss
-        down = stop_loss if side > 0.0 else profit_take
         state[i, SIDE] = side
-        state[i, UPPER] = close[j] * (1.0 + up * vol[j]) if not math.isnan(up) else math.inf
-        state[i, LOWER] = close[j] * (1.0 - down * vol[j]) if not math.isnan(down) else -math.inf
+        state[i, UPPER], state[i, LOWER] = barrier_prices(
+            close[j], vol[j], side, profit_take, stop_loss
+        )
         state[i, AGE] = 0.0
+        state[i, BET] = abs(size)
         new_gross += math.floor(abs(target[j]) * close[j] * 100.0)
     # The gross cap counts the bets still held (at their last close) as well as the new ones,
     # which share what room is left pro rata; in cents. A bet opened on this bar holds no

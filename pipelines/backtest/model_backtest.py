@@ -20,9 +20,10 @@ from pipelines.backtest.report import (
     html_table,
     selection_section,
 )
-from pipelines.backtest.strategy import ModelStrategy, SizingConfig
+from pipelines.backtest.strategy import ModelStrategy, SizingConfig, signal_columns
 from pipelines.backtest.trials import Selection, Trial, TrialLog, daily_returns, deflate
 from pipelines.bars.calendar import Session, session_dates, sessions_between
+from pipelines.execution.path import PathConfig
 from pipelines.labels.triple_barrier import BarrierConfig, barrier_volatility
 
 
@@ -46,12 +47,15 @@ def simulate_model(
     cash: Decimal,
     barriers: BarrierConfig,
     market: Market,
+    path: PathConfig | None = None,
 ) -> BacktestResult:
     """Trade the calibrated probabilities in ``predictions`` (``symbol``, ``ts``, ``prob``,
     ``base_rate``) on ``bars`` from the first prediction to the end of the last one's session
-    with the event engine. The
-    per-bar volatility (sizing, exits) is the labels' (``barriers``), known at each bar; the
-    broker's impact model reads the one known at the previous bar's close."""
+    with the event engine, through the trading path ``path`` (portfolio, risk checks, limits;
+    default: :class:`PathConfig`'s). The per-bar volatility (sizing, exits) is the labels'
+    (``barriers``), known at each bar; the broker's impact model reads the one known at the
+    previous bar's close. Decisions are taken at each bar's end (a daily bar's: its session's
+    close, early closes included)."""
     vol = signal_volatility(bars, barriers)
     keep = [c for c in ("symbol", "ts", "prob", "base_rate") if c in predictions.columns]
     signals = predictions.select(keep).join(vol, on=["symbol", "ts"], how="left")
@@ -62,13 +66,60 @@ def simulate_model(
         else frozenset()
     )
     known = vol.sort("symbol", "ts").with_columns(pl.col("volatility").shift(1).over("symbol"))
-    return run_backtest(
+    config = replace(path or PathConfig(), bar_minutes=market.minutes)
+    return run_model_strategy(
         window,
-        ModelStrategy(signals, sizing, closing=closing),
+        signals,
+        sizing,
         cash=cash,
         config=broker,
         volatility=known,
+        path=config,
+        closing=closing,
+        clock=decision_clock(window["ts"], market) if market.minutes >= 1440 else None,
     )
+
+
+def run_model_strategy(
+    bars: pl.DataFrame,
+    signals: pl.DataFrame,
+    sizing: SizingConfig,
+    *,
+    cash: Decimal,
+    config: BrokerConfig,
+    path: PathConfig | None = None,
+    closing: frozenset[datetime] = frozenset(),
+    volatility: pl.DataFrame | None = None,
+    clock: Callable[[datetime], datetime] | None = None,
+) -> BacktestResult:
+    """The model strategy with ``sizing`` on ``signals`` (``symbol``, ``ts``, ``prob``,
+    ``volatility`` and, unless ``sizing.reference`` is ``"half"``, ``base_rate``) over
+    ``bars`` through the event engine and the trading path ``path``."""
+    strategy = ModelStrategy(sizing)
+    return run_backtest(
+        bars,
+        strategy,
+        cash=cash,
+        config=config,
+        volatility=volatility,
+        signals=signal_columns(signals, sizing),
+        path=replace(path or PathConfig(), strategy=strategy.name),
+        closing=closing,
+        clock=clock,
+    )
+
+
+def decision_clock(ts: pl.Series, market: Market) -> Callable[[datetime], datetime]:
+    """Bar start -> the time its decision is taken, for daily bars: the session's close
+    (UTC; early closes from the exchange calendar)."""
+    if ts.is_empty():
+        return lambda t: t
+    days = ts.dt.convert_time_zone("America/New_York").dt.date()
+    first, last = days.min(), days.max()
+    window = sessions_between(market.calendar, first, last).window(market.session)  # type: ignore[arg-type]
+    close = dict(zip(window["session_date"].to_list(), window["end"].to_list(), strict=True))
+    stamps = dict(zip(ts.to_list(), days.to_list(), strict=True))
+    return lambda t: close[stamps[t]]
 
 
 def benchmark_of(bars: pl.DataFrame) -> pl.DataFrame:
@@ -109,6 +160,7 @@ def run_backtest_study(
     sections: tuple[Section, ...] = (),
     title: str = "QuantDAG model strategy, walk-forward, out of sample",
     progress: Callable[[str], None] | None = None,
+    path: PathConfig | None = None,
 ) -> BacktestStudy:
     """Backtest every configuration on the out-of-sample ``predictions`` (each one a trial of
     ``family`` on ``basis``, recorded in ``trial_log``), report the ``selected`` one with its
@@ -127,6 +179,7 @@ def run_backtest_study(
             cash=cash,
             barriers=barriers,
             market=market,
+            path=path,
         )
         results[name] = result
         params = {"configuration": name, **_describe(sizing), **_describe(broker.costs)}
@@ -155,6 +208,7 @@ def run_backtest_study(
             cash=cash,
             barriers=barriers,
             market=market,
+            path=path,
         )
         held[segment] = build_report(
             result,

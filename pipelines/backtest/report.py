@@ -25,6 +25,7 @@ from pipelines.backtest.analytics import drawdowns, return_stats, trade_stats
 from pipelines.backtest.broker import Ledger
 from pipelines.backtest.engine import BacktestResult
 from pipelines.backtest.trials import Selection
+from pipelines.risk.events import TradingState
 
 UNDEFINED_BECAUSE = {
     "profit_factor": "no losing trade",
@@ -278,6 +279,8 @@ def build_report(
     mean_equity = cast(float, eq["equity"].mean()) or 1.0
     turnover = float(sum(abs(f.quantity) * f.price for f in result.ledger.fills)) / mean_equity
     exposure = cast(float, (eq["gross"] / eq["equity"]).mean()) or 0.0
+    refused, states = risk_tables(result)
+    years = eq.height / periods_per_year
     metrics, undefined = defined(
         {
             **stats.as_dict(),
@@ -287,7 +290,11 @@ def build_report(
             "slippage_usd": slippage,
             "borrow_usd": borrow,
             "turnover": turnover,
+            "turnover_annual": turnover / years if years > 0 else float("nan"),
             "average_gross_exposure": exposure,
+            "refused_orders": float(refused["orders"].sum()) if refused.height else 0.0,
+            **{f"refused_{r}": float(n) for r, n in refused.iter_rows()},
+            **{f"time_{s.lower()}": float(x) for s, _, x in states.iter_rows()},
             "fills": float(len(result.ledger.fills)),
             "rejected_or_held": float(len(result.ledger.events)),
         }
@@ -336,9 +343,42 @@ def build_report(
 <h2>Costs by kind</h2><table><tr><td>commissions</td><td>{commissions:,.2f} USD</td></tr>
 <tr><td>slippage and impact</td><td>{slippage:,.2f} USD</td></tr>
 <tr><td>borrow on shorts</td><td>{borrow:,.2f} USD</td></tr></table>
+<p>Turnover: {turnover:,.2f} x mean equity traded over the backtest.</p>
+<h2>Risk: orders refused and trading states</h2>{_risk_html(refused, states)}
 {extra}
 <h2>Metrics</h2><table>{table}</table></body></html>"""
     return Report(metrics, body, undefined)
+
+
+def risk_tables(result: BacktestResult) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Orders refused by rule (``rule``, ``orders``, most first) and the time in each trading
+    state (``state``, ``bars``, ``share`` of the backtest's bar times; every state listed)."""
+    rules = [e.rule for e in result.risk_events if e.kind == "refused"]
+    refused = (
+        pl.DataFrame({"rule": rules}, schema={"rule": pl.String})
+        .group_by("rule")
+        .agg(orders=pl.len())
+        .sort("orders", "rule", descending=[True, False])
+    )
+    seen = result.equity["state"] if "state" in result.equity.columns else pl.Series([], dtype=pl.String)
+    n = max(len(seen), 1)
+    counts = dict(seen.value_counts().iter_rows()) if len(seen) else {}
+    states = pl.DataFrame(
+        {
+            "state": [s.value for s in TradingState],
+            "bars": [int(counts.get(s.value, 0)) for s in TradingState],
+        }
+    ).with_columns(share=pl.col("bars") / n)
+    return refused, states
+
+
+def _risk_html(refused: pl.DataFrame, states: pl.DataFrame) -> str:
+    orders = (
+        html_table(refused) if refused.height else "<p>No order was refused by a risk check.</p>"
+    )
+    return f"<h3>Orders refused, by rule</h3>{orders}<h3>Time in each trading state</h3>" + (
+        html_table(states.with_columns(pl.col("share").round(4)))
+    )
 
 
 def write_report(report: Report, html_path: str, json_path: str) -> None:

@@ -27,17 +27,23 @@ that the event engine calls bar by bar and the vectorized path runs over all bar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from pipelines.backtest.broker import BarBatch
-from pipelines.backtest.kernels import STATE_WIDTH, bet_size_value, model_step
+from pipelines.backtest.kernels import (
+    BET,
+    SHARES,
+    SIDE,
+    STATE_WIDTH,
+    bet_size_value,
+    model_step,
+)
+from pipelines.execution.batch import BarBatch
+from pipelines.execution.path import Signals
 
 Reference = Literal["base_rate", "half"]
 
@@ -114,63 +120,65 @@ def signal_columns(signals: pl.DataFrame, sizing: SizingConfig) -> pl.DataFrame:
     return signals.with_columns(p0=pl.col("base_rate"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelStrategy:
-    """Targets from ``signals`` (``symbol``, ``ts``, ``prob``, ``volatility`` and, for the
-    default reference, ``base_rate``) and the equity the engine passes at each bar;
-    ``closing`` holds the closing bars' times (see the module docstring), used when
-    ``sizing.flat_at_close`` is set. The decisions are :func:`pipelines.backtest.kernels.
-    model_step`'s, which the vectorized path runs too."""
+    """The model strategy as a step of the trading path (:mod:`pipelines.execution.path`):
+    its memory holds, per symbol, the open bet's side, barriers, age, shares, size and the last
+    close (the columns of :mod:`pipelines.backtest.kernels`); the predictions come with each
+    bar. The decisions are :func:`pipelines.backtest.kernels.model_step`'s, which the
+    vectorized path runs too."""
 
-    signals: pl.DataFrame
     sizing: SizingConfig = SizingConfig()
     name: str = "model"
-    closing: frozenset[datetime] = frozenset()
-    _lookup: dict[tuple[str, datetime], tuple[float, float, float]] = field(default_factory=dict)
-    _state: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, STATE_WIDTH)))
 
     def __post_init__(self) -> None:
-        if self.sizing.flat_at_close and not self.closing:
-            raise ValueError("flat_at_close needs the closing bars' times (closing_bars)")
-        frame = signal_columns(self.signals, self.sizing)
-        for r in frame.iter_rows(named=True):
-            vol = r["volatility"]
-            self._lookup[(r["symbol"], r["ts"])] = (
-                r["prob"],
-                float("nan") if vol is None else vol,
-                r["p0"],
-            )
-        self._params = kernel_params(self.sizing)
+        object.__setattr__(self, "_params", kernel_params(self.sizing))
 
-    def targets(
-        self, ts: datetime, bars: BarBatch, positions: Mapping[str, int], equity: float
-    ) -> dict[str, int]:
+    def memory(self, n_symbols: int) -> npt.NDArray[np.float64]:
+        return np.zeros((n_symbols, STATE_WIDTH))
+
+    def step(
+        self,
+        memory: npt.NDArray[np.float64],
+        bars: BarBatch,
+        signals: Signals,
+        capital: float,
+        closing: bool,
+        target: npt.NDArray[np.float64],
+        has: npt.NDArray[np.bool_],
+    ) -> None:
         s = self.sizing
-        ids = bars.ids
-        if len(ids) and ids.max(initial=0) >= len(self._state):
-            grow = int(ids.max()) + 1 - len(self._state)
-            self._state = np.vstack([self._state, np.zeros((grow, STATE_WIDTH))])
-        n = len(ids)
-        prob, p0, vol = np.full(n, np.nan), np.full(n, 0.5), np.full(n, np.nan)
-        for j, symbol in enumerate(bars.symbols):
-            signal = self._lookup.get((symbol, ts))
-            if signal is not None:
-                prob[j], vol[j], p0[j] = signal
-        target = np.zeros(n)
-        has = np.zeros(n, dtype=np.bool_)
         model_step(
-            ids,
-            prob,
-            p0,
-            vol,
+            bars.ids,
+            signals.prob,
+            signals.p0,
+            signals.volatility,
             bars.high,
             bars.low,
             bars.close,
-            s.flat_at_close and ts in self.closing,
-            self._state,
-            self._params,
-            equity if s.capital is None else s.capital,
+            s.flat_at_close and closing,
+            memory,
+            self._params,  # type: ignore[attr-defined]
+            capital if s.capital is None else s.capital,
             target,
             has,
         )
-        return {bars.symbols[j]: int(target[j]) for j in np.flatnonzero(has)}
+
+    def forget(self, memory: npt.NDArray[np.float64], ids: npt.NDArray[np.int64]) -> None:
+        memory[ids, SIDE] = 0.0
+        memory[ids, SHARES] = 0.0
+
+    def bets(
+        self, memory: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        ids = np.flatnonzero(memory[:, SIDE] != 0.0).astype(np.int64)
+        return ids, memory[ids, SIDE].copy(), memory[ids, BET].copy()
+
+    def resize(
+        self,
+        memory: npt.NDArray[np.float64],
+        ids: npt.NDArray[np.int64],
+        shares: npt.NDArray[np.float64],
+    ) -> None:
+        memory[ids, SHARES] = shares
+        memory[ids[shares == 0.0], SIDE] = 0.0  # a bet sized to nothing is not left open

@@ -8,7 +8,6 @@ ignores the repeat.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -71,20 +70,3 @@ class Order:
     @property
     def signed_quantity(self) -> int:
         return self.quantity if self.side == "buy" else -self.quantity
-
-
-def orders_for_targets(
-    strategy: str, bar_ts: datetime, targets: Mapping[str, int], positions: Mapping[str, int]
-) -> list[Order]:
-    """Market orders that move ``positions`` to ``targets`` (whole shares per symbol, decided
-    at the close of ``bar_ts``); the intent is the target, so a replayed decision gets the same
-    ids. The backtest engine and the live path both turn targets into orders here."""
-    orders = []
-    for symbol, target in targets.items():
-        delta = target - positions.get(symbol, 0)
-        if delta:
-            side: Side = "buy" if delta > 0 else "sell"
-            orders.append(
-                Order.create(strategy, symbol, bar_ts, f"target:{target}", side, abs(delta))
-            )
-    return orders

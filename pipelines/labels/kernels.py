@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit
@@ -10,6 +12,35 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 PROFIT_TAKE, STOP_LOSS, VERTICAL = 1, -1, 0
+
+
+@njit(cache=True)
+def barrier_prices(
+    entry: float, vol: float, side: float, profit_take: float, stop_loss: float
+) -> tuple[float, float]:
+    """The upper and lower barrier prices of a bet entered at ``entry`` on ``side`` (+1 long,
+    -1 short): the profit-take ``profit_take`` volatility units (``vol``, a return per bar) in
+    the bet's favour, the stop-loss ``stop_loss`` against it; NaN distances are no barrier
+    (+inf / -inf). The one place the barrier geometry is written: the labels and the strategy's
+    exits both call it. Example: ``barrier_prices(100.0, 0.01, 1.0, 2.0, 1.0)`` is (102, 99)."""
+    up = profit_take if side > 0.0 else stop_loss
+    down = stop_loss if side > 0.0 else profit_take
+    upper = entry * (1.0 + up * vol) if not math.isnan(up) else math.inf
+    lower = entry * (1.0 - down * vol) if not math.isnan(down) else -math.inf
+    return upper, lower
+
+
+@njit(cache=True)
+def barrier_price_arrays(
+    entry: F64, vol: F64, side: F64, profit_take: float, stop_loss: float
+) -> tuple[F64, F64]:
+    """:func:`barrier_prices` over arrays of events."""
+    n = entry.shape[0]
+    upper = np.empty(n)
+    lower = np.empty(n)
+    for k in range(n):
+        upper[k], lower[k] = barrier_prices(entry[k], vol[k], side[k], profit_take, stop_loss)
+    return upper, lower
 
 
 @njit(cache=True)

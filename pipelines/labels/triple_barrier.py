@@ -21,7 +21,7 @@ import polars as pl
 from pipelines.bars.calendar import session_dates_within_hours
 from pipelines.features.expr import col, to_polars
 from pipelines.features.library import S, atr, div, lag, rstd
-from pipelines.labels.kernels import scan_barriers
+from pipelines.labels.kernels import barrier_price_arrays, scan_barriers
 
 BARRIERS = {1: "profit_take", -1: "stop_loss", 0: "vertical"}
 
@@ -128,12 +128,12 @@ def label_triple_barrier(
     ).filter(
         pl.col("_vol").is_not_null() & (pl.col("_vol") > 0) & (pl.col("_vert") > pl.col("_row"))
     )
-    entry = pl.col("close")
-    up_mult = pl.when(pl.col("side") > 0).then(config.profit_take).otherwise(config.stop_loss)
-    dn_mult = pl.when(pl.col("side") > 0).then(config.stop_loss).otherwise(config.profit_take)
-    ev = ev.with_columns(
-        _up=entry * (1.0 + up_mult * pl.col("_vol")),
-        _dn=entry * (1.0 - dn_mult * pl.col("_vol")),
+    upper, lower = barrier_price_arrays(
+        ev["close"].cast(pl.Float64).to_numpy(),
+        ev["_vol"].cast(pl.Float64).to_numpy(),
+        ev["side"].cast(pl.Float64).to_numpy(),
+        config.profit_take,
+        config.stop_loss,
     )
     arrays = {c: df[c].to_numpy() for c in ("open", "high", "low", "close")}
     exit_at, hit, price = scan_barriers(
@@ -143,8 +143,8 @@ def label_triple_barrier(
         arrays["close"],
         ev["_row"].to_numpy().astype(np.int64),
         ev["side"].to_numpy().astype(np.float64),
-        ev["_up"].to_numpy(),
-        ev["_dn"].to_numpy(),
+        upper,
+        lower,
         ev["_vert"].to_numpy().astype(np.int64),
     )
     ts = df["ts"]

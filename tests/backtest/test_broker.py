@@ -166,20 +166,21 @@ def test_short_pays_borrow_over_calendar_time_and_a_long_pays_none(
     assert longs.ledger.charges == []
 
 
-def test_orders_for_targets_are_deltas_with_replayable_ids(bars: list[Bar]) -> None:
-    from pipelines.execution.orders import orders_for_targets
-
-    positions = {"AAPL": 100, "MSFT": -20}
-    targets = {"AAPL": 100, "MSFT": 30, "JPM": -5}
-    orders = orders_for_targets("model", bars[0].ts, targets, positions)
-    assert [(o.symbol, o.side, o.quantity) for o in orders] == [
-        ("MSFT", "buy", 50),
-        ("JPM", "sell", 5),
-    ]
-    again = orders_for_targets("model", bars[0].ts, targets, positions)
-    assert [o.client_order_id for o in again] == [o.client_order_id for o in orders]
-    later = orders_for_targets("model", bars[1].ts, targets, positions)
-    assert not {o.client_order_id for o in later} & {o.client_order_id for o in orders}
+def test_the_participation_cap_is_the_symbols_per_bar(bars: list[Bar]) -> None:
+    """Two orders of one symbol share the bar's cap: together they fill at most the cap."""
+    broker = _broker(participation=0.0001, max_leverage=10.0)
+    cap = int(0.0001 * bars[1].volume)
+    a = Order.create("t", "AAPL", bars[0].ts, "a", "buy", cap)
+    b = Order.create("t", "AAPL", bars[0].ts, "b", "buy", cap)
+    broker.submit(a)
+    broker.submit(b)
+    fills = broker.on_bar(bars[1])
+    assert sum(f.quantity for f in fills) == cap
+    assert broker.ledger.events[-1].reason == "the bar's participation cap is used up"
+    assert broker.cancel(b.client_order_id, bars[1].ts, "replaced")
+    assert not broker.cancel(b.client_order_id, bars[1].ts, "again")  # nothing left to cancel
+    assert broker.ledger.events[-1].kind == "canceled"
+    assert broker.on_bar(bars[2]) == []  # the cancelled order never fills
 
 
 def test_borrow_slivers_add_up_to_whole_cents(bars: list[Bar]) -> None:

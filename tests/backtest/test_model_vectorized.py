@@ -10,14 +10,15 @@ import polars as pl
 import pytest
 
 from pipelines.backtest.broker import BrokerConfig, CostModel
-from pipelines.backtest.engine import run_backtest
 from pipelines.backtest.model_backtest import (
     closing_bars,
+    run_model_strategy,
     signal_volatility,
     sizing_with_label_exits,
 )
-from pipelines.backtest.strategy import ModelStrategy, SizingConfig
+from pipelines.backtest.strategy import SizingConfig
 from pipelines.backtest.vectorized import model_targets, simulate_targets
+from pipelines.execution.path import PathConfig
 from pipelines.labels.triple_barrier import BarrierConfig
 
 pytestmark = pytest.mark.unit
@@ -80,11 +81,14 @@ def test_model_strategy_same_trades_and_pnl(
     signals = _signals(bars, barriers, seed=7)
     sizing = sizing_with_label_exits(sizing, barriers)
     closing = closing_bars(bars["ts"], 15, "XNYS") if sizing.flat_at_close else frozenset()
-    event = run_backtest(
+    event = run_model_strategy(
         bars,
-        ModelStrategy(signals, sizing, closing=closing),
+        signals,
+        sizing,
+        closing=closing,
         cash=Decimal("1000000"),
         config=BrokerConfig(COSTS, max_leverage=4.0),
+        path=PathConfig.without_limits(),
     )
     fast = simulate_targets(
         bars, model_targets(bars, signals, sizing, closing), costs=COSTS, cash=1_000_000.0
@@ -120,8 +124,8 @@ def test_exits_by_barrier_and_by_holding_period(sample_bars: pl.DataFrame) -> No
     vol = signal_volatility(bars, barriers).drop_nulls()
     signals = vol.gather_every(40).with_columns(prob=pl.lit(0.8))
     sizing = sizing_with_label_exits(SizingConfig(capital=1_000_000.0, reference="half"), barriers)
-    result = run_backtest(
-        bars, ModelStrategy(signals, sizing), cash=Decimal("1000000"), config=BrokerConfig()
+    result = run_model_strategy(
+        bars, signals, sizing, cash=Decimal("1000000"), config=BrokerConfig()
     )
     fills = result.ledger.fills
     entries = {f.decided_at for f in fills if f.quantity > 0}

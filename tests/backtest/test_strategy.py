@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from pipelines.backtest.broker import BrokerConfig
-from pipelines.backtest.engine import run_backtest
-from pipelines.backtest.strategy import ModelStrategy, SizingConfig, bet_size
+from pipelines.backtest.model_backtest import run_model_strategy
+from pipelines.backtest.strategy import SizingConfig, bet_size
 
 pytestmark = pytest.mark.unit
 
@@ -46,8 +46,8 @@ def test_a_model_that_only_knows_the_base_rate_does_not_bet_on_the_market(
 
     def long_share(reference: str) -> float:
         sizing = SizingConfig(threshold=0.02, max_holding_bars=4, reference=reference)  # type: ignore[arg-type]
-        result = run_backtest(
-            bars, ModelStrategy(signals, sizing), cash=Decimal("1000000"), config=BrokerConfig()
+        result = run_model_strategy(
+            bars, signals, sizing, cash=Decimal("1000000"), config=BrokerConfig()
         )
         held: dict[str, int] = {}
         opened = []  # fills that open or add to a position: the bets
@@ -67,8 +67,8 @@ def test_caps_and_holding_period_through_the_engine(sample_bars: pl.DataFrame) -
     first = bars.filter(pl.col("ts") == bars["ts"].min())  # one strong signal each, at the start
     signals = first.select("symbol", "ts", prob=pl.lit(0.9), volatility=pl.lit(0.001))
     sizing = SizingConfig(max_position=0.05, max_gross=0.12, max_holding_bars=4, reference="half")
-    result = run_backtest(
-        bars, ModelStrategy(signals, sizing), cash=Decimal("1000000"), config=BrokerConfig()
+    result = run_model_strategy(
+        bars, signals, sizing, cash=Decimal("1000000"), config=BrokerConfig()
     )
     fills = result.ledger.fills
     entries = [f for f in fills if f.quantity > 0]
@@ -91,8 +91,8 @@ def test_the_gross_cap_counts_the_bets_already_held(sample_bars: pl.DataFrame) -
     # Two bets of 5% each fill the 6% cap (scaled to 3% each) while they are held for eight
     # bars; JPM's signal two bars later finds no room: it is not traded, and not left open.
     sizing = SizingConfig(max_position=0.05, max_gross=0.06, max_holding_bars=8, reference="half")
-    result = run_backtest(
-        bars, ModelStrategy(signals, sizing), cash=Decimal("1000000"), config=BrokerConfig()
+    result = run_model_strategy(
+        bars, signals, sizing, cash=Decimal("1000000"), config=BrokerConfig()
     )
     entries = [f for f in result.ledger.fills if f.quantity > 0]
     assert sorted(f.symbol for f in entries) == ["AAPL", "MSFT"]

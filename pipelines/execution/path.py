@@ -1,0 +1,582 @@
+"""The one decision path of backtest and live: strategy -> portfolio -> risk -> orders, per bar.
+
+:func:`decide` is a pure function of ``(state, bars, signals, account)``: the bars that closed
+at one time, the model's predictions for them, and what the broker reports (positions, orders
+still working, equity, the kill switch). It returns the new :class:`PathState`, the orders to
+send, the working orders to cancel and the risk events, and changes nothing it was given. The
+backtest engine calls it with the simulated broker's account, the live session with Alpaca's;
+the state is a plain value (:meth:`PathState.to_dict`) that the live session persists and the
+backtest replays.
+
+One bar, in order:
+
+1. **Replay guard.** A bar at or before the state's last one is answered with nothing: a
+   replayed bar sends no order (and the same state on the same bar gives the same ids).
+2. **Trading state** (:func:`pipelines.risk.limits.update_status`): daily loss, drawdown
+   ladder, data staleness and the kill switch set ACTIVE / REDUCING / HALTED.
+3. **Strategy**: the strategy's step updates its per-symbol memory (bets, barriers, ages) and
+   says which symbols it wants at which signed size (``intended`` shares).
+4. **Portfolio** (:mod:`pipelines.portfolio`): with a method other than ``bet_size``, when the
+   set of open bets changes, the bets share the gross the strategy sized by risk, from a
+   covariance of past returns only; resizes inside the rebalance band or below the minimum
+   trade value are not made.
+5. **Orders net against working orders**: a symbol whose position plus working orders already
+   make its intended size is left alone (a partly filled order is not sent again); otherwise
+   its working orders are cancelled and one order for ``intended - position`` is sent, its
+   ``client_order_id`` a pure function of (strategy, symbol, bar, intended size).
+6. **Pre-trade checks** (:func:`pipelines.risk.checks.check_orders`): each refusal is a risk
+   event with its rule and numbers; a refused entry is forgotten by the strategy (no bet is
+   open), a refused exit is asked again at the next bar.
+
+HALTED sends no order, only cancels of every working order; with ``flatten_on_trip`` a tripped
+kill switch also closes every position (orders with intent ``flatten``, which may only cut
+exposure).
+
+A cancel and the order that replaces it are sent together: the simulated broker applies cancels
+first; a live broker must see a cancel confirmed before the replacement is sent (a fill racing
+the cancel changes the position the replacement was sized from), which is why
+:attr:`Decision.replaces` names the cancels each order follows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from itertools import repeat
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+
+from pipelines.config import TradingSettings
+from pipelines.execution.batch import BarBatch
+from pipelines.execution.orders import Order, Side
+from pipelines.portfolio.config import PortfolioConfig
+from pipelines.portfolio.returns import ReturnsWindow
+from pipelines.portfolio.weights import portfolio_weights, rebalance
+from pipelines.risk.checks import Book, MarketView, RiskConfig, check_orders
+from pipelines.risk.events import RiskEvent, TradingState
+from pipelines.risk.limits import LimitsConfig, RiskStatus, update_status
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The model's predictions for the rows of one :class:`BarBatch` (NaN where a symbol has
+    none): ``prob`` of an up move, ``p0`` the no-skill probability it is measured against,
+    ``volatility`` per bar (the labels' barrier volatility, a return)."""
+
+    prob: F64
+    p0: F64
+    volatility: F64
+
+    @classmethod
+    def empty(cls, n: int) -> Signals:
+        """No prediction for any of ``n`` rows (a strategy that needs none)."""
+        nan = np.full(n, np.nan)
+        return cls(nan, np.full(n, 0.5), nan)
+
+
+@dataclass(frozen=True)
+class WorkingOrder:
+    """An order the broker still works: ``remaining`` signed shares (+ buy, - sell)."""
+
+    client_order_id: str
+    symbol: str
+    intent: str
+    remaining: int
+
+
+@dataclass(frozen=True)
+class Account:
+    """What the broker reports at decision time ``now`` (UTC): ``equity`` and ``buying_power``
+    in USD, filled ``positions`` (signed shares), ``working`` orders by symbol, the persisted
+    ``kill_switch`` (read just before this call), and optionally the ``last_prices`` traded
+    (USD; default: the bars' closes) and the ``shortable`` symbols (None: all)."""
+
+    now: datetime
+    equity: float
+    buying_power: float
+    positions: Mapping[str, int]
+    working: Mapping[str, Sequence[WorkingOrder]]
+    kill_switch: bool = False
+    last_prices: Mapping[str, float] | None = None
+    shortable: frozenset[str] | None = None
+
+
+class Strategy(Protocol):
+    """A strategy the path can run: per-symbol ``memory`` (a float array, one row per symbol id)
+    that :meth:`step` updates in place for the rows of one bar time."""
+
+    @property
+    def name(self) -> str:
+        """The strategy's name, part of every order's id."""
+        ...
+
+    def memory(self, n_symbols: int) -> F64:
+        """The memory before any bar."""
+        ...
+
+    def step(
+        self,
+        memory: F64,
+        bars: BarBatch,
+        signals: Signals,
+        capital: float,
+        closing: bool,
+        target: F64,
+        has: B,
+    ) -> None:
+        """Decide on ``bars``: ``has[j]`` where row j gets a new intended size ``target[j]``
+        (signed shares); rows without a decision keep what they intended."""
+        ...
+
+    def forget(self, memory: F64, ids: I64) -> None:
+        """The entries of these symbol ids were refused: no bet of theirs is open."""
+        ...
+
+    def bets(self, memory: F64) -> tuple[I64, F64, F64] | None:
+        """The open bets (symbol ids, sides +1/-1, sizes in (0, 1]) for a portfolio method;
+        None when the strategy has no bets to weigh (then only ``bet_size`` applies)."""
+        ...
+
+    def resize(self, memory: F64, ids: I64, shares: F64) -> None:
+        """A portfolio method gave these bets new sizes (signed shares)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PathConfig:
+    """Everything the path decides with. ``bar_minutes`` is the bars' length (a bar stamped
+    ``ts`` closes at ``ts + bar_minutes``; daily bars: 390 for the regular session is enough,
+    only data staleness reads it); ``zone`` the exchange's time zone (sessions of the daily
+    loss limit); ``capital`` (USD, None: the account's equity) what the strategy sizes on;
+    ``flatten_on_trip`` closes every position when the kill switch trips."""
+
+    strategy: str = "model"
+    bar_minutes: int = 15
+    portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    capital: float | None = None
+    flatten_on_trip: bool = False
+    zone: str = "America/New_York"
+
+    @classmethod
+    def without_limits(cls, strategy: str = "model", bar_minutes: int = 15) -> PathConfig:
+        """No exposure cap, order-size cap or loss limit: the research setting under which the
+        vectorized path must equal the event engine. The checks that say whether an order can
+        trade at all (hours, volume, price band, restricted, short sale, rate) stay on."""
+        return cls(
+            strategy=strategy,
+            bar_minutes=bar_minutes,
+            risk=RiskConfig(
+                max_order_notional=None, max_position=None, max_gross=None, max_net=None
+            ),
+            portfolio=PortfolioConfig(rebalance_band=0.0, min_trade_value=0.0),
+            limits=LimitsConfig(daily_loss=None, reduce_drawdown=None, halt_drawdown=None),
+        )
+
+
+@dataclass(frozen=True)
+class PathState:
+    """The path's state between bars: the symbols (their ids are positions in this tuple), the
+    strategy's memory, the size each symbol is meant to hold, the trading status, the recent
+    orders (for the per-minute rate), the last bar decided, the kill switch as last seen and,
+    for portfolio methods, the window of past closes."""
+
+    symbols: tuple[str, ...]
+    memory: F64
+    intended: I64
+    risk: RiskStatus = field(default_factory=RiskStatus)
+    recent: tuple[datetime, ...] = ()
+    last_ts: datetime | None = None
+    kill_switch: bool = False
+    returns: ReturnsWindow | None = None
+    ids: Mapping[str, int] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.ids:
+            object.__setattr__(self, "ids", {s: i for i, s in enumerate(self.symbols)})
+
+    @classmethod
+    def create(cls, symbols: Sequence[str], strategy: Strategy, config: PathConfig) -> PathState:
+        """The state before the first bar, for ``symbols`` (sorted; a bar of any other symbol
+        is an error)."""
+        names = tuple(sorted(set(symbols)))
+        window = (
+            None
+            if config.portfolio.method == "bet_size"
+            else ReturnsWindow(config.portfolio.lookback, len(names))
+        )
+        return cls(
+            names,
+            strategy.memory(len(names)),
+            np.zeros(len(names), dtype=np.int64),
+            returns=window,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe value (floats, ints, strings, ISO times) that :meth:`from_dict` reads
+        back to an equal state."""
+        return {
+            "symbols": list(self.symbols),
+            "memory": [[_json_float(x) for x in row] for row in self.memory.tolist()],
+            "intended": self.intended.tolist(),
+            "risk": self.risk.to_dict(),
+            "recent": [t.isoformat() for t in self.recent],
+            "last_ts": None if self.last_ts is None else self.last_ts.isoformat(),
+            "kill_switch": self.kill_switch,
+            "returns": None if self.returns is None else self.returns.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PathState:
+        symbols = tuple(data["symbols"])
+        memory = np.array(
+            [[float(x) for x in row] for row in data["memory"]], dtype=np.float64
+        ).reshape(len(symbols), -1)
+        return cls(
+            symbols,
+            memory,
+            np.array(data["intended"], dtype=np.int64),
+            RiskStatus.from_dict(data["risk"]),
+            tuple(datetime.fromisoformat(t) for t in data["recent"]),
+            None if data["last_ts"] is None else datetime.fromisoformat(data["last_ts"]),
+            bool(data["kill_switch"]),
+            None if data["returns"] is None else ReturnsWindow.from_dict(data["returns"]),
+        )
+
+
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else repr(x)  # inf / -inf / nan as strings JSON can hold
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one bar decided: the new ``state``, the ``orders`` to send (after the checks), the
+    working orders to ``cancel`` (client ids), for each order the cancels it ``replaces``, the
+    risk ``events``, whether the kill switch must be ``trip``ped (persisted by the caller), and
+    the sizes the strategy ``intended`` for the bar's symbols."""
+
+    state: PathState
+    orders: list[Order]
+    cancels: list[str]
+    events: list[RiskEvent]
+    trip: bool = False
+    replaces: dict[str, list[str]] = field(default_factory=dict)
+    intended: dict[str, int] = field(default_factory=dict)
+
+
+_ZONES: dict[str, ZoneInfo] = {}
+
+
+def _session(now: datetime, zone: str) -> date:
+    tz = _ZONES.get(zone)
+    if tz is None:
+        tz = _ZONES[zone] = ZoneInfo(zone)
+    return now.astimezone(tz).date()
+
+
+def decide(
+    state: PathState,
+    bars: BarBatch,
+    signals: Signals,
+    account: Account,
+    strategy: Strategy,
+    config: PathConfig,
+    *,
+    closing: bool = False,
+) -> Decision:
+    """One bar of the trading path (see the module docstring). ``bars`` closed at
+    ``bars.ts + bar_minutes``; their ``ids`` index ``state.symbols``; ``signals`` are aligned
+    with them; ``closing``: the session closes before another decision can fill (the strategy
+    opens nothing and closes its bets)."""
+    if state.last_ts is not None and bars.ts <= state.last_ts:
+        return Decision(state, [], [], [])
+    now = account.now
+    bar_end = bars.ts + timedelta(minutes=config.bar_minutes)
+    age = (now - bar_end).total_seconds()
+    tripped = account.kill_switch or state.kill_switch
+    risk, events, trip = update_status(
+        state.risk,
+        config.limits,
+        now=now,
+        session=_session(now, config.zone),
+        equity=account.equity,
+        data_age_s=age,
+        kill_switch=tripped,
+    )
+    if trip:
+        tripped = True
+    if events:
+        events = list(events)
+    memory = state.memory.copy()
+    intended = state.intended.copy()
+    ids = bars.ids
+    n = len(ids)
+    target = np.zeros(n)
+    has = np.zeros(n, dtype=np.bool_)
+    before = intended[ids]
+    capital = account.equity if config.capital is None else config.capital
+    strategy.step(memory, bars, signals, capital, closing, target, has)
+    decided = target.astype(np.int64)
+    intended[ids[has]] = decided[has]
+    entered = has & (before == 0) & (decided != 0)
+    floor = config.portfolio.min_trade_value
+    if floor > 0 and entered.any():
+        small = entered & (np.abs(decided * bars.close) < floor)
+        if small.any():
+            # An entry worth less than the minimum trade would mostly pay its commission.
+            events = list(events)
+            for j in np.flatnonzero(small).tolist():
+                events.append(
+                    RiskEvent(
+                        bars.ts,
+                        "refused",
+                        "min_trade_value",
+                        f"entry of {int(decided[j])} {bars.symbols[j]} worth "
+                        f"{abs(decided[j] * bars.close[j]):,.2f} USD, below the minimum trade "
+                        f"value {floor:,.2f} USD",
+                        symbol=bars.symbols[j],
+                        values={"quantity": float(decided[j]), "price": float(bars.close[j])},
+                    )
+                )
+            lost = ids[small]
+            strategy.forget(memory, lost)
+            intended[lost] = before[small]
+            entered &= ~small
+    window = state.returns
+    if window is not None:
+        window = window.copy()
+        window.push(ids, bars.close)
+        if has.any():
+            note = _reweigh(memory, intended, strategy, window, state.symbols, account, config)
+            if note:
+                events = [
+                    *events,
+                    RiskEvent(bars.ts, "portfolio", config.portfolio.method, note),
+                ]
+    cancels: list[str] = []
+    replaces: dict[str, list[str]] = {}
+    orders: list[Order] = []
+    halted = risk.state is TradingState.HALTED
+    if halted:
+        cancels = [w.client_order_id for ws in account.working.values() for w in ws]
+        if cancels and (state.risk.state is not TradingState.HALTED or trip):
+            events.append(
+                RiskEvent(
+                    bars.ts,
+                    "cancel",
+                    "halted",
+                    f"HALTED ({risk.reason}): {len(cancels)} working orders cancelled",
+                    values={"orders": float(len(cancels))},
+                )
+            )
+        if tripped and config.flatten_on_trip:
+            orders = _flatten(state, bars, account, config)
+        # Entries are not opened while halted; held bets keep their exits in the memory, and
+        # what the book holds beyond them is closed once trading resumes.
+        if entered.any():
+            strategy.forget(memory, ids[entered])
+            intended[ids[entered]] = 0
+    else:
+        orders, cancels, replaces = _net(state, bars, intended, account, config)
+    kept_working = _working_after(account, set(cancels))
+    accepted: list[Order] = []
+    recent = state.recent
+    if orders:
+        prices = {s: float(bars.close[j]) for j, s in enumerate(bars.symbols)}
+        market = MarketView(
+            now=now,
+            prices=prices,
+            last_prices=account.last_prices if account.last_prices is not None else prices,
+            volumes={s: float(bars.volume[j]) for j, s in enumerate(bars.symbols)},
+        )
+        book = Book(
+            equity=account.equity,
+            buying_power=account.buying_power,
+            positions=account.positions,
+            working=kept_working,
+            shortable=account.shortable,
+        )
+        # A flatten under HALTED is checked as a reduction: it may only cut exposure.
+        check_state = TradingState.REDUCING if halted else risk.state
+        accepted, refused, recent = check_orders(
+            orders, config=config.risk, state=check_state, market=market, book=book, recent=recent
+        )
+        if refused:
+            events.extend(refused)
+            refused_ids = {e.client_order_id for e in refused}
+            forget = [
+                state.ids[o.symbol]
+                for o in orders
+                if o.client_order_id in refused_ids and entered[bars.index(o.symbol) or 0]
+            ]
+            if forget:
+                lost = np.array(forget, dtype=np.int64)
+                strategy.forget(memory, lost)
+                intended[lost] = 0
+        replaces = {k: v for k, v in replaces.items() if k in {o.client_order_id for o in accepted}}
+    intent = {bars.symbols[j]: int(intended[ids[j]]) for j in np.flatnonzero(has)}
+    new_state = replace(
+        state,
+        memory=memory,
+        intended=intended,
+        risk=risk,
+        recent=recent,
+        last_ts=bars.ts,
+        kill_switch=tripped,
+        returns=window,
+        ids=state.ids,
+    )
+    return Decision(new_state, accepted, cancels, events, trip, replaces, intent)
+
+
+def _net(
+    state: PathState, bars: BarBatch, intended: I64, account: Account, config: PathConfig
+) -> tuple[list[Order], list[str], dict[str, list[str]]]:
+    """Orders that take each of the bar's symbols from its position and working orders to its
+    intended size; the working orders they replace are cancelled."""
+    symbols = bars.symbols
+    positions, working = account.positions, account.working
+    want = intended[bars.ids]
+    held = np.fromiter(map(positions.get, symbols, repeat(0)), np.int64, len(symbols))
+    if working:
+        for j, s in enumerate(symbols):
+            ws = working.get(s)
+            if ws:
+                held[j] += sum(w.remaining for w in ws)
+    orders: list[Order] = []
+    cancels: list[str] = []
+    replaces: dict[str, list[str]] = {}
+    for j in np.flatnonzero(want != held).tolist():
+        symbol = symbols[j]
+        goal = int(want[j])
+        dropped = [w.client_order_id for w in working.get(symbol, ())]
+        cancels.extend(dropped)
+        delta = goal - positions.get(symbol, 0)
+        if delta:
+            side: Side = "buy" if delta > 0 else "sell"
+            order = Order.create(
+                config.strategy, symbol, bars.ts, f"target:{goal}", side, abs(delta)
+            )
+            orders.append(order)
+            if dropped:
+                replaces[order.client_order_id] = dropped
+    return orders, cancels, replaces
+
+
+def _flatten(state: PathState, bars: BarBatch, account: Account, config: PathConfig) -> list[Order]:
+    """Orders closing the position of every symbol of ``bars`` (working orders are being
+    cancelled)."""
+    orders = []
+    for symbol in bars.symbols:
+        held = account.positions.get(symbol, 0)
+        if held:
+            side: Side = "sell" if held > 0 else "buy"
+            orders.append(
+                Order.create(config.strategy, symbol, bars.ts, "flatten", side, abs(held))
+            )
+    return orders
+
+
+def _working_after(account: Account, cancelled: set[str]) -> dict[str, int]:
+    """Signed shares still working per symbol once ``cancelled`` are gone."""
+    out: dict[str, int] = {}
+    for symbol, ws in account.working.items():
+        left = sum(w.remaining for w in ws if w.client_order_id not in cancelled)
+        if left:
+            out[symbol] = left
+    return out
+
+
+def _reweigh(
+    memory: F64,
+    intended: I64,
+    strategy: Strategy,
+    window: ReturnsWindow,
+    symbols: tuple[str, ...],
+    account: Account,
+    config: PathConfig,
+) -> str:
+    """Share the open bets' gross among them by the portfolio method (past returns only);
+    the method's note when it fell back (e.g. to equal weight), else ''."""
+    open_bets = strategy.bets(memory)
+    if open_bets is None:
+        raise ValueError(
+            f"portfolio method {config.portfolio.method!r} needs a strategy with bets; "
+            "this strategy only sizes itself: use method bet_size"
+        )
+    ids, sides, sizes = open_bets
+    if len(ids) < 2:
+        return ""
+    closes = window.last_closes(ids)
+    if not np.all(np.isfinite(closes) & (closes > 0)):
+        return f"{config.portfolio.method}: a bet has no close yet; sizes left as the strategy's"
+    budget = float(np.abs(intended[ids] * closes).sum())
+    if budget <= 0:
+        return ""
+    weights, note = portfolio_weights(config.portfolio, window.returns(ids), sides, sizes)
+    shares = np.trunc(weights * budget / closes)
+    names = [symbols[i] for i in ids.tolist()]
+    current = {
+        s: account.positions.get(s, 0) + sum(w.remaining for w in account.working.get(s, ()))
+        for s in names
+    }
+    goal = rebalance(
+        {s: int(q) for s, q in zip(names, shares, strict=True)},
+        current,
+        {s: float(c) for s, c in zip(names, closes, strict=True)},
+        config.portfolio,
+    )
+    new = np.array([goal[s] for s in names], dtype=np.float64)
+    strategy.resize(memory, ids, new)
+    intended[ids] = new.astype(np.int64)
+    return note
+
+
+def path_config(
+    trading: TradingSettings, *, strategy: str, bar_minutes: int, calendar: str = "XNYS"
+) -> PathConfig:
+    """The :class:`PathConfig` of the settings file's ``trading`` block."""
+    p, r, lim = trading.portfolio, trading.risk, trading.limits
+    return PathConfig(
+        strategy=strategy,
+        bar_minutes=bar_minutes,
+        portfolio=PortfolioConfig(
+            method=p.method,
+            lookback=p.lookback,
+            min_history=p.min_history,
+            covariance=p.covariance,
+            risk_aversion=p.risk_aversion,
+            rebalance_band=p.rebalance_band,
+            min_trade_value=p.min_trade_value,
+        ),
+        risk=RiskConfig(
+            max_order_notional=r.max_order_notional,
+            max_position=r.max_position,
+            max_gross=r.max_gross,
+            max_net=r.max_net,
+            max_orders_per_minute=r.max_orders_per_minute,
+            price_band=r.price_band,
+            trading_hours=r.trading_hours,
+            calendar=calendar,
+            restricted=frozenset(r.restricted),
+            allow_short=r.allow_short,
+            min_bar_volume=r.min_bar_volume,
+        ),
+        limits=LimitsConfig(
+            daily_loss=lim.daily_loss,
+            reduce_drawdown=lim.reduce_drawdown,
+            halt_drawdown=lim.halt_drawdown,
+            max_data_age_s=lim.max_data_age_s,
+        ),
+        flatten_on_trip=trading.flatten_on_trip,
+    )
