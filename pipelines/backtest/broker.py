@@ -314,11 +314,12 @@ class SimulatedBroker:
                 del pending[oid]
         return fills
 
-    def mark(self) -> tuple[float, float]:
-        """Equity and gross exposure (USD, float) at the last closes, for decisions and the
-        equity curve; the exact books are :attr:`ledger`."""
+    def mark(self) -> tuple[float, float, float]:
+        """Equity, gross and net exposure (USD, float) at the last closes, for decisions and
+        the equity curve; the exact books are :attr:`ledger`."""
         values = self._qty * self._close
-        return float(self.ledger.cash) + float(values.sum()), float(np.abs(values).sum())
+        net = float(values.sum())
+        return float(self.ledger.cash) + net, float(np.abs(values).sum()), net
 
     def _trigger(self, order: Order, bar: Bar) -> Decimal | None:
         o = money(bar.open)

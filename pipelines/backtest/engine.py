@@ -72,8 +72,8 @@ class Broker(Protocol):
         """The bars of one time arrived: fill what they allow."""
         ...
 
-    def mark(self) -> tuple[float, float]:
-        """Equity and gross exposure (USD) at the last closes."""
+    def mark(self) -> tuple[float, float, float]:
+        """Equity, gross and net exposure (USD) at the last closes."""
         ...
 
     def last(self, symbol: str) -> float:
@@ -181,7 +181,7 @@ def _account(
     venue: Broker, now: datetime, leverage: float, kill_switch: bool
 ) -> tuple[Account, float]:
     """The simulated broker's account at ``now`` and its gross exposure (USD)."""
-    equity, gross = venue.mark()
+    equity, gross, net = venue.mark()
     working: dict[str, list[WorkingOrder]] = {}
     for symbol in venue.working_symbols:
         working[symbol] = [
@@ -196,6 +196,8 @@ def _account(
         working,
         kill_switch,
         _LastCloses(venue),
+        gross=gross,
+        net=net,
     )
     return account, gross
 

@@ -360,7 +360,11 @@ def risk_tables(result: BacktestResult) -> tuple[pl.DataFrame, pl.DataFrame]:
         .agg(orders=pl.len())
         .sort("orders", "rule", descending=[True, False])
     )
-    seen = result.equity["state"] if "state" in result.equity.columns else pl.Series([], dtype=pl.String)
+    seen = (
+        result.equity["state"]
+        if "state" in result.equity.columns
+        else pl.Series([], dtype=pl.String)
+    )
     n = max(len(seen), 1)
     counts = dict(seen.value_counts().iter_rows()) if len(seen) else {}
     states = pl.DataFrame(

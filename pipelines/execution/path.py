@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import repeat
 from typing import Any, Protocol
@@ -53,6 +53,7 @@ import numpy.typing as npt
 
 from pipelines.config import TradingSettings
 from pipelines.execution.batch import BarBatch
+from pipelines.execution.kernels import ENTERED, MISMATCH, SMALL, settle
 from pipelines.execution.orders import Order, Side
 from pipelines.portfolio.config import PortfolioConfig
 from pipelines.portfolio.returns import ReturnsWindow
@@ -98,7 +99,8 @@ class Account:
     """What the broker reports at decision time ``now`` (UTC): ``equity`` and ``buying_power``
     in USD, filled ``positions`` (signed shares), ``working`` orders by symbol, the persisted
     ``kill_switch`` (read just before this call), and optionally the ``last_prices`` traded
-    (USD; default: the bars' closes) and the ``shortable`` symbols (None: all)."""
+    (USD; default: the bars' closes), the ``shortable`` symbols (None: all) and the filled
+    positions' ``gross`` and ``net`` value at the last prices (USD; None: computed here)."""
 
     now: datetime
     equity: float
@@ -108,6 +110,8 @@ class Account:
     kill_switch: bool = False
     last_prices: Mapping[str, float] | None = None
     shortable: frozenset[str] | None = None
+    gross: float | None = None
+    net: float | None = None
 
 
 class Strategy(Protocol):
@@ -263,7 +267,7 @@ class Decision:
     """What one bar decided: the new ``state``, the ``orders`` to send (after the checks), the
     working orders to ``cancel`` (client ids), for each order the cancels it ``replaces``, the
     risk ``events``, whether the kill switch must be ``trip``ped (persisted by the caller), and
-    the sizes the strategy ``intended`` for the bar's symbols."""
+    the sizes the strategy ``intended`` for the bar's symbols (:attr:`intended`)."""
 
     state: PathState
     orders: list[Order]
@@ -271,7 +275,15 @@ class Decision:
     events: list[RiskEvent]
     trip: bool = False
     replaces: dict[str, list[str]] = field(default_factory=dict)
-    intended: dict[str, int] = field(default_factory=dict)
+    decided: tuple[BarBatch, B] | None = None
+
+    @property
+    def intended(self) -> dict[str, int]:
+        """Symbol -> the signed shares the strategy decided on at this bar."""
+        if self.decided is None:
+            return {}
+        bars, has = self.decided
+        return {bars.symbols[j]: int(self.state.intended[bars.ids[j]]) for j in np.flatnonzero(has)}
 
 
 _ZONES: dict[str, ZoneInfo] = {}
@@ -323,46 +335,33 @@ def decide(
     n = len(ids)
     target = np.zeros(n)
     has = np.zeros(n, dtype=np.bool_)
-    before = intended[ids]
     capital = account.equity if config.capital is None else config.capital
     strategy.step(memory, bars, signals, capital, closing, target, has)
-    decided = target.astype(np.int64)
-    intended[ids[has]] = decided[has]
-    entered = has & (before == 0) & (decided != 0)
+    held = _held(bars, account)
+    flags = np.empty(n, dtype=np.int8)
     floor = config.portfolio.min_trade_value
-    if floor > 0 and entered.any():
-        small = entered & (np.abs(decided * bars.close) < floor)
-        if small.any():
-            # An entry worth less than the minimum trade would mostly pay its commission.
-            events = list(events)
-            for j in np.flatnonzero(small).tolist():
-                events.append(
-                    RiskEvent(
-                        bars.ts,
-                        "refused",
-                        "min_trade_value",
-                        f"entry of {int(decided[j])} {bars.symbols[j]} worth "
-                        f"{abs(decided[j] * bars.close[j]):,.2f} USD, below the minimum trade "
-                        f"value {floor:,.2f} USD",
-                        symbol=bars.symbols[j],
-                        values={"quantity": float(decided[j]), "price": float(bars.close[j])},
-                    )
-                )
-            lost = ids[small]
-            strategy.forget(memory, lost)
-            intended[lost] = before[small]
-            entered &= ~small
+    n_has, n_entered, n_small, n_mismatch = settle(
+        ids, target, has, intended, held, bars.close, floor, flags
+    )
+    if n_small:
+        # An entry worth less than the minimum trade would mostly pay its commission.
+        small = (flags & SMALL) != 0
+        events = [*events, *_small_entries(bars, target, small, floor)]
+        strategy.forget(memory, ids[small])
+    entered = (flags & ENTERED) != 0 if n_entered else None
     window = state.returns
     if window is not None:
         window = window.copy()
         window.push(ids, bars.close)
-        if has.any():
+        if n_has:
             note = _reweigh(memory, intended, strategy, window, state.symbols, account, config)
             if note:
-                events = [
-                    *events,
-                    RiskEvent(bars.ts, "portfolio", config.portfolio.method, note),
-                ]
+                events = [*events, RiskEvent(bars.ts, "portfolio", config.portfolio.method, note)]
+            mismatched = np.flatnonzero(intended[ids] != held)
+        else:
+            mismatched = np.flatnonzero(flags & MISMATCH)
+    else:
+        mismatched = np.flatnonzero(flags & MISMATCH) if n_mismatch else _NONE
     cancels: list[str] = []
     replaces: dict[str, list[str]] = {}
     orders: list[Order] = []
@@ -383,21 +382,24 @@ def decide(
             orders = _flatten(state, bars, account, config)
         # Entries are not opened while halted; held bets keep their exits in the memory, and
         # what the book holds beyond them is closed once trading resumes.
-        if entered.any():
+        if entered is not None:
             strategy.forget(memory, ids[entered])
             intended[ids[entered]] = 0
-    else:
-        orders, cancels, replaces = _net(state, bars, intended, account, config)
+    elif len(mismatched):
+        orders, cancels, replaces = _net(bars, mismatched, intended, account, config)
     kept_working = _working_after(account, set(cancels))
     accepted: list[Order] = []
     recent = state.recent
     if orders:
-        prices = {s: float(bars.close[j]) for j, s in enumerate(bars.symbols)}
+        rows = [(o.symbol, bars.index(o.symbol)) for o in orders]
+        prices = {s: float(bars.close[j]) for s, j in rows if j is not None}
+        if account.last_prices is None:
+            prices = {s: float(bars.close[j]) for j, s in enumerate(bars.symbols)}
         market = MarketView(
             now=now,
             prices=prices,
             last_prices=account.last_prices if account.last_prices is not None else prices,
-            volumes={s: float(bars.volume[j]) for j, s in enumerate(bars.symbols)},
+            volumes={s: float(bars.volume[j]) for s, j in rows if j is not None},
         )
         book = Book(
             equity=account.equity,
@@ -405,6 +407,8 @@ def decide(
             positions=account.positions,
             working=kept_working,
             shortable=account.shortable,
+            gross=account.gross,
+            net=account.net,
         )
         # A flatten under HALTED is checked as a reduction: it may only cut exposure.
         check_state = TradingState.REDUCING if halted else risk.state
@@ -417,48 +421,76 @@ def decide(
             forget = [
                 state.ids[o.symbol]
                 for o in orders
-                if o.client_order_id in refused_ids and entered[bars.index(o.symbol) or 0]
+                if o.client_order_id in refused_ids
+                and entered is not None
+                and entered[bars.index(o.symbol)]
             ]
             if forget:
                 lost = np.array(forget, dtype=np.int64)
                 strategy.forget(memory, lost)
                 intended[lost] = 0
         replaces = {k: v for k, v in replaces.items() if k in {o.client_order_id for o in accepted}}
-    intent = {bars.symbols[j]: int(intended[ids[j]]) for j in np.flatnonzero(has)}
-    new_state = replace(
-        state,
-        memory=memory,
-        intended=intended,
-        risk=risk,
-        recent=recent,
-        last_ts=bars.ts,
-        kill_switch=tripped,
-        returns=window,
-        ids=state.ids,
+    new_state = PathState(
+        state.symbols,
+        memory,
+        intended,
+        risk,
+        recent,
+        bars.ts,
+        tripped,
+        window,
+        state.ids,
     )
-    return Decision(new_state, accepted, cancels, events, trip, replaces, intent)
+    return Decision(new_state, accepted, cancels, events, trip, replaces, (bars, has))
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _held(bars: BarBatch, account: Account) -> I64:
+    """Position plus working orders (signed shares) of each of the bar's symbols."""
+    symbols, positions, working = bars.symbols, account.positions, account.working
+    held = np.fromiter(map(positions.get, symbols, repeat(0)), np.int64, len(symbols))
+    if working:
+        for symbol, ws in working.items():
+            j = bars.index(symbol)
+            if j is not None:
+                held[j] += sum(w.remaining for w in ws)
+    return held
+
+
+def _small_entries(bars: BarBatch, target: F64, small: B, floor: float) -> list[RiskEvent]:
+    out = []
+    for j in np.flatnonzero(small).tolist():
+        size, price = int(target[j]), float(bars.close[j])
+        out.append(
+            RiskEvent(
+                bars.ts,
+                "refused",
+                "min_trade_value",
+                f"entry of {size} {bars.symbols[j]} worth {abs(size * price):,.2f} USD, below "
+                f"the minimum trade value {floor:,.2f} USD",
+                symbol=bars.symbols[j],
+                values={"quantity": float(size), "price": price},
+            )
+        )
+    return out
 
 
 def _net(
-    state: PathState, bars: BarBatch, intended: I64, account: Account, config: PathConfig
+    bars: BarBatch, rows: I64, intended: I64, account: Account, config: PathConfig
 ) -> tuple[list[Order], list[str], dict[str, list[str]]]:
-    """Orders that take each of the bar's symbols from its position and working orders to its
-    intended size; the working orders they replace are cancelled."""
-    symbols = bars.symbols
+    """Orders that take each of the bar's ``rows`` (those whose position and working orders
+    differ from the intended size) to its intended size; the working orders they replace are
+    cancelled."""
+    symbols, ids = bars.symbols, bars.ids
     positions, working = account.positions, account.working
-    want = intended[bars.ids]
-    held = np.fromiter(map(positions.get, symbols, repeat(0)), np.int64, len(symbols))
-    if working:
-        for j, s in enumerate(symbols):
-            ws = working.get(s)
-            if ws:
-                held[j] += sum(w.remaining for w in ws)
     orders: list[Order] = []
     cancels: list[str] = []
     replaces: dict[str, list[str]] = {}
-    for j in np.flatnonzero(want != held).tolist():
+    for j in rows.tolist():
         symbol = symbols[j]
-        goal = int(want[j])
+        goal = int(intended[ids[j]])
         dropped = [w.client_order_id for w in working.get(symbol, ())]
         cancels.extend(dropped)
         delta = goal - positions.get(symbol, 0)

@@ -73,28 +73,41 @@ class MarketView:
 class Book:
     """The account the orders are projected onto: ``equity`` and ``buying_power`` (USD), filled
     ``positions`` and ``working`` orders (signed shares per symbol), the ``shortable`` symbols
-    (None: all)."""
+    (None: all), and the filled positions' ``gross`` and ``net`` value at the last prices (USD;
+    None: valued here from ``positions``)."""
 
     equity: float
     buying_power: float
     positions: Mapping[str, int]
     working: Mapping[str, int]
     shortable: frozenset[str] | None = None
+    gross: float | None = None
+    net: float | None = None
 
 
-_HOURS: dict[tuple[str, date], tuple[datetime, datetime] | None] = {}
+_HOURS: dict[tuple[str, int], dict[date, tuple[datetime, datetime]]] = {}
 
 
 def market_hours(calendar: str, day: date) -> tuple[datetime, datetime] | None:
     """The regular session's open and close (UTC) of ``day`` on ``calendar``, None on a day
-    without a session. Cached per day."""
-    key = (calendar, day)
-    if key not in _HOURS:
+    without a session. The calendar is read once per year."""
+    key = (calendar, day.year)
+    year = _HOURS.get(key)
+    if year is None:
         from pipelines.bars.calendar import sessions_between
 
-        frame = sessions_between(calendar, day, day).window("regular")
-        _HOURS[key] = (frame["start"][0], frame["end"][0]) if frame.height else None
-    return _HOURS[key]
+        frame = sessions_between(calendar, date(day.year, 1, 1), date(day.year, 12, 31))
+        window = frame.window("regular")
+        year = _HOURS[key] = {
+            d: (o, c)
+            for d, o, c in zip(
+                window["session_date"].to_list(),
+                window["start"].to_list(),
+                window["end"].to_list(),
+                strict=True,
+            )
+        }
+    return year.get(day)
 
 
 _NEW_YORK = ZoneInfo("America/New_York")
@@ -124,9 +137,7 @@ def check_orders(
     projected: dict[str, int] = {}
     open_now: bool | None = None
     equity = book.equity
-    values = _values(book, market)
-    gross = sum(abs(v) for v in values.values())
-    net = sum(values.values())
+    gross, net = _exposure(book, market)
     spent = 0.0
 
     for order in orders:
@@ -208,8 +219,8 @@ def check_orders(
         notional = abs(q) * price
         value_after = after * price
         value_before = before * price
-        new_gross = gross - abs(values.get(symbol, value_before)) + abs(value_after)
-        new_net = net - values.get(symbol, value_before) + value_after
+        new_gross = gross - abs(value_before) + abs(value_after)
+        new_net = net - value_before + value_after
         if not cuts:
             if symbol in config.restricted:
                 refuse("restricted", f"{symbol} is on the restricted list")
@@ -280,19 +291,31 @@ def check_orders(
                 spent += added
         accepted.append(order)
         projected[symbol] = after
-        values[symbol] = value_after
         gross, net = new_gross, new_net
         window = (*window, now)
     return accepted, events, window
 
 
-def _values(book: Book, market: MarketView) -> dict[str, float]:
-    """Signed value (USD) of each symbol's position and working orders at the decision prices
-    (the last trade where no decision price is known)."""
-    out: dict[str, float] = {}
-    for source in (book.positions, book.working):
-        for symbol, shares in source.items():
+def _exposure(book: Book, market: MarketView) -> tuple[float, float]:
+    """Gross and net value (USD) of the positions with their working orders, at the decision
+    prices where known, else the last trades."""
+
+    def price(symbol: str) -> float:
+        return market.prices.get(symbol) or market.last_prices.get(symbol, 0.0)
+
+    if book.gross is None or book.net is None:
+        gross = net = 0.0
+        for symbol, shares in book.positions.items():
             if shares:
-                price = market.prices.get(symbol) or market.last_prices.get(symbol, 0.0)
-                out[symbol] = out.get(symbol, 0.0) + shares * price
-    return out
+                value = shares * price(symbol)
+                gross += abs(value)
+                net += value
+    else:
+        gross, net = book.gross, book.net
+    for symbol, shares in book.working.items():
+        if shares:
+            held = book.positions.get(symbol, 0)
+            p = price(symbol)
+            gross += abs((held + shares) * p) - abs(held * p)
+            net += shares * p
+    return gross, net

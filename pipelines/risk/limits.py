@@ -10,7 +10,7 @@ older than allowed). Every change of state is a :class:`RiskEvent` with its rule
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -165,15 +165,14 @@ def update_status(
         )
     changed = state is not status.state or rule != status.reason
     return (
-        replace(
-            status,
-            state=state,
-            since=now if changed else status.since,
-            reason=rule,
-            peak_equity=peak,
-            session=session,
-            session_equity=session_equity,
-            halted_session=halted_session,
+        RiskStatus(
+            state,
+            now if changed else status.since,
+            rule,
+            peak,
+            session,
+            session_equity,
+            halted_session,
         ),
         events,
         trip,

@@ -88,8 +88,8 @@ class _NoFillBroker:
     def on_batch(self, batch: object) -> list[object]:
         return []
 
-    def mark(self) -> tuple[float, float]:
-        return 1_000_000.0, 0.0
+    def mark(self) -> tuple[float, float, float]:
+        return 1_000_000.0, 0.0, 0.0
 
     def last(self, symbol: str) -> float:
         return 100.0
