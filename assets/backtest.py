@@ -155,6 +155,7 @@ def build_backtest_report_asset(
             holdout=holdout_predictions if holdout_predictions.height else None,
             sections=(gate_section(decision),),
             progress=progress_to(context, "backtest"),
+            methods=tuple(settings.trading.compare_methods),
             path=path_config(
                 settings.trading,
                 strategy="model",

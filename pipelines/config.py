@@ -460,12 +460,15 @@ class LimitSettings(_Frozen):
 class TradingSettings(_Frozen):
     """The trading path's settings, the same in the backtest and the live session: portfolio
     construction, pre-trade checks, trading-state limits, and whether a tripped kill switch
-    also closes every position (``flatten_on_trip``)."""
+    also closes every position (``flatten_on_trip``). ``compare_methods`` (e.g. ``[hrp,
+    inverse_volatility, equal_weight]``) backtests the reported configuration with each of
+    these portfolio methods as well, each one a trial, side by side in the report."""
 
     portfolio: PortfolioSettings = PortfolioSettings()
     risk: RiskSettings = RiskSettings()
     limits: LimitSettings = LimitSettings()
     flatten_on_trip: bool = False
+    compare_methods: tuple[Method, ...] = ()
 
 
 class EnvironmentConfig(_Frozen):

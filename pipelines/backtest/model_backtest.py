@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
 import polars as pl
 
@@ -161,16 +162,28 @@ def run_backtest_study(
     title: str = "QuantDAG model strategy, walk-forward, out of sample",
     progress: Callable[[str], None] | None = None,
     path: PathConfig | None = None,
+    methods: tuple[str, ...] = (),
 ) -> BacktestStudy:
     """Backtest every configuration on the out-of-sample ``predictions`` (each one a trial of
     ``family`` on ``basis``, recorded in ``trial_log``), report the ``selected`` one with its
     deflated Sharpe and the grid's PBO, and backtest it once on each ``holdout`` segment.
-    ``progress`` (optional) is told of each configuration as it is simulated."""
+    ``methods`` (portfolio methods, e.g. ``("equal_weight", "inverse_volatility", "hrp")``)
+    run the selected configuration again with each, as further trials, compared in a section of
+    the report. ``progress`` (optional) is told of each configuration as it is simulated."""
     if selected not in configurations:
         raise ValueError(f"the selected configuration {selected!r} is not in the grid")
+    base = path or PathConfig()
+    runs: dict[str, tuple[SizingConfig, PathConfig]] = {
+        name: (sizing, base) for name, sizing in configurations.items()
+    }
+    for method in methods:
+        runs[f"{selected} method={method}"] = (
+            configurations[selected],
+            replace(base, portfolio=replace(base.portfolio, method=method)),  # type: ignore[arg-type]
+        )
     results: dict[str, BacktestResult] = {}
     trials: list[Trial] = []
-    for name, sizing in configurations.items():
+    for name, (sizing, config) in runs.items():
         result = simulate_model(
             bars,
             predictions,
@@ -179,13 +192,18 @@ def run_backtest_study(
             cash=cash,
             barriers=barriers,
             market=market,
-            path=path,
+            path=config,
         )
         results[name] = result
-        params = {"configuration": name, **_describe(sizing), **_describe(broker.costs)}
+        params = {
+            "configuration": name,
+            "portfolio_method": config.portfolio.method,
+            **_describe(sizing),
+            **_describe(broker.costs),
+        }
         trials.append(Trial(name, params, basis, daily_returns(result.equity, float(cash))))
         if progress is not None:
-            progress(f"configuration {len(trials)}/{len(configurations)} ({name}) simulated")
+            progress(f"configuration {len(trials)}/{len(runs)} ({name}) simulated")
     chosen = next(t for t in trials if t.name == selected)
     selection = deflate(chosen, trial_log.record(family, trials, as_of=as_of), trials)
     table = pl.DataFrame(
@@ -225,11 +243,53 @@ def run_backtest_study(
         selection=selection,
         sections=(
             selection_section(selection, table),
+            *([methods_section(selected, methods, results, market)] if methods else []),
             *sections,
             *([holdout_section(held)] if held else []),
         ),
     )
     return BacktestStudy(chosen, results[selected], report, trials, selection, held)
+
+
+def methods_section(
+    selected: str, methods: tuple[str, ...], results: dict[str, BacktestResult], market: Market
+) -> Section:
+    """The reported configuration under each portfolio method, net of costs."""
+    rows = []
+    for method, name in [("bet_size", selected)] + [(m, f"{selected} method={m}") for m in methods]:
+        result = results[name]
+        fills = result.ledger.fills
+        equity = result.equity
+        start, end = float(equity["equity"][0]), float(equity["equity"][-1])
+        years = equity.height / market.periods_per_year
+        traded = float(sum(abs(f.quantity) * f.price for f in fills))
+        mean_equity = float(equity["equity"].mean())  # type: ignore[arg-type]
+        costs = float(sum(f.commission + f.slippage for f in fills)) + float(
+            sum(c.amount for c in result.ledger.charges)
+        )
+        daily = daily_returns(equity, start)["ret"]
+        sd = float(cast(float, daily.std()) or 0.0)
+        mean = float(cast(float, daily.mean()) or 0.0)
+        rows.append(
+            {
+                "method": method,
+                "total return": f"{end / start - 1:+.2%}",
+                "daily Sharpe (annualised)": f"{mean / sd * 252**0.5:.2f}"
+                if sd > 0
+                else "undefined (no variation)",
+                "turnover a year (x equity)": f"{traded / mean_equity / years:.1f}"
+                if years > 0
+                else "undefined",
+                "costs (USD)": f"{costs:,.2f}",
+                "fills": str(len(fills)),
+            }
+        )
+    return Section(
+        "Portfolio methods (the reported configuration, net of costs; each one a trial)",
+        "<p>How the open bets share the gross the strategy sized: its own bet sizes "
+        "(bet_size), or weights from past returns only. Every row is counted in the deflated "
+        "Sharpe's N.</p>" + html_table(pl.DataFrame(rows)),
+    )
 
 
 HOLDOUT_FIGURES = ("total_return", "sharpe", "max_drawdown", "trades_trades", "beta", "alpha")

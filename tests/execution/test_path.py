@@ -13,8 +13,6 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 import pytest
-from pipelines.risk.checks import RiskConfig
-from pipelines.risk.limits import LimitsConfig
 
 from pipelines.backtest.broker import BrokerConfig, SimulatedBroker
 from pipelines.backtest.engine import run_backtest
@@ -27,7 +25,9 @@ from pipelines.execution.path import (
     WorkingOrder,
     decide,
 )
+from pipelines.risk.checks import RiskConfig
 from pipelines.risk.events import TradingState
+from pipelines.risk.limits import LimitsConfig
 
 pytestmark = pytest.mark.unit
 F64 = npt.NDArray[np.float64]
