@@ -7,7 +7,9 @@ universe of all 505 symbols, one yearly partition at a time (``ingest_window``: 
 quarantine, store in a fresh SQLite trading database), the feature matrix and the
 triple-barrier labels of the daily settings (``config/daily/settings.yaml``: ten sessions,
 spanning sessions), the walk-forward in quick mode with the daily embargo, and the event-driven
-backtest of the out-of-sample predictions with costs, annualised on 252 sessions. Prints one
+backtest of the out-of-sample predictions with costs, annualised on 252 sessions; then the same
+backtest with the bets weighed by HRP, inverse volatility and equal weight (``daily.
+portfolio_methods``, net of costs, outside the end-to-end time). Prints one
 JSON object of ``daily.*`` figures; its peak resident memory is this process's.
 """
 
@@ -35,6 +37,7 @@ from pipelines.config import FileSourceConfig, UniverseConfig, load_settings
 from pipelines.data.ingest import ingest_window
 from pipelines.data.sources import FileBarSource
 from pipelines.data.store import BarStore
+from pipelines.execution.path import PathConfig
 from pipelines.features import FeatureConfig, build_features, feature_registry
 from pipelines.features.registry import CATEGORIES
 from pipelines.labels import label_triple_barrier, sample_weights
@@ -46,6 +49,7 @@ from pipelines.models.training import (
     plan_for,
     train_walk_forward,
 )
+from pipelines.portfolio.config import PortfolioConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE = "sp500_daily_2013_2018.parquet"
@@ -187,6 +191,45 @@ def run(shared: Path) -> dict[str, object]:
         daily = daily_returns(backtest.equity, float(cash))
         stats = return_stats(daily["ret"].to_numpy(), 252)
         backtest_s = time.perf_counter() - t0
+        methods: dict[str, object] = {}
+        for method in ("hrp", "inverse_volatility", "equal_weight"):
+            t0 = time.perf_counter()
+            weighed = simulate_model(
+                bars,
+                predictions,
+                sizing=sizing,
+                broker=BrokerConfig(
+                    CostModel(1.0, 1.0, 0.1, Decimal("0.005"), Decimal("1")),
+                    participation=0.05,
+                    max_leverage=1.0,
+                ),
+                cash=cash,
+                barriers=barriers,
+                market=market,
+                path=PathConfig(portfolio=PortfolioConfig(method=method, lookback=252)),
+            )
+            seconds = time.perf_counter() - t0
+            m = return_stats(daily_returns(weighed.equity, float(cash))["ret"].to_numpy(), 252)
+            costs = sum(f.commission + f.slippage for f in weighed.ledger.fills) + sum(
+                (c.amount for c in weighed.ledger.charges), Decimal(0)
+            )
+            methods[method] = {
+                "total_return": round(m.total_return, 5),
+                "sharpe_annualised": round(m.sharpe, 3),
+                "fills": weighed.trades,
+                "costs_usd": round(float(costs), 2),
+                "seconds": round(seconds, 1),
+            }
+        base_costs = sum(f.commission + f.slippage for f in backtest.ledger.fills) + sum(
+            (c.amount for c in backtest.ledger.charges), Decimal(0)
+        )
+        methods["bet_size"] = {
+            "total_return": round(stats.total_return, 5),
+            "sharpe_annualised": round(stats.sharpe, 3),
+            "fills": backtest.trades,
+            "costs_usd": round(float(base_costs), 2),
+            "seconds": round(backtest_s, 1),
+        }
         total_s = time.perf_counter() - began
 
     return {
@@ -214,6 +257,7 @@ def run(shared: Path) -> dict[str, object]:
         "daily.backtest_fills": backtest.trades,
         "daily.backtest_total_return": round(stats.total_return, 5),
         "daily.backtest_sharpe_annualised": round(stats.sharpe, 3),
+        "daily.portfolio_methods": methods,
         "daily.end_to_end_s": round(total_s, 1),
         "daily.peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
