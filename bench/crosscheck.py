@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import polars as pl
 from bench.features import regular_bars
 from pipelines.backtest.broker import BrokerConfig, CostModel
 from pipelines.backtest.engine import MovingAverageCross, run_backtest
+from pipelines.execution.path import PathConfig
 
 # backtesting.py charges its spread once per round trip (at entry) where we slip every fill, so
 # the check runs without slippage; both charge max(0.005 USD x shares, 1 USD) per fill.
@@ -27,8 +29,16 @@ def our_closed_trades(bars: pl.DataFrame) -> pl.DataFrame:
     )
     # backtesting.py first calls next() one bar after its indicators are all defined.
     strategy = MovingAverageCross(FAST, SLOW, SHARES, warmup=SLOW + 1)
+    # The reference has no risk layer: it trades every bar it is given, VIX's (no volume)
+    # too, so the comparison of the engines' mechanics runs without limits or the volume check.
+    unlimited = PathConfig.without_limits(strategy.name)
+    path = replace(unlimited, risk=replace(unlimited.risk, min_bar_volume=0.0))
     result = run_backtest(
-        bars, strategy, cash=Decimal("1e9"), config=BrokerConfig(costs, max_leverage=10.0)
+        bars,
+        strategy,
+        cash=Decimal("1e9"),
+        config=BrokerConfig(costs, max_leverage=10.0),
+        path=path,
     )
     rows, open_ = [], {}
     for f in result.ledger.fills:

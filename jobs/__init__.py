@@ -8,6 +8,9 @@ from assets.backtest import GROUP as BACKTEST_GROUP
 from assets.bars import GROUP as MARKET_DATA_GROUP
 from assets.research import GROUP as RESEARCH_GROUP
 from assets.training import GROUP as TRAINING_GROUP
+from jobs.kill_switch import kill_switch_job
+
+__all__ = ["build_jobs", "kill_switch_job"]
 
 
 def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:

@@ -14,7 +14,7 @@ from assets.training import (
     build_walk_forward_models_asset,
     holdout_predictions,
 )
-from jobs import build_jobs
+from jobs import build_jobs, kill_switch_job
 from jobs.schedules import build_nightly_retraining_schedule
 from pipelines.models.holdout import HoldoutConfig
 from pipelines.models.training import embargo_for
@@ -38,7 +38,7 @@ def build_definitions(project: Project) -> dg.Definitions:
             holdout_predictions,
             build_backtest_report_asset(project.universe, project.settings, PROJECT_ROOT),
         ],
-        jobs=jobs,
+        jobs=[*jobs, kill_switch_job],
         schedules=[build_nightly_retraining_schedule(data_job, project.universe, project.settings)],
         sensors=build_nightly_sensors(data_job, job["training_job"], job["backtest_job"]),
         resources=build_resources(project),

@@ -177,9 +177,7 @@ class _LastCloses(Mapping[str, float]):
         return len(self._venue.ids)
 
 
-def _account(
-    venue: Broker, now: datetime, leverage: float, kill_switch: bool
-) -> tuple[Account, float]:
+def _account(venue: Broker, now: datetime, leverage: float) -> tuple[Account, float]:
     """The simulated broker's account at ``now`` and its gross exposure (USD)."""
     equity, gross, net = venue.mark()
     working: dict[str, list[WorkingOrder]] = {}
@@ -194,7 +192,7 @@ def _account(
         max(0.0, equity * leverage - gross),
         venue.ledger.positions,
         working,
-        kill_switch,
+        None,  # the backtest's kill switch is the path state's own
         _LastCloses(venue),
         gross=gross,
         net=net,
@@ -287,7 +285,7 @@ def run_backtest(
         on_batch(batch)
         # Orders sent below fill on later bars: this mark is also the bar's closing one.
         now = clock(ts) if clock is not None else ts + step
-        account, exposure = _account(venue, now, leverage, state.kill_switch)
+        account, exposure = _account(venue, now, leverage)
         signal = (
             Signals(sig[0][a:b], sig[1][a:b], sig[2][a:b])
             if signals is not None

@@ -8,10 +8,12 @@ whatever a source sends can be stored or quarantined alike on SQLite and Postgre
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -86,4 +88,62 @@ ingest_coverage = Table(
     Column("start", UtcTimestamp(), primary_key=True),
     Column("end", UtcTimestamp(), nullable=False),
     Column("batch", Text, nullable=False),
+)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class UtcInstant(UtcTimestamp):
+    """A :class:`UtcTimestamp` that binds and returns tz-aware ``datetime`` values itself
+    (integer microseconds on SQLite), so that code using it needs no per-dialect conversion."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"{value!r} is not a tz-aware datetime; pass UTC instants")
+        if dialect.name == "postgresql":
+            return value
+        return (value - _EPOCH) // _MICROSECOND
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, int):
+            return _EPOCH + value * _MICROSECOND
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+# The kill switch of the trading path, one row per name ("global" unless a deployment runs
+# several): tripped by a limit, a person or the live session; reset only by a person.
+kill_switch = Table(
+    "kill_switch",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("tripped", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("since", UtcInstant()),
+)
+
+# What the risk layer did, one row per pipelines.risk.events.RiskEvent: refusals, changes of
+# trading state, kill-switch trips and resets, cancels. ``values_json`` holds its numbers.
+risk_events = Table(
+    "risk_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("ts", UtcInstant(), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("symbol", Text),
+    Column("client_order_id", Text),
+    Column("state_from", String(10)),
+    Column("state_to", String(10)),
+    Column("actor", Text, nullable=False),
+    Column("values_json", Text, nullable=False),
 )

@@ -98,7 +98,10 @@ class WorkingOrder:
 class Account:
     """What the broker reports at decision time ``now`` (UTC): ``equity`` and ``buying_power``
     in USD, filled ``positions`` (signed shares), ``working`` orders by symbol, the persisted
-    ``kill_switch`` (read just before this call), and optionally the ``last_prices`` traded
+    ``kill_switch`` (read from the trading database just before this call: the persisted switch
+    decides, so a person's reset takes effect; None where there is no persisted switch, as in
+    a backtest, whose switch is the state's own, latched once tripped), and optionally the
+    ``last_prices`` traded
     (USD; default: the bars' closes), the ``shortable`` symbols (None: all) and the filled
     positions' ``gross`` and ``net`` value at the last prices (USD; None: computed here)."""
 
@@ -107,7 +110,7 @@ class Account:
     buying_power: float
     positions: Mapping[str, int]
     working: Mapping[str, Sequence[WorkingOrder]]
-    kill_switch: bool = False
+    kill_switch: bool | None = None
     last_prices: Mapping[str, float] | None = None
     shortable: frozenset[str] | None = None
     gross: float | None = None
@@ -315,7 +318,7 @@ def decide(
     now = account.now
     bar_end = bars.ts + timedelta(minutes=config.bar_minutes)
     age = (now - bar_end).total_seconds()
-    tripped = account.kill_switch or state.kill_switch
+    tripped = state.kill_switch if account.kill_switch is None else account.kill_switch
     risk, events, trip = update_status(
         state.risk,
         config.limits,

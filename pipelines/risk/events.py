@@ -3,7 +3,12 @@
 A :class:`RiskEvent` is one row of the ``risk_events`` table: a refused order (its rule and the
 numbers that broke it), a change of trading state, a kill-switch transition or a cancel the
 risk layer asked for. The backtest keeps them in memory and reports them; the live session
-persists them.
+persists them (:meth:`pipelines.risk.killswitch.KillSwitch.record`).
+
+``kind`` ``refused`` names a pre-trade check in ``rule`` (:data:`pipelines.risk.checks.RULES`);
+``state`` a limit (:mod:`pipelines.risk.limits`) with ``state_from``/``state_to``;
+``kill_switch`` a ``trip`` or ``reset`` of the persisted switch, whose own states are given as
+ACTIVE (not tripped) and HALTED (tripped), with the ``actor`` who did it.
 """
 
 from __future__ import annotations

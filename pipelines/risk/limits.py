@@ -1,15 +1,32 @@
 """Trading states from limits: ACTIVE, REDUCING (only orders that cut exposure), HALTED (only
 cancels), as in nautilus_trader.
 
-The state is the most severe of what holds at the bar: a tripped kill switch, the drawdown's
-halt level (which also trips the kill switch, so a restart stays halted until a person resets
-it), the daily loss limit (halted for the rest of that session), the drawdown's reduce level
-(back to ACTIVE once the drawdown recovers) and stale data (reducing while the newest bar is
-older than allowed). Every change of state is a :class:`RiskEvent` with its rule and numbers.
+The state at a bar is the most severe of what holds then, each named by its rule:
+
+=================  ========  ==========================================================
+rule               state     when
+=================  ========  ==========================================================
+``kill_switch``    HALTED    the persisted kill switch is tripped (until a person resets it)
+``drawdown_halt``  HALTED    the drawdown from the peak equity reached ``halt_drawdown``;
+                             the kill switch must be tripped (so a restart stays halted)
+``daily_loss``     HALTED    the loss from the session's first equity reached ``daily_loss``
+                             (latched for the rest of that session, cleared at the next)
+``drawdown_reduce`` REDUCING the drawdown reached ``reduce_drawdown`` (ACTIVE once it recovers)
+``data_stale``     REDUCING  the newest bar ended more than ``max_data_age_s`` seconds ago
+``clear``          ACTIVE    none of the above
+=================  ========  ==========================================================
+
+The update after a ``drawdown_halt`` that sees the switch tripped turns the rule into
+``kill_switch`` without another event (the halt was that bar's event). When the switch is reset
+(``kill_switch`` False after a ``kill_switch`` halt) the peak is re-based to the equity at the
+reset: a person who resumes trading after reviewing a 10% drawdown is not halted again by the
+same drawdown at the next bar. A caller that does not trip the switch when told is told again
+at every bar while the drawdown stays at the halt level.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -21,11 +38,22 @@ SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTE
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Limits as fractions of equity (None: off). Example: ``LimitsConfig(daily_loss=0.03,
-    reduce_drawdown=0.05, halt_drawdown=0.10)`` halts for the day after losing 3% of the
-    session's first equity, only cuts exposure from a 5% drawdown off the peak, and halts (and
-    trips the kill switch) at 10%. ``max_data_age_s``: seconds between the newest bar's end and
-    the decision beyond which the path only reduces."""
+    """Limits as fractions of equity (None: off).
+
+    - ``daily_loss``: loss from the session's first equity that halts trading for the rest of
+      that session.
+    - ``reduce_drawdown``: drawdown from the peak equity from which only exposure cuts are
+      sent (ACTIVE again once the drawdown is back below it).
+    - ``halt_drawdown``: drawdown that halts trading and trips the kill switch (latched until a
+      person resets it).
+    - ``max_data_age_s``: seconds between the newest bar's end and the decision beyond which
+      only exposure cuts are sent, while the data stays that stale.
+
+    Example: ``LimitsConfig(daily_loss=0.03, reduce_drawdown=0.05, halt_drawdown=0.10,
+    max_data_age_s=120)`` halts for the day after losing 3% of the session's first equity,
+    only cuts exposure from a 5% drawdown off the peak, halts and trips the kill switch at 10%,
+    and only cuts exposure while the newest bar is more than two minutes old.
+    """
 
     daily_loss: float | None = 0.03
     reduce_drawdown: float | None = 0.05
@@ -46,9 +74,11 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class RiskStatus:
-    """Where the limits stand: the ``state`` since ``since`` and why (``reason``, the rule),
-    the ``peak_equity`` (USD) the drawdown is measured from, the current ``session`` and its
-    first equity, and the session a daily-loss halt is latched for."""
+    """Where the limits stand: the ``state`` since ``since`` (UTC) and why (``reason``, the
+    rule; ``""`` before the first update), the ``peak_equity`` (USD) the drawdown is measured
+    from, the current ``session`` and its first equity (``session_equity``, USD), and the
+    session a daily-loss halt is latched for (``halted_session``). A plain value:
+    :meth:`to_dict` is JSON-safe and :meth:`from_dict` reads it back equal."""
 
     state: TradingState = TradingState.ACTIVE
     since: datetime | None = None
@@ -64,11 +94,9 @@ class RiskStatus:
             "since": None if self.since is None else self.since.isoformat(),
             "reason": self.reason,
             "peak_equity": self.peak_equity,
-            "session": None if self.session is None else self.session.isoformat(),
+            "session": _iso(self.session),
             "session_equity": self.session_equity,
-            "halted_session": None
-            if self.halted_session is None
-            else self.halted_session.isoformat(),
+            "halted_session": _iso(self.halted_session),
         }
 
     @classmethod
@@ -87,6 +115,10 @@ class RiskStatus:
         )
 
 
+def _iso(d: date | None) -> str | None:
+    return None if d is None else d.isoformat()
+
+
 def update_status(
     status: RiskStatus,
     limits: LimitsConfig,
@@ -97,23 +129,39 @@ def update_status(
     data_age_s: float | None,
     kill_switch: bool,
 ) -> tuple[RiskStatus, list[RiskEvent], bool]:
-    """The status at ``now`` (UTC) in ``session`` with ``equity`` (USD): the new status, one
-    event per change of state, and whether the kill switch must be tripped now (the drawdown
-    reached its halt level). Returns ``status`` itself when nothing changed."""
-    peak = status.peak_equity if status.peak_equity >= equity else equity
+    """The limits at ``now`` (UTC) in ``session`` with ``equity`` (USD), ``data_age_s``
+    (seconds since the newest bar ended; None: unknown, not checked) and whether the persisted
+    ``kill_switch`` is tripped.
+
+    Returns the new status, one ``state`` :class:`RiskEvent` per change of state or of its
+    rule (``state_from``, ``state_to``, ``rule``, the numbers in ``detail`` and ``values``), and
+    whether the kill switch must be tripped now (the drawdown reached ``halt_drawdown`` and the
+    switch is not tripped yet). When nothing changed it returns ``status`` itself and an empty
+    list without allocating.
+
+    Example: from ``RiskStatus(peak_equity=100_000, ...)`` an equity of 94,000 gives REDUCING
+    (``drawdown_reduce``, 6%), 89,000 gives HALTED (``drawdown_halt``) and ``True``.
+    """
+    if not math.isfinite(equity):
+        raise ValueError(f"equity {equity} is not a finite USD amount")
+    reset = not kill_switch and status.reason == "kill_switch"
+    peak = status.peak_equity
+    if equity > peak or reset:
+        peak = equity
     new_session = status.session != session
     session_equity = equity if new_session else status.session_equity
     drawdown = 1.0 - equity / peak if peak > 0 else 0.0
     loss = 1.0 - equity / session_equity if session_equity > 0 else 0.0
     halted_session = status.halted_session
-    trip = False
     daily = limits.daily_loss
-    if daily is not None and loss >= daily and halted_session != session:
+    if daily is not None and loss >= daily:
         halted_session = session
-    if limits.halt_drawdown is not None and drawdown >= limits.halt_drawdown and not kill_switch:
-        trip = True
-    if kill_switch or trip:
-        state, rule = TradingState.HALTED, "kill_switch" if kill_switch else "drawdown_halt"
+    halt = limits.halt_drawdown
+    trip = halt is not None and drawdown >= halt and not kill_switch
+    if kill_switch:
+        state, rule = TradingState.HALTED, "kill_switch"
+    elif trip:
+        state, rule = TradingState.HALTED, "drawdown_halt"
     elif halted_session == session:
         state, rule = TradingState.HALTED, "daily_loss"
     elif limits.reduce_drawdown is not None and drawdown >= limits.reduce_drawdown:
@@ -125,55 +173,99 @@ def update_status(
     ):
         state, rule = TradingState.REDUCING, "data_stale"
     else:
-        state, rule = TradingState.ACTIVE, ""
+        state, rule = TradingState.ACTIVE, "clear"
+    changed = state is not status.state or rule != status.reason
     if (
-        state is status.state
-        and rule == status.reason
-        and peak == status.peak_equity
-        and not new_session
-        and halted_session == status.halted_session
+        not changed
         and not trip
+        and not new_session
+        and peak == status.peak_equity
+        and halted_session == status.halted_session
     ):
         return status, [], False
     events: list[RiskEvent] = []
-    if state is not status.state or rule != status.reason:
-        detail = {
-            "kill_switch": "the kill switch is tripped",
-            "drawdown_halt": f"drawdown {drawdown:.2%} reached the halt level "
-            f"{limits.halt_drawdown}; the kill switch is tripped",
-            "daily_loss": f"session loss {loss:.2%} reached the daily limit {daily}",
-            "drawdown_reduce": f"drawdown {drawdown:.2%} reached the reduce level "
-            f"{limits.reduce_drawdown}",
-            "data_stale": f"newest bar {data_age_s}s old, above {limits.max_data_age_s}s",
-            "": f"limits clear (drawdown {drawdown:.2%}, session loss {loss:.2%})",
-        }[rule]
+    # No event for the first update in ACTIVE (nothing changed), nor for the kill switch
+    # confirming the trip that the drawdown asked for (the trip was that bar's event).
+    confirmed = status.reason == "drawdown_halt" and rule == "kill_switch"
+    if changed and not confirmed and (status.reason or state is not TradingState.ACTIVE):
         events.append(
-            RiskEvent(
-                now,
-                "state",
-                rule or "clear",
-                f"{status.state.value} -> {state.value}: {detail}",
-                state_from=status.state,
-                state_to=state,
-                values={
-                    "equity": equity,
-                    "peak_equity": peak,
-                    "drawdown": drawdown,
-                    "session_loss": loss,
-                },
+            _transition(
+                status, state, rule, limits, now, equity, peak, drawdown, loss, data_age_s, reset
             )
         )
-    changed = state is not status.state or rule != status.reason
-    return (
-        RiskStatus(
-            state,
-            now if changed else status.since,
-            rule,
-            peak,
-            session,
-            session_equity,
-            halted_session,
-        ),
-        events,
-        trip,
+    new = RiskStatus(
+        state,
+        now if changed else status.since,
+        rule,
+        peak,
+        session,
+        session_equity,
+        halted_session,
+    )
+    return new, events, trip
+
+
+def _transition(
+    status: RiskStatus,
+    state: TradingState,
+    rule: str,
+    limits: LimitsConfig,
+    now: datetime,
+    equity: float,
+    peak: float,
+    drawdown: float,
+    loss: float,
+    data_age_s: float | None,
+    reset: bool,
+) -> RiskEvent:
+    values: dict[str, float | str] = {
+        "equity": equity,
+        "peak_equity": peak,
+        "drawdown": drawdown,
+        "session_loss": loss,
+    }
+    if data_age_s is not None:
+        values["data_age_s"] = data_age_s
+    limit = {
+        "drawdown_halt": limits.halt_drawdown,
+        "daily_loss": limits.daily_loss,
+        "drawdown_reduce": limits.reduce_drawdown,
+        "data_stale": limits.max_data_age_s,
+    }.get(rule)
+    if limit is not None:
+        values["limit"] = limit
+    if rule == "kill_switch":
+        detail = "the kill switch is tripped"
+    elif rule == "drawdown_halt":
+        detail = (
+            f"drawdown {drawdown:.2%} from the peak {peak:,.2f} USD reached the halt level "
+            f"{limit:.2%}: the kill switch is tripped"
+        )
+    elif rule == "daily_loss":
+        detail = (
+            f"session loss {loss:.2%} from {equity / (1 - loss):,.2f} USD reached the daily "
+            f"limit {limit:.2%}; halted for the rest of the session"
+        )
+    elif rule == "drawdown_reduce":
+        detail = (
+            f"drawdown {drawdown:.2%} from the peak {peak:,.2f} USD reached the reduce level "
+            f"{limit:.2%}: only exposure cuts"
+        )
+    elif rule == "data_stale":
+        detail = (
+            f"the newest bar ended {data_age_s:,.0f} s ago, more than {limit:,.0f} s: only "
+            "exposure cuts"
+        )
+    else:
+        detail = f"limits clear (drawdown {drawdown:.2%}, session loss {loss:.2%})"
+    if reset:
+        detail += f"; the kill switch was reset, drawdown measured from {peak:,.2f} USD"
+    return RiskEvent(
+        now,
+        "state",
+        rule,
+        f"{status.state.value} -> {state.value}: {detail}",
+        state_from=status.state,
+        state_to=state,
+        values=values,
     )

@@ -225,11 +225,15 @@ def test_halted_sends_only_cancels_and_flattens_when_configured(pplt: pl.DataFra
     d = decide(state, batch, Signals.empty(1), account, strategy, flat)
     (order,) = d.orders
     assert (order.side, order.quantity, order.intent) == ("sell", 500, "flatten")
-    # The switch stays tripped in the state: the next bar, without the account's flag, is
-    # still HALTED.
+    # Without a persisted switch (a backtest) the state's own latch holds: still HALTED.
     nxt = _batch(pplt.row(1, named=True))
     d2 = decide(d.state, nxt, Signals.empty(1), _account(nxt), strategy, NO_LIMITS)
     assert d2.state.risk.state is TradingState.HALTED and d2.orders == []
+    # With one (live), the database decides: a person's reset lets trading resume.
+    d3 = decide(
+        d.state, nxt, Signals.empty(1), _account(nxt, kill_switch=False), strategy, NO_LIMITS
+    )
+    assert d3.state.risk.state is TradingState.ACTIVE and len(d3.orders) == 1
 
 
 def test_reducing_lets_exits_through_and_refuses_entries(pplt: pl.DataFrame) -> None:
@@ -279,7 +283,7 @@ def _account(
     positions: dict[str, int] | None = None,
     working: dict[str, list[WorkingOrder]] | None = None,
     equity: float = 100_000.0,
-    kill_switch: bool = False,
+    kill_switch: bool | None = None,
 ) -> Account:
     return Account(
         batch.ts + timedelta(minutes=15),

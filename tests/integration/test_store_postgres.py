@@ -23,7 +23,7 @@ ALL = (datetime(2018, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC))
 @pytest.fixture
 def pg_store(pg_database: str) -> BarStore:
     store = BarStore(pg_database)
-    assert store.migrate() == "0002"
+    assert store.migrate() == "0003"
     return store
 
 

@@ -173,9 +173,9 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
     fresh = BarStore(f"sqlite:///{tmp_path / 'new.db'}")
     with pytest.raises(StoreError, match=r"run BarStore\.migrate"):
         fresh.require_schema()
-    assert fresh.migrate() == "0002"
+    assert fresh.migrate() == "0003"
     fresh.require_schema()
-    assert fresh.migrate() == "0002"  # idempotent
+    assert fresh.migrate() == "0003"  # idempotent
 
 
 def test_quarantined_rows_without_a_time_are_found_by_batch(
