@@ -1,4 +1,4 @@
-"""The vectorized fast path for research sweeps: strategies as columns, fills in polars.
+"""The vectorized fast path for research sweeps: targets as columns, fills in one pass.
 
 :func:`simulate_targets` reproduces the event engine's conventions exactly: a target decided at
 a bar's close fills at the open of the symbol's next bar, slippage (fixed bps + half spread)
@@ -7,6 +7,9 @@ integer micro-dollars so it matches the Decimal ledger), and the borrow fee on s
 assumes no order is refused or capped (enough buying power, no participation cap, no impact
 model); the equality tests with the event engine hold it to that. The moving-average crossover
 and the model strategy compute their targets as columns and share it.
+
+The bars are walked once, sorted by symbol and time (numba kernels in
+:mod:`pipelines.backtest.fill_kernels`); bars that come sorted are not copied.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
+from pipelines.backtest import fill_kernels
 from pipelines.backtest.broker import CENT, MICROS_PER_BORROW_YEAR, CostModel, money
 from pipelines.backtest.kernels import model_run
 from pipelines.backtest.strategy import SizingConfig, kernel_params, signal_columns
 
 S = pl.col("symbol")
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -34,132 +42,262 @@ class VectorizedResult:
     borrow: float  # USD paid for borrowing shares
 
 
-def _commission(costs: CostModel) -> pl.Expr:
+@dataclass(frozen=True)
+class _Rows:
+    """Bars sorted by symbol and time, as arrays: a symbol's rows are
+    ``starts[s]:starts[s + 1]``; ``tidx`` numbers each row's time among the distinct times;
+    ``first[t]`` is a row at time ``t``."""
+
+    symbol: pl.Series
+    ts: pl.Series
+    stamps: I64
+    open: F64
+    close: F64
+    starts: I64
+    tidx: I64
+    first: I64
+
+    @property
+    def names(self) -> pl.Series:
+        return self.symbol.gather(self.starts[:-1])
+
+
+def _spans(frame: pl.DataFrame) -> tuple[I64, I64, int]:
+    lengths = frame.select(S.rle()).unnest("symbol")["len"].to_numpy()
+    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    stamps = frame["ts"].to_physical().to_numpy().astype(np.int64, copy=False)
+    if not frame["symbol"].is_sorted():
+        return starts, stamps, 0
+    return starts, stamps, int(fill_kernels.first_unsorted(starts, stamps))
+
+
+def _rows(bars: pl.DataFrame) -> _Rows:
+    frame = bars.select("symbol", "ts", pl.col("open", "close").cast(pl.Float64))
+    nulls = [c for c in frame.columns if frame[c].null_count()]
+    if nulls:
+        raise ValueError(f"bars have nulls in {nulls}: validate them first (validate_bars)")
+    starts, stamps, bad = _spans(frame)
+    if bad >= 0:
+        frame = frame.sort("symbol", "ts")
+        starts, stamps, bad = _spans(frame)
+        if bad >= 0:
+            raise ValueError(
+                f"bars hold more than one row of {frame['symbol'][bad]} at {frame['ts'][bad]}:"
+                " keep one bar per symbol and time (validate_bars does)"
+            )
+    times = np.unique(stamps)
+    tidx = np.empty(len(stamps), dtype=np.int64)
+    first = np.empty(len(times), dtype=np.int64)
+    fill_kernels.time_index(starts, stamps, times, tidx, first)
+    return _Rows(
+        frame["symbol"],
+        frame["ts"],
+        stamps,
+        frame["open"].to_numpy(),
+        frame["close"].to_numpy(),
+        starts,
+        tidx,
+        first,
+    )
+
+
+def _micro_dollars(costs: CostModel) -> tuple[int, int]:
     micro_per_share = int(costs.commission_per_share * 1_000_000)
     micro_min = int(costs.commission_min * 1_000_000)
     if Decimal(micro_per_share) != costs.commission_per_share * 1_000_000:
         raise ValueError("commission_per_share must be a whole number of micro-dollars")
-    micro = pl.max_horizontal(pl.col("quantity").abs() * micro_per_share, pl.lit(micro_min))
-    cents, rest = micro // 10_000, micro % 10_000
-    up = (rest > 5_000) | ((rest == 5_000) & (cents % 2 == 1))  # half to even, as the ledger
-    # numpy divides; polars would multiply by 0.01 and miss the nearest double (3.3 -> 3.3000..03)
-    return (cents + up.cast(pl.Int64)).map_batches(
-        lambda c: pl.Series(c.to_numpy() / 100.0), return_dtype=pl.Float64
-    )
+    return micro_per_share, micro_min
 
 
-def _borrow(df: pl.DataFrame, costs: CostModel) -> pl.Series:
-    """The borrow booked at each row (USD): the broker's arithmetic exactly, in Decimal: the
-    exact fee of the short held into the bar, over the time since the symbol's previous bar at
-    its previous close, accumulated per symbol, and whole cents of the running total booked."""
-    out = np.zeros(df.height)
-    if not costs.borrow_bps:
-        return pl.Series(out)
+def _borrow(rows: _Rows, shorts: I64, held: I64, costs: CostModel) -> tuple[F64, Decimal]:
+    """The borrow booked at each of the rows ``shorts`` (USD) and its total: the broker's
+    arithmetic exactly, in Decimal: the exact fee of the ``held`` shares short into the bar,
+    over the time since the symbol's previous bar at its previous close, accumulated per
+    symbol, and whole cents of the running total booked."""
+    out = np.zeros(len(shorts))
+    total = Decimal(0)
+    if not costs.borrow_bps or not len(shorts):
+        return out, total
     rate = money(costs.borrow_bps / 1e4)
-    before = df["pos"] - df["quantity"]  # held into this bar, since the previous one
-    rows = np.flatnonzero((before < 0).to_numpy())
-    if rows.size == 0:
-        return pl.Series(out)
-    us = df["ts"].dt.epoch("us").to_numpy()
-    close, symbol, held = df["close"].to_numpy(), df["symbol"].to_list(), before.to_numpy()
-    accrued: dict[str, Decimal] = {}
-    booked: dict[str, Decimal] = {}
-    for i in rows.tolist():
-        # rows are sorted by symbol and time, and a short is held into a bar only after one
-        s = symbol[i]
-        fee = Decimal(int(-held[i])) * money(float(close[i - 1])) * rate
-        accrued[s] = accrued.get(s, Decimal(0)) + fee * Decimal(int(us[i] - us[i - 1])) / (
-            MICROS_PER_BORROW_YEAR
+    us = rows.ts.dt.epoch("us").to_numpy()
+    # a short is held into a bar only after one: the previous row is the symbol's
+    before = shorts - 1
+    if not np.isfinite(rows.close[before]).all():
+        raise ValueError("a short is valued at a close that is not a number: validate the bars")
+    symbol = (np.searchsorted(rows.starts, shorts, side="right") - 1).tolist()
+    half_cent = CENT / 2
+    accrued = booked = Decimal(0)
+    edge = half_cent  # accrued grows: its whole cents change only once it reaches booked + 0.005
+    current = -1
+    for k, (s, shares, close, micros) in enumerate(
+        zip(
+            symbol,
+            map(Decimal, held.tolist()),
+            map(Decimal, map(repr, rows.close[before].tolist())),  # as money(): shortest repr
+            map(Decimal, (us[shorts] - us[before]).tolist()),
+            strict=True,
         )
-        cents = accrued[s].quantize(CENT, rounding=ROUND_HALF_EVEN) - booked.get(s, Decimal(0))
-        booked[s] = booked.get(s, Decimal(0)) + cents
-        out[i] = float(cents)
-    return pl.Series(out)
+    ):
+        if s != current:
+            current, accrued, booked, edge = s, Decimal(0), Decimal(0), half_cent
+        accrued += shares * close * rate * micros / MICROS_PER_BORROW_YEAR
+        if accrued < edge:
+            continue
+        cents = accrued.quantize(CENT, rounding=ROUND_HALF_EVEN) - booked
+        booked += cents
+        edge = booked + half_cent
+        total += cents
+        out[k] = float(cents)
+    return out, total
+
+
+def _simulate(rows: _Rows, target: I64, has: B, costs: CostModel, cash: float) -> VectorizedResult:
+    if costs.impact_k or costs.commission_bps:
+        raise ValueError(
+            "the vectorized path models fixed slippage, half spread, per-share commissions "
+            "and borrow; run the event engine for impact or bps commissions"
+        )
+    micro_per_share, micro_min = _micro_dollars(costs)
+    n, n_times = len(rows.stamps), len(rows.first)
+    fills, quantity = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    price, commission = np.empty(n), np.empty(n)
+    shorts, held = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    flow, d_value = np.zeros(n_times), np.zeros(n_times)
+    n_fills, n_shorts, paid = fill_kernels.simulate(
+        rows.starts,
+        rows.tidx,
+        rows.open,
+        rows.close,
+        target,
+        has,
+        (costs.slippage_bps + costs.half_spread_bps) / 1e4,
+        micro_per_share,
+        micro_min,
+        fills,
+        quantity,
+        price,
+        commission,
+        shorts,
+        held,
+        flow,
+        d_value,
+    )
+    short = shorts[:n_shorts]
+    borrowed, borrow = _borrow(rows, short, held[:n_shorts], costs)
+    if borrow:
+        flow -= np.bincount(rows.tidx[short], weights=borrowed, minlength=n_times)
+    # rows are in symbol order: a stable sort on time alone leaves each time's in symbol order
+    order = np.argsort(rows.tidx[fills[:n_fills]], kind="stable")
+    at = fills[:n_fills][order]
+    fills_frame = pl.DataFrame(
+        {
+            "symbol": rows.symbol.gather(at),
+            "ts": rows.ts.gather(at),
+            "quantity": quantity[:n_fills][order],
+            "price": price[:n_fills][order],
+            "commission": commission[:n_fills][order],
+        }
+    )
+    equity = pl.DataFrame(
+        {
+            "ts": rows.ts.gather(rows.first),
+            "equity": cash + np.cumsum(flow) + np.cumsum(d_value),
+        }
+    )
+    return VectorizedResult(fills_frame, cash - paid - float(borrow), equity, float(borrow))
+
+
+def _shares(target: pl.Series) -> pl.Series:
+    if not target.dtype.is_numeric():
+        raise ValueError(f"targets are numbers of shares, not {target.dtype}")
+    whole = target.cast(pl.Int64, strict=False)
+    off = whole.ne_missing(target.cast(pl.Float64))
+    if off.any():
+        raise ValueError(
+            "targets are whole numbers of shares (or null to keep the position), not "
+            f"{target.filter(off).head(3).to_list()}: round them before simulating"
+        )
+    return whole
+
+
+def _place(rows: _Rows, targets: pl.DataFrame) -> tuple[I64, B]:
+    """Each bar row's target (and whether it has one) from ``targets``' rows on its symbol and
+    time; targets off the bars are ignored, as in a left join of the bars with them."""
+    if targets["ts"].dtype != rows.ts.dtype:
+        raise ValueError(
+            f"targets' ts is {targets['ts'].dtype} but the bars' is {rows.ts.dtype}: cast one"
+        )
+    shares = _shares(targets["target"])
+    values = shares.fill_null(0).to_numpy().astype(np.int64, copy=False)
+    given = shares.is_not_null().to_numpy()
+    n = len(rows.stamps)
+    if (
+        targets.height == n
+        and targets["symbol"].equals(rows.symbol)
+        and targets["ts"].equals(rows.ts)
+    ):
+        return values, given
+    names = rows.names
+    codes = (
+        targets["symbol"]
+        .replace_strict(names, pl.int_range(len(names), eager=True), default=-1)
+        .cast(pl.Int64)
+        .fill_null(-1)
+        .to_numpy()
+    )
+    codes = np.where(targets["ts"].is_null().to_numpy(), -1, codes).astype(np.int64)
+    at = targets["ts"].to_physical().fill_null(0).to_numpy().astype(np.int64, copy=False)
+    target, has = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.bool_)
+    twice = fill_kernels.place_targets(
+        rows.starts, rows.stamps, codes, at, values, given, target, has
+    )
+    if twice >= 0:
+        raise ValueError(
+            f"targets hold more than one row of {targets['symbol'][twice]} at "
+            f"{targets['ts'][twice]}: keep one target per symbol and bar"
+        )
+    return target, has
 
 
 def simulate_targets(
     bars: pl.DataFrame, targets: pl.DataFrame, *, costs: CostModel, cash: float
 ) -> VectorizedResult:
     """Fills, cash and equity of ``targets`` (``symbol``, ``ts``, ``target`` shares decided at
-    that bar's close; null keeps the position) on ``bars``."""
-    if costs.impact_k or costs.commission_bps:
-        raise ValueError(
-            "the vectorized path models fixed slippage, half spread, per-share commissions "
-            "and borrow; run the event engine for impact or bps commissions"
-        )
-    df = (
-        bars.select("symbol", "ts", "open", "close")
-        .join(targets.select("symbol", "ts", "target"), on=["symbol", "ts"], how="left")
-        .sort("symbol", "ts")
-        .with_columns(held=pl.col("target").forward_fill().fill_null(0).over(S))
-        .with_columns(pos=pl.col("held").shift(1).fill_null(0).over(S))  # after this bar's fills
-        .with_columns(quantity=pl.col("pos") - pl.col("pos").shift(1).fill_null(0).over(S))
-    )
-    frac = (costs.slippage_bps + costs.half_spread_bps) / 1e4
-    fills = df.filter(pl.col("quantity") != 0).select(
-        "symbol",
-        "ts",
-        "quantity",
-        price=pl.col("open") * (1.0 + pl.col("quantity").sign() * frac),
-        commission=_commission(costs),
-    )
-    df = df.with_columns(
-        borrow=_borrow(df, costs), value=pl.col("pos") * pl.col("close")
-    ).with_columns(d_value=pl.col("value") - pl.col("value").shift(1).fill_null(0.0).over(S))
-    flows = (
-        df.join(
-            fills.select(
-                "symbol", "ts", "commission", flow=-(pl.col("quantity") * pl.col("price"))
-            ),
-            on=["symbol", "ts"],
-            how="left",
-        )
-        .group_by("ts")
-        .agg(
-            flow=(
-                pl.col("flow").fill_null(0.0)
-                - pl.col("commission").fill_null(0.0)
-                - pl.col("borrow")
-            ).sum(),
-            d_value=pl.col("d_value").sum(),
-        )
-        .sort("ts")
-    )
-    equity = flows.select(
-        "ts", equity=cash + pl.col("flow").cum_sum() + pl.col("d_value").cum_sum()
-    )
-    borrow = float(df["borrow"].sum())
-    final_cash = (
-        cash
-        - float((fills["quantity"] * fills["price"]).sum())
-        - float(fills["commission"].sum())
-        - borrow
-    )
-    return VectorizedResult(fills.sort("ts", "symbol"), final_cash, equity, borrow)
+    that bar's close; null or absent keeps the position) on ``bars``, from ``cash`` (USD)."""
+    rows = _rows(bars)
+    target, has = _place(rows, targets)
+    return _simulate(rows, target, has, costs, cash)
+
+
+def _ma_cross(rows: _Rows, fast: int, slow: int, shares: int) -> tuple[I64, B]:
+    if not 0 < fast < slow:
+        raise ValueError("need 0 < fast < slow")
+    n = len(rows.stamps)
+    target, has = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_)
+    fill_kernels.ma_cross_targets(rows.starts, rows.close, fast, slow, shares, target, has)
+    return target, has
 
 
 def ma_cross_targets(bars: pl.DataFrame, *, fast: int, slow: int, shares: int) -> pl.DataFrame:
     """:class:`~pipelines.backtest.engine.MovingAverageCross` as a column: ``shares`` while
     ``fast_sum * slow > slow_sum * fast`` (window sums from prefix sums, the engine's
-    arithmetic), from the ``slow``-th bar of each symbol."""
-    total = pl.col("close").cum_sum().over(S)
-    fast_sum = total - total.shift(fast).over(S).fill_null(0.0)
-    slow_sum = total - total.shift(slow).over(S).fill_null(0.0)
-    return bars.sort("symbol", "ts").select(
-        "symbol",
-        "ts",
-        target=pl.when(pl.int_range(pl.len()).over(S) >= slow - 1).then(
-            pl.when(fast_sum * slow > slow_sum * fast).then(shares).otherwise(0)
-        ),
+    arithmetic), from the ``slow``-th bar of each symbol; sorted by symbol and time."""
+    rows = _rows(bars)
+    target, has = _ma_cross(rows, fast, slow, shares)
+    return pl.DataFrame({"symbol": rows.symbol, "ts": rows.ts}).with_columns(
+        target=pl.when(pl.Series(has)).then(pl.Series(target))
     )
 
 
 def ma_cross_vectorized(
     bars: pl.DataFrame, *, fast: int, slow: int, shares: int, costs: CostModel, cash: float
 ) -> VectorizedResult:
-    """The moving-average crossover through :func:`simulate_targets`."""
-    targets = ma_cross_targets(bars, fast=fast, slow=slow, shares=shares)
-    return simulate_targets(bars, targets, costs=costs, cash=cash)
+    """The moving-average crossover through :func:`simulate_targets` (``shares`` per symbol,
+    ``cash`` in USD)."""
+    rows = _rows(bars)
+    target, has = _ma_cross(rows, fast, slow, shares)
+    return _simulate(rows, target, has, costs, cash)
 
 
 def model_targets(

@@ -9,9 +9,11 @@ rule               state     when
 ``kill_switch``    HALTED    the persisted kill switch is tripped (until a person resets it)
 ``drawdown_halt``  HALTED    the drawdown from the peak equity reached ``halt_drawdown``;
                              the kill switch must be tripped (so a restart stays halted)
-``daily_loss``     HALTED    the loss from the session's first equity reached ``daily_loss``
-                             (latched for the rest of that session, cleared at the next)
-``drawdown_reduce`` REDUCING the drawdown reached ``reduce_drawdown`` (ACTIVE once it recovers)
+``daily_loss``     HALTED    the loss since the previous session's last equity (overnight gaps
+                             count) reached ``daily_loss`` (latched for the rest of that
+                             session, cleared at the next)
+``drawdown_reduce`` REDUCING the drawdown from the reduce level's peak reached
+                             ``reduce_drawdown`` (ACTIVE once it recovers)
 ``data_stale``     REDUCING  the newest bar ended more than ``max_data_age_s`` seconds ago
 ``clear``          ACTIVE    none of the above
 =================  ========  ==========================================================
@@ -22,6 +24,12 @@ The update after a ``drawdown_halt`` that sees the switch tripped turns the rule
 reset: a person who resumes trading after reviewing a 10% drawdown is not halted again by the
 same drawdown at the next bar. A caller that does not trip the switch when told is told again
 at every bar while the drawdown stays at the halt level.
+
+A book that is flat cannot recover a drawdown, so REDUCING would never end once it has cut
+everything: when a session starts with the state REDUCING by ``drawdown_reduce`` and the book
+flat, the reduce level's peak (``reduce_peak``) is re-based to the equity then, with an event.
+The halt level keeps measuring from the all-time ``peak_equity``, so the halt still bounds the
+total loss.
 """
 
 from __future__ import annotations
@@ -87,6 +95,8 @@ class RiskStatus:
     session: date | None = None
     session_equity: float = 0.0
     halted_session: date | None = None
+    last_equity: float = 0.0
+    reduce_peak: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +107,8 @@ class RiskStatus:
             "session": _iso(self.session),
             "session_equity": self.session_equity,
             "halted_session": _iso(self.halted_session),
+            "last_equity": self.last_equity,
+            "reduce_peak": self.reduce_peak,
         }
 
     @classmethod
@@ -112,6 +124,8 @@ class RiskStatus:
             day(d["session"]),
             float(d["session_equity"]),
             day(d["halted_session"]),
+            float(d.get("last_equity", 0.0)),
+            float(d.get("reduce_peak", d["peak_equity"])),
         )
 
 
@@ -128,10 +142,12 @@ def update_status(
     equity: float,
     data_age_s: float | None,
     kill_switch: bool,
+    flat: bool = False,
 ) -> tuple[RiskStatus, list[RiskEvent], bool]:
     """The limits at ``now`` (UTC) in ``session`` with ``equity`` (USD), ``data_age_s``
-    (seconds since the newest bar ended; None: unknown, not checked) and whether the persisted
-    ``kill_switch`` is tripped.
+    (seconds since the newest bar ended; None: unknown, not checked), whether the persisted
+    ``kill_switch`` is tripped and whether the book is ``flat`` (no position, no working
+    order).
 
     Returns the new status, one ``state`` :class:`RiskEvent` per change of state or of its
     rule (``state_from``, ``state_to``, ``rule``, the numbers in ``detail`` and ``values``), and
@@ -149,8 +165,16 @@ def update_status(
     if equity > peak or reset:
         peak = equity
     new_session = status.session != session
-    session_equity = equity if new_session else status.session_equity
+    reduce_peak = status.reduce_peak
+    rebased = new_session and flat and status.reason == "drawdown_reduce"
+    if equity > reduce_peak or reset or rebased:
+        reduce_peak = equity
+    if new_session:
+        session_equity = status.last_equity if status.last_equity > 0 else equity
+    else:
+        session_equity = status.session_equity
     drawdown = 1.0 - equity / peak if peak > 0 else 0.0
+    reduce_drawdown = 1.0 - equity / reduce_peak if reduce_peak > 0 else 0.0
     loss = 1.0 - equity / session_equity if session_equity > 0 else 0.0
     halted_session = status.halted_session
     daily = limits.daily_loss
@@ -164,7 +188,7 @@ def update_status(
         state, rule = TradingState.HALTED, "drawdown_halt"
     elif halted_session == session:
         state, rule = TradingState.HALTED, "daily_loss"
-    elif limits.reduce_drawdown is not None and drawdown >= limits.reduce_drawdown:
+    elif limits.reduce_drawdown is not None and reduce_drawdown >= limits.reduce_drawdown:
         state, rule = TradingState.REDUCING, "drawdown_reduce"
     elif (
         limits.max_data_age_s is not None
@@ -180,6 +204,8 @@ def update_status(
         and not trip
         and not new_session
         and peak == status.peak_equity
+        and reduce_peak == status.reduce_peak
+        and equity == status.last_equity
         and halted_session == status.halted_session
     ):
         return status, [], False
@@ -188,11 +214,32 @@ def update_status(
     # confirming the trip that the drawdown asked for (the trip was that bar's event).
     confirmed = status.reason == "drawdown_halt" and rule == "kill_switch"
     if changed and not confirmed and (status.reason or state is not TradingState.ACTIVE):
-        events.append(
-            _transition(
-                status, state, rule, limits, now, equity, peak, drawdown, loss, data_age_s, reset
-            )
+        event = _transition(
+            status,
+            state,
+            rule,
+            limits,
+            now,
+            equity,
+            reduce_peak if rule == "drawdown_reduce" else peak,
+            reduce_drawdown if rule == "drawdown_reduce" else drawdown,
+            loss,
+            data_age_s,
+            reset,
         )
+        if rebased:
+            event = RiskEvent(
+                event.ts,
+                event.kind,
+                event.rule,
+                event.detail + f"; the book was flat at the session's start: the reduce "
+                f"level now measures from {reduce_peak:,.2f} USD (the halt level from the peak "
+                f"{peak:,.2f} USD)",
+                state_from=event.state_from,
+                state_to=event.state_to,
+                values={**event.values, "reduce_peak": reduce_peak},
+            )
+        events.append(event)
     new = RiskStatus(
         state,
         now if changed else status.since,
@@ -201,6 +248,8 @@ def update_status(
         session,
         session_equity,
         halted_session,
+        equity,
+        reduce_peak,
     )
     return new, events, trip
 

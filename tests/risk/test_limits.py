@@ -35,6 +35,7 @@ class Feed:
         session: date = DAY1,
         age: float | None = 0.0,
         kill_switch: bool = False,
+        flat: bool = False,
     ) -> tuple[TradingState, list[RiskEvent], bool]:
         self.now += timedelta(minutes=15)
         self.status, events, trip = update_status(
@@ -45,6 +46,7 @@ class Feed:
             equity=equity,
             data_age_s=age,
             kill_switch=kill_switch,
+            flat=flat,
         )
         self.events += events
         return self.status.state, events, trip
@@ -160,7 +162,7 @@ def test_nothing_changes_returns_the_same_status() -> None:
         RiskStatus(), limits, now=T0, session=DAY1, equity=1e6, data_age_s=0.0, kill_switch=False
     )
     again, events, trip = update_status(
-        status, limits, now=T0, session=DAY1, equity=0.99e6, data_age_s=5.0, kill_switch=False
+        status, limits, now=T0, session=DAY1, equity=1e6, data_age_s=5.0, kill_switch=False
     )
     assert again is status and events == [] and trip is False
     higher, events, _ = update_status(
@@ -196,3 +198,30 @@ def test_invalid_limits_are_refused(kwargs: dict[str, float], message: str) -> N
 def test_an_equity_that_is_not_a_number_is_refused() -> None:
     with pytest.raises(ValueError, match="finite"):
         Feed(LimitsConfig()).bar(float("nan"))
+
+
+def test_the_daily_loss_counts_the_overnight_gap() -> None:
+    """-2.9% overnight then -0.5% in the session is a 3.4% loss on the day: HALTED."""
+    feed = Feed(LimitsConfig(daily_loss=0.03, reduce_drawdown=None, halt_drawdown=None))
+    feed.bar(1_000_000.0)
+    state, _, _ = feed.bar(971_000.0, session=DAY2)
+    assert state is ACTIVE
+    state, events, _ = feed.bar(966_000.0, session=DAY2)
+    assert state is HALTED and events[-1].rule == "daily_loss"
+
+
+def test_a_flat_book_in_reducing_is_rebased_at_the_next_session_but_the_halt_is_not() -> None:
+    feed = Feed(LimitsConfig(daily_loss=None, reduce_drawdown=0.05, halt_drawdown=0.10))
+    feed.bar(1_000_000.0)
+    state, _, _ = feed.bar(940_000.0)
+    assert state is REDUCING
+    # Still reducing while positions are held, even at a new session.
+    state, _, _ = feed.bar(940_000.0, session=DAY2)
+    assert state is REDUCING
+    # Flat at the start of a session: the reduce level re-bases, trading resumes.
+    state, events, _ = feed.bar(940_000.0, session=date(2021, 3, 5), flat=True)
+    assert state is ACTIVE
+    assert "the reduce level now measures from 940,000.00" in events[-1].detail
+    # The halt still measures from the all-time peak: 10% below 1,000,000 halts.
+    state, _, trip = feed.bar(899_000.0, session=date(2021, 3, 5))
+    assert state is HALTED and trip
