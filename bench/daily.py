@@ -219,6 +219,11 @@ def run(shared: Path) -> dict[str, object]:
                 "fills": weighed.trades,
                 "costs_usd": round(float(costs), 2),
                 "seconds": round(seconds, 1),
+                "refused": sum(1 for e in weighed.risk_events if e.kind == "refused"),
+                "bars_not_active": round(
+                    float((weighed.equity["state"] != "ACTIVE").mean()),
+                    3,  # type: ignore[arg-type]
+                ),
             }
         base_costs = sum(f.commission + f.slippage for f in backtest.ledger.fills) + sum(
             (c.amount for c in backtest.ledger.charges), Decimal(0)
@@ -229,6 +234,11 @@ def run(shared: Path) -> dict[str, object]:
             "fills": backtest.trades,
             "costs_usd": round(float(base_costs), 2),
             "seconds": round(backtest_s, 1),
+            "refused": sum(1 for e in backtest.risk_events if e.kind == "refused"),
+            "bars_not_active": round(
+                float((backtest.equity["state"] != "ACTIVE").mean()),  # type: ignore[arg-type]
+                3,
+            ),
         }
         total_s = time.perf_counter() - began
 

@@ -140,7 +140,7 @@ class MovingAverageCross:
         ids: npt.NDArray[np.int64],
         shares: npt.NDArray[np.float64],
     ) -> None:
-        raise ValueError("the moving-average crossover trades fixed shares; use bet_size")
+        """Nothing to resize: the crossover asks for its fixed size again at every bar."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +232,16 @@ def run_backtest(
     path = path or PathConfig(strategy=strategy.name)
     if path.strategy != strategy.name:
         path = replace(path, strategy=strategy.name)
+    for name, frame_ in (("bars", bars), ("signals", signals)):
+        if (
+            frame_ is not None
+            and frame_.select(pl.struct("symbol", "ts").is_duplicated().any()).item()
+        ):
+            dup = frame_.filter(pl.struct("symbol", "ts").is_duplicated()).row(0, named=True)
+            raise ValueError(
+                f"{name} hold more than one row for {dup['symbol']} at {dup['ts']}: give one "
+                "row per symbol and bar time (deduplicate the predictions or the bars)"
+            )
     venue: Broker = broker or SimulatedBroker(cash, set(bars["symbol"].unique().to_list()), config)
     frame = bars.sort("ts", "symbol")
     if volatility is not None:

@@ -282,6 +282,8 @@ def methods_section(
                 else "undefined",
                 "costs (USD)": f"{costs:,.2f}",
                 "fills": str(len(fills)),
+                "orders refused": str(sum(1 for e in result.risk_events if e.kind == "refused")),
+                "bars not ACTIVE": f"{cast(float, (equity['state'] != 'ACTIVE').mean()):.1%}",
             }
         )
     return Section(

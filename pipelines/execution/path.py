@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from pipelines.config import TradingSettings
 from pipelines.execution.batch import BarBatch
-from pipelines.execution.kernels import ENTERED, MISMATCH, SMALL, settle
+from pipelines.execution.kernels import ENTERED, SMALL, settle
 from pipelines.execution.orders import Order, Side
 from pipelines.portfolio.config import PortfolioConfig
 from pipelines.portfolio.returns import ReturnsWindow
@@ -195,8 +195,9 @@ class PathConfig:
 class PathState:
     """The path's state between bars: the symbols (their ids are positions in this tuple), the
     strategy's memory, the size each symbol is meant to hold, the trading status, the recent
-    orders (for the per-minute rate), the last bar decided, the kill switch as last seen and,
-    for portfolio methods, the window of past closes."""
+    orders (for the per-minute rate), the last bar decided, the kill switch as last seen,
+    for portfolio methods the window of past closes, and which symbols' sizes are ``fresh``
+    (decided and not yet sent: an addition is sent once, not again after its order is gone)."""
 
     symbols: tuple[str, ...]
     memory: F64
@@ -207,10 +208,18 @@ class PathState:
     kill_switch: bool = False
     returns: ReturnsWindow | None = None
     ids: Mapping[str, int] = field(default_factory=dict, compare=False)
+    fresh: B | None = None
 
     def __post_init__(self) -> None:
         if not self.ids:
             object.__setattr__(self, "ids", {s: i for i, s in enumerate(self.symbols)})
+        if self.fresh is None:
+            object.__setattr__(self, "fresh", np.zeros(len(self.symbols), dtype=np.bool_))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PathState) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
 
     @classmethod
     def create(cls, symbols: Sequence[str], strategy: Strategy, config: PathConfig) -> PathState:
@@ -241,6 +250,7 @@ class PathState:
             "last_ts": None if self.last_ts is None else self.last_ts.isoformat(),
             "kill_switch": self.kill_switch,
             "returns": None if self.returns is None else self.returns.to_dict(),
+            "fresh": np.flatnonzero(self.fresh).tolist() if self.fresh is not None else [],
         }
 
     @classmethod
@@ -258,7 +268,14 @@ class PathState:
             None if data["last_ts"] is None else datetime.fromisoformat(data["last_ts"]),
             bool(data["kill_switch"]),
             None if data["returns"] is None else ReturnsWindow.from_dict(data["returns"]),
+            fresh=_mask(len(symbols), data.get("fresh", [])),
         )
+
+
+def _mask(n: int, on: Sequence[int]) -> B:
+    out = np.zeros(n, dtype=np.bool_)
+    out[list(on)] = True
+    return out
 
 
 def _json_float(x: float) -> float | str:
@@ -330,26 +347,52 @@ def decide(
     )
     if trip:
         tripped = True
-    if events:
-        events = list(events)
+    events = list(events)
+    halted = risk.state is TradingState.HALTED
     memory = state.memory.copy()
     intended = state.intended.copy()
+    fresh = state.fresh.copy() if state.fresh is not None else np.zeros(len(intended), np.bool_)
+    # Working orders that must go whatever the strategy says: all of them when HALTED, those
+    # adding exposure when REDUCING (sent earlier, they would grow the book now).
+    dropped = _dropped(account, risk.state)
+    if dropped:
+        events.append(
+            RiskEvent(
+                bars.ts,
+                "cancel",
+                risk.reason or risk.state.value.lower(),
+                f"{risk.state.value} ({risk.reason}): {len(dropped)} working orders "
+                + ("cancelled" if halted else "adding exposure cancelled"),
+                values={"orders": float(len(dropped))},
+            )
+        )
+    gone = set(dropped)
+    orders_working = (
+        {s: [w for w in ws if w.client_order_id not in gone] for s, ws in account.working.items()}
+        if gone
+        else account.working
+    )
+    working = _working_after(account, gone)
+    positions = account.positions
     ids = bars.ids
     n = len(ids)
     target = np.zeros(n)
     has = np.zeros(n, dtype=np.bool_)
+    before = intended[ids]
     capital = account.equity if config.capital is None else config.capital
     strategy.step(memory, bars, signals, capital, closing, target, has)
-    held = _held(bars, account)
+    held = _held(bars, positions, working)
     flags = np.empty(n, dtype=np.int8)
     floor = config.portfolio.min_trade_value
     n_has, n_entered, n_small, n_mismatch = settle(
         ids, target, has, intended, held, bars.close, floor, flags
     )
+    if n_has:
+        fresh[ids[has]] = True
     if n_small:
         # An entry worth less than the minimum trade would mostly pay its commission.
         small = (flags & SMALL) != 0
-        events = [*events, *_small_entries(bars, target, small, floor)]
+        events.extend(_small_entries(bars, target, small, floor))
         strategy.forget(memory, ids[small])
     entered = (flags & ENTERED) != 0 if n_entered else None
     window = state.returns
@@ -357,62 +400,54 @@ def decide(
         window = window.copy()
         window.push(ids, bars.close)
         if n_has:
+            sized = intended.copy()
             note = _reweigh(memory, intended, strategy, window, state.symbols, account, config)
+            fresh |= intended != sized
             if note:
-                events = [*events, RiskEvent(bars.ts, "portfolio", config.portfolio.method, note)]
-            mismatched = np.flatnonzero(intended[ids] != held)
-        else:
-            mismatched = np.flatnonzero(flags & MISMATCH)
-    else:
-        mismatched = np.flatnonzero(flags & MISMATCH) if n_mismatch else _NONE
-    cancels: list[str] = []
+                events.append(RiskEvent(bars.ts, "portfolio", config.portfolio.method, note))
+            if entered is not None and floor > 0:
+                # An entry the method weighed below the minimum trade is not made either.
+                after = intended[ids]
+                small = entered & (np.abs(after * bars.close) < floor)
+                if small.any():
+                    events.extend(_small_entries(bars, after.astype(np.float64), small, floor))
+                    strategy.forget(memory, ids[small])
+                    intended[ids[small]] = 0
+        n_mismatch = 1
+    cancels: list[str] = list(dropped)
     replaces: dict[str, list[str]] = {}
     orders: list[Order] = []
-    halted = risk.state is TradingState.HALTED
+    plans: dict[str, _Plan] = {}
     if halted:
-        cancels = [w.client_order_id for ws in account.working.values() for w in ws]
-        if cancels and (state.risk.state is not TradingState.HALTED or trip):
-            events.append(
-                RiskEvent(
-                    bars.ts,
-                    "cancel",
-                    "halted",
-                    f"HALTED ({risk.reason}): {len(cancels)} working orders cancelled",
-                    values={"orders": float(len(cancels))},
-                )
-            )
+        # Nothing new is opened or grown while halted: a bet the strategy opened, flipped or
+        # grew at this bar is abandoned, so it is not sent once trading resumes.
+        grew = has & ((np.abs(intended[ids]) > np.abs(before)) | (intended[ids] * before < 0))
+        for j in np.flatnonzero(grew).tolist():
+            _abandon(strategy, memory, intended, fresh, int(ids[j]), int(before[j]))
         if tripped and config.flatten_on_trip:
-            orders = _flatten(state, bars, account, config)
-        # Entries are not opened while halted; held bets keep their exits in the memory, and
-        # what the book holds beyond them is closed once trading resumes.
-        if entered is not None:
-            strategy.forget(memory, ids[entered])
-            intended[ids[entered]] = 0
-    elif len(mismatched):
-        orders, cancels, replaces = _net(bars, mismatched, intended, account, config)
-    kept_working = _working_after(account, set(cancels))
+            orders = _flatten(bars, account, config)
+    elif n_mismatch:
+        mismatched = np.flatnonzero(intended[ids] != held)
+        if len(mismatched):
+            plans, notes = _plan(
+                bars, mismatched, fresh[ids], intended, positions, working, orders_working, config
+            )
+            events.extend(notes)
+            for symbol, plan in list(plans.items()):
+                if plan.stale:
+                    # An addition whose order is gone unfilled (rejected, expired, cancelled)
+                    # is not sent again without a new decision: the bet is abandoned.
+                    i = state.ids[symbol]
+                    _abandon(strategy, memory, intended, fresh, i, positions.get(symbol, 0))
+                    plans[symbol] = _replan(bars, symbol, intended[i], positions, working, config)
+            orders = [p.order for p in plans.values() if p.order is not None]
     accepted: list[Order] = []
     recent = state.recent
     if orders:
-        rows = [(o.symbol, bars.index(o.symbol)) for o in orders]
-        prices = {s: float(bars.close[j]) for s, j in rows if j is not None}
-        if account.last_prices is None:
-            prices = {s: float(bars.close[j]) for j, s in enumerate(bars.symbols)}
-        market = MarketView(
-            now=now,
-            prices=prices,
-            last_prices=account.last_prices if account.last_prices is not None else prices,
-            volumes={s: float(bars.volume[j]) for s, j in rows if j is not None},
-        )
-        book = Book(
-            equity=account.equity,
-            buying_power=account.buying_power,
-            positions=account.positions,
-            working=kept_working,
-            shortable=account.shortable,
-            gross=account.gross,
-            net=account.net,
-        )
+        orders.sort(key=lambda o: _priority(o, positions, bars))
+        # The checks see the book as it will be: without the working orders being replaced.
+        replaced = gone.union(*(p.cancels for p in plans.values()))
+        market, book = _views(bars, orders, account, _working_after(account, replaced), now)
         # A flatten under HALTED is checked as a reduction: it may only cut exposure.
         check_state = TradingState.REDUCING if halted else risk.state
         accepted, refused, recent = check_orders(
@@ -421,18 +456,50 @@ def decide(
         if refused:
             events.extend(refused)
             refused_ids = {e.client_order_id for e in refused}
-            forget = [
-                state.ids[o.symbol]
-                for o in orders
-                if o.client_order_id in refused_ids
-                and entered is not None
-                and entered[bars.index(o.symbol)]
-            ]
-            if forget:
-                lost = np.array(forget, dtype=np.int64)
-                strategy.forget(memory, lost)
-                intended[lost] = 0
-        replaces = {k: v for k, v in replaces.items() if k in {o.client_order_id for o in accepted}}
+            retry: list[Order] = []
+            for order in orders:
+                if order.client_order_id not in refused_ids or halted:
+                    continue
+                symbol = order.symbol
+                position = positions.get(symbol, 0)
+                goal = _goal(order)
+                if abs(goal) > abs(position) or goal * position < 0:
+                    # A refused addition is abandoned; a refused reduction is asked again at
+                    # the next bar. A refused flip still closes what is held.
+                    i = state.ids[symbol]
+                    _abandon(
+                        strategy, memory, intended, fresh, i, position + working.get(symbol, 0)
+                    )
+                    plan = _replan(bars, symbol, intended[i], positions, working, config)
+                    plans[symbol] = _Plan(plan.order, [], False)
+                    if plan.order is not None:
+                        retry.append(plan.order)
+            if retry:
+                more, refused_again, recent = check_orders(
+                    retry,
+                    config=config.risk,
+                    state=risk.state,
+                    market=_views(bars, retry, account, book.working, now)[0],
+                    book=book,
+                    recent=recent,
+                )
+                accepted.extend(more)
+                events.extend(refused_again)
+        taken = {o.client_order_id for o in accepted}
+        for order in accepted:
+            fresh[state.ids[order.symbol]] = False
+        for plan in plans.values():
+            # A working order is cancelled for a replacement that was accepted, or when the
+            # strategy no longer wants what it adds; a refused addition keeps it working.
+            if plan.cancels and (plan.order is None or plan.order.client_order_id in taken):
+                cancels.extend(plan.cancels)
+                if plan.order is not None:
+                    replaces[plan.order.client_order_id] = plan.cancels
+            elif plan.cancels and plan.order is not None and plan.reduction:
+                cancels.extend(plan.cancels)
+    else:
+        for plan in plans.values():
+            cancels.extend(plan.cancels)
     new_state = PathState(
         state.symbols,
         memory,
@@ -443,23 +510,75 @@ def decide(
         tripped,
         window,
         state.ids,
+        fresh,
     )
     return Decision(new_state, accepted, cancels, events, trip, replaces, (bars, has))
 
 
-_NONE = np.zeros(0, dtype=np.int64)
+@dataclass(frozen=True)
+class _Plan:
+    """One symbol's orders at a bar: the order (None: only cancels), the working orders it
+    replaces, whether it is a stale addition (no new decision, its earlier order gone)."""
+
+    order: Order | None
+    cancels: list[str]
+    stale: bool
+    reduction: bool = True
 
 
-def _held(bars: BarBatch, account: Account) -> I64:
+def _goal(order: Order) -> int:
+    """The position an order's intent aims at."""
+    return 0 if order.intent == "flatten" else int(order.intent.removeprefix("target:"))
+
+
+def _priority(order: Order, positions: Mapping[str, int], bars: BarBatch) -> tuple[int, float]:
+    """Reductions first, then additions by notional, largest first: when a per-minute rate
+    binds, exits go and the largest bets are kept, not the alphabetically first."""
+    position = positions.get(order.symbol, 0)
+    goal = _goal(order)
+    if abs(goal) <= abs(position) and goal * position >= 0:
+        return 0, 0.0
+    j = bars.index(order.symbol)
+    price = float(bars.close[j]) if j is not None else 0.0
+    return 1, -order.quantity * price
+
+
+def _dropped(account: Account, state: TradingState) -> list[str]:
+    """Working orders to cancel in this trading state."""
+    if state is TradingState.HALTED:
+        return [w.client_order_id for ws in account.working.values() for w in ws]
+    if state is TradingState.REDUCING:
+        out = []
+        for symbol, ws in account.working.items():
+            position = account.positions.get(symbol, 0)
+            out += [w.client_order_id for w in ws if w.remaining * position >= 0]
+        return out
+    return []
+
+
+def _held(bars: BarBatch, positions: Mapping[str, int], working: Mapping[str, int]) -> I64:
     """Position plus working orders (signed shares) of each of the bar's symbols."""
-    symbols, positions, working = bars.symbols, account.positions, account.working
+    symbols = bars.symbols
     held = np.fromiter(map(positions.get, symbols, repeat(0)), np.int64, len(symbols))
-    if working:
-        for symbol, ws in working.items():
-            j = bars.index(symbol)
-            if j is not None:
-                held[j] += sum(w.remaining for w in ws)
+    for symbol, shares in working.items():
+        j = bars.index(symbol)
+        if j is not None:
+            held[j] += shares
     return held
+
+
+def _abandon(strategy: Strategy, memory: F64, intended: I64, fresh: B, i: int, held: int) -> None:
+    """Give up what symbol id ``i`` was to add: a new or flipped bet is forgotten (size 0, so
+    what is held is closed), a grown one is kept at what the book ``held``s."""
+    fresh[i] = False
+    goal = int(intended[i])
+    ids = np.array([i], dtype=np.int64)
+    if held == 0 or goal * held < 0:
+        strategy.forget(memory, ids)
+        intended[i] = 0
+    else:
+        strategy.resize(memory, ids, np.array([float(held)]))
+        intended[i] = held
 
 
 def _small_entries(bars: BarBatch, target: F64, small: B, floor: float) -> list[RiskEvent]:
@@ -480,35 +599,76 @@ def _small_entries(bars: BarBatch, target: F64, small: B, floor: float) -> list[
     return out
 
 
-def _net(
-    bars: BarBatch, rows: I64, intended: I64, account: Account, config: PathConfig
-) -> tuple[list[Order], list[str], dict[str, list[str]]]:
-    """Orders that take each of the bar's ``rows`` (those whose position and working orders
-    differ from the intended size) to its intended size; the working orders they replace are
-    cancelled."""
+def _replan(
+    bars: BarBatch,
+    symbol: str,
+    goal: int,
+    positions: Mapping[str, int],
+    working: Mapping[str, int],
+    config: PathConfig,
+) -> _Plan:
+    """The order (if any) that takes ``symbol`` from its position and working orders to
+    ``goal`` after an addition was abandoned: a reduction, or nothing."""
+    goal, position = int(goal), positions.get(symbol, 0)
+    if goal == position + working.get(symbol, 0) or goal == position:
+        return _Plan(None, [], False)
+    delta = goal - position
+    side: Side = "buy" if delta > 0 else "sell"
+    order = Order.create(config.strategy, symbol, bars.ts, f"target:{goal}", side, abs(delta))
+    return _Plan(order, [], False)
+
+
+def _plan(
+    bars: BarBatch,
+    rows: I64,
+    has: B,
+    intended: I64,
+    positions: Mapping[str, int],
+    working: Mapping[str, int],
+    orders_working: Mapping[str, Sequence[WorkingOrder]],
+    config: PathConfig,
+) -> tuple[dict[str, _Plan], list[RiskEvent]]:
+    """For each of the bar's ``rows`` whose position and working orders differ from the
+    intended size: cancel its working orders and send one order for ``intended - position``.
+    An addition already sent once (not ``has``: no decision since its order was accepted) and
+    no longer working is marked stale (its order is gone unfilled) and recorded."""
     symbols, ids = bars.symbols, bars.ids
-    positions, working = account.positions, account.working
-    orders: list[Order] = []
-    cancels: list[str] = []
-    replaces: dict[str, list[str]] = {}
+    plans: dict[str, _Plan] = {}
+    notes: list[RiskEvent] = []
     for j in rows.tolist():
         symbol = symbols[j]
         goal = int(intended[ids[j]])
-        dropped = [w.client_order_id for w in working.get(symbol, ())]
-        cancels.extend(dropped)
-        delta = goal - positions.get(symbol, 0)
+        position = positions.get(symbol, 0)
+        adds = abs(goal) > abs(position) or goal * position < 0
+        stale = adds and not has[j] and working.get(symbol, 0) == 0
+        if stale:
+            notes.append(
+                RiskEvent(
+                    bars.ts,
+                    "refused",
+                    "not_resent",
+                    f"the order taking {symbol} from {position} to {goal} shares is gone "
+                    "unfilled (rejected, expired or cancelled): an addition is not sent again "
+                    "without a new decision",
+                    symbol=symbol,
+                    values={"position": float(position), "goal": float(goal)},
+                )
+            )
+            plans[symbol] = _Plan(None, [], True)
+            continue
+        dropped = [w.client_order_id for w in orders_working.get(symbol, ())]
+        delta = goal - position
+        order = None
         if delta:
             side: Side = "buy" if delta > 0 else "sell"
             order = Order.create(
                 config.strategy, symbol, bars.ts, f"target:{goal}", side, abs(delta)
             )
-            orders.append(order)
-            if dropped:
-                replaces[order.client_order_id] = dropped
-    return orders, cancels, replaces
+        plans[symbol] = _Plan(order, dropped, False, not adds)
+    return plans, notes
 
 
-def _flatten(state: PathState, bars: BarBatch, account: Account, config: PathConfig) -> list[Order]:
+def _flatten(bars: BarBatch, account: Account, config: PathConfig) -> list[Order]:
     """Orders closing the position of every symbol of ``bars`` (working orders are being
     cancelled)."""
     orders = []
@@ -530,6 +690,37 @@ def _working_after(account: Account, cancelled: set[str]) -> dict[str, int]:
         if left:
             out[symbol] = left
     return out
+
+
+def _views(
+    bars: BarBatch,
+    orders: Sequence[Order],
+    account: Account,
+    working: Mapping[str, int],
+    now: datetime,
+) -> tuple[MarketView, Book]:
+    """What the checks read: the orders' sizing prices and bar volumes, the last trades, and
+    the book with the working orders left after the cancels."""
+    rows = [(o.symbol, bars.index(o.symbol)) for o in orders]
+    prices = {s: float(bars.close[j]) for s, j in rows if j is not None}
+    if account.last_prices is None:
+        prices = {s: float(bars.close[j]) for j, s in enumerate(bars.symbols)}
+    market = MarketView(
+        now=now,
+        prices=prices,
+        last_prices=account.last_prices if account.last_prices is not None else prices,
+        volumes={s: float(bars.volume[j]) for s, j in rows if j is not None},
+    )
+    book = Book(
+        equity=account.equity,
+        buying_power=account.buying_power,
+        positions=account.positions,
+        working=working,
+        shortable=account.shortable,
+        gross=account.gross,
+        net=account.net,
+    )
+    return market, book
 
 
 def _reweigh(
@@ -559,7 +750,13 @@ def _reweigh(
     if budget <= 0:
         return ""
     weights, note = portfolio_weights(config.portfolio, window.returns(ids), sides, sizes)
-    shares = np.trunc(weights * budget / closes)
+    notional = weights * budget
+    cap = config.risk.max_position
+    if cap is not None:
+        # A weight above the position cap would only be refused: it is capped instead.
+        limit = cap * account.equity
+        notional = np.clip(notional, -limit, limit)
+    shares = np.trunc(notional / closes)
     names = [symbols[i] for i in ids.tolist()]
     current = {
         s: account.positions.get(s, 0) + sum(w.remaining for w in account.working.get(s, ()))

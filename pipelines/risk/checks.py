@@ -227,8 +227,10 @@ def check_orders(
     positions, working = book.positions, book.working
     open_now = not config.trading_hours or market_open(config.calendar, now)
     projected: dict[str, int] = {}
-    gross, net = _exposure(book, market)
-    spent = 0.0
+    gross, net, working_added = _exposure(book, market)
+    # Buying power the broker reports is net of filled positions only: what the orders still
+    # working will add is spent already.
+    spent = working_added
 
     for order in orders:
         symbol = order.symbol
@@ -432,10 +434,11 @@ def _exposure_refusal(
     return None
 
 
-def _exposure(book: Book, market: MarketView) -> tuple[float, float]:
-    """Gross and net value (USD) of the positions with their working orders: the positions as
-    the broker marks them (:attr:`Book.gross`/:attr:`Book.net`) or at the market's prices, the
-    working orders at the sizing price, else the last trade."""
+def _exposure(book: Book, market: MarketView) -> tuple[float, float, float]:
+    """Gross and net value (USD) of the positions with their working orders, and the gross the
+    working orders add: the positions as the broker marks them (:attr:`Book.gross`/
+    :attr:`Book.net`) or at the market's prices, the working orders at the sizing price, else
+    the last trade."""
     prices, last = market.prices, market.last_prices
 
     def price(symbol: str) -> float:
@@ -461,10 +464,13 @@ def _exposure(book: Book, market: MarketView) -> tuple[float, float]:
         gross, net = book.gross, book.net
         if not (math.isfinite(gross) and math.isfinite(net)):
             raise ValueError(f"Book.gross {gross} and net {net} must be finite USD amounts")
+    added = 0.0
     for symbol, shares in book.working.items():
         if shares:
             held = positions.get(symbol, 0)
             p = price(symbol)
-            gross += abs((held + shares) * p) - abs(held * p)
+            change = abs((held + shares) * p) - abs(held * p)
+            gross += change
+            added += max(change, 0.0)
             net += shares * p
-    return gross, net
+    return gross, net, added

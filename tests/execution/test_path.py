@@ -67,7 +67,7 @@ class Scheduled:
         return None
 
     def resize(self, memory: F64, ids: npt.NDArray[np.int64], shares: F64) -> None:
-        raise AssertionError("not a bet strategy")
+        pass  # asks for its schedule again at every bar
 
 
 NO_LIMITS = PathConfig(
@@ -293,3 +293,115 @@ def _account(
         working or {},
         kill_switch,
     )
+
+
+def test_reducing_cancels_working_orders_that_add_exposure(pplt: pl.DataFrame) -> None:
+    config = PathConfig(
+        strategy="scheduled",
+        risk=NO_LIMITS.risk,
+        limits=LimitsConfig(daily_loss=None, reduce_drawdown=0.05, halt_drawdown=0.5),
+    )
+    strategy = Scheduled(lambda ts: {"PPLT": 1250})
+    rows = pplt.head(2).to_dicts()
+    b0, b1 = _batch(rows[0]), _batch(rows[1])
+    state = decide(
+        PathState.create(["PPLT"], strategy, config),
+        b0,
+        Signals.empty(1),
+        _account(b0),
+        strategy,
+        config,
+    ).state
+    working = {"PPLT": [WorkingOrder("entry", "PPLT", "target:1250", 1100)]}
+    poorer = _account(b1, positions={"PPLT": 150}, working=working, equity=94_000.0)
+    d = decide(state, b1, Signals.empty(1), poorer, strategy, config)
+    assert d.state.risk.state is TradingState.REDUCING
+    assert d.cancels == ["entry"] and d.orders == []  # the rest of the entry is not bought
+
+
+def test_a_refused_flip_still_closes_what_is_held(pplt: pl.DataFrame) -> None:
+    """Short selling is off: long 133 -> short 132 is refused, but the long is still closed."""
+    config = PathConfig(
+        strategy="scheduled",
+        risk=RiskConfig(
+            max_position=None,
+            max_gross=None,
+            max_net=None,
+            max_order_notional=None,
+            allow_short=False,
+        ),
+        limits=NO_LIMITS.limits,
+    )
+    strategy = Scheduled(lambda ts: {"PPLT": -132})
+    batch = _batch(pplt.row(0, named=True))
+    state = PathState.create(["PPLT"], strategy, config)
+    d = decide(
+        state, batch, Signals.empty(1), _account(batch, positions={"PPLT": 133}), strategy, config
+    )
+    assert [e.rule for e in d.events if e.kind == "refused"] == ["short_sale"]
+    (order,) = d.orders
+    assert (order.side, order.quantity, order.intent) == ("sell", 133, "target:0")
+
+
+def test_an_addition_gone_unfilled_is_not_sent_again(pplt: pl.DataFrame) -> None:
+    """The model strategy enters once; the broker rejects the order at the fill: the next bar
+    does not send the stale entry again, it says so."""
+    from pipelines.backtest.strategy import ModelStrategy, SizingConfig
+
+    strategy = ModelStrategy(SizingConfig(threshold=0.0, max_holding_bars=8))
+    config = PathConfig.without_limits()
+    rows = pplt.head(3).to_dicts()
+    state = PathState.create(["PPLT"], strategy, config)
+    b0 = _batch(rows[0])
+    first = decide(
+        state,
+        b0,
+        Signals(np.array([0.8]), np.array([0.5]), np.array([0.002])),
+        _account(b0),
+        strategy,
+        config,
+    )
+    assert len(first.orders) == 1
+    b1 = _batch(rows[1])  # no prediction at this bar, no position, no working order
+    again = decide(first.state, b1, Signals.empty(1), _account(b1), strategy, config)
+    assert again.orders == []
+    assert [e.rule for e in again.events if e.kind == "refused"] == ["not_resent"]
+
+
+def test_a_bet_decided_while_halted_is_not_sent_when_trading_resumes(pplt: pl.DataFrame) -> None:
+    from pipelines.backtest.strategy import ModelStrategy, SizingConfig
+
+    strategy = ModelStrategy(SizingConfig(threshold=0.0, max_holding_bars=8))
+    config = PathConfig.without_limits()
+    rows = pplt.head(3).to_dicts()
+    state = PathState.create(["PPLT"], strategy, config)
+    b0 = _batch(rows[0])
+    halted = decide(
+        state,
+        b0,
+        Signals(np.array([0.8]), np.array([0.5]), np.array([0.002])),
+        _account(b0, kill_switch=True),
+        strategy,
+        config,
+    )
+    assert halted.orders == [] and halted.state.intended.tolist() == [0]
+    b1 = _batch(rows[1])
+    resumed = decide(
+        halted.state, b1, Signals.empty(1), _account(b1, kill_switch=False), strategy, config
+    )
+    assert resumed.state.risk.state is TradingState.ACTIVE and resumed.orders == []
+
+
+def test_duplicate_predictions_are_an_error_that_says_what_to_do(pplt: pl.DataFrame) -> None:
+    from pipelines.backtest.model_backtest import run_model_strategy
+    from pipelines.backtest.strategy import SizingConfig
+
+    signals = pplt.head(2).select("symbol", "ts", prob=pl.lit(0.7), volatility=pl.lit(0.002))
+    with pytest.raises(ValueError, match="more than one row for PPLT"):
+        run_model_strategy(
+            pplt.head(10),
+            pl.concat([signals, signals]),
+            SizingConfig(reference="half"),
+            cash=Decimal("100000"),
+            config=BrokerConfig(),
+        )
