@@ -467,7 +467,7 @@ class TradingSettings(_Frozen):
     portfolio: PortfolioSettings = PortfolioSettings()
     risk: RiskSettings = RiskSettings()
     limits: LimitSettings = LimitSettings()
-    flatten_on_trip: bool = False
+    flatten_on_trip: bool = True
     compare_methods: tuple[Method, ...] = ()
 
 

@@ -164,7 +164,8 @@ class PathConfig:
     ``ts`` closes at ``ts + bar_minutes``; daily bars: 390 for the regular session is enough,
     only data staleness reads it); ``zone`` the exchange's time zone (sessions of the daily
     loss limit); ``capital`` (USD, None: the account's equity) what the strategy sizes on;
-    ``flatten_on_trip`` closes every position when the kill switch trips."""
+    ``flatten_on_trip`` (default) closes every position when the kill switch trips, so a halt
+    stops the losses rather than freezing the book until a person acts."""
 
     strategy: str = "model"
     bar_minutes: int = 15
@@ -172,7 +173,7 @@ class PathConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     capital: float | None = None
-    flatten_on_trip: bool = False
+    flatten_on_trip: bool = True
     zone: str = "America/New_York"
 
     @classmethod
@@ -184,7 +185,11 @@ class PathConfig:
             strategy=strategy,
             bar_minutes=bar_minutes,
             risk=RiskConfig(
-                max_order_notional=None, max_position=None, max_gross=None, max_net=None
+                max_order_notional=None,
+                max_position=None,
+                max_gross=None,
+                max_net=None,
+                max_orders_per_minute=None,
             ),
             portfolio=PortfolioConfig(rebalance_band=0.0, min_trade_value=0.0),
             limits=LimitsConfig(daily_loss=None, reduce_drawdown=None, halt_drawdown=None),

@@ -216,7 +216,10 @@ def test_halted_sends_only_cancels_and_flattens_when_configured(pplt: pl.DataFra
     working = {"PPLT": [WorkingOrder("w1", "PPLT", "target:900", 400)]}
     state = PathState.create(["PPLT"], strategy, NO_LIMITS)
     account = _account(batch, positions={"PPLT": 500}, working=working, kill_switch=True)
-    d = decide(state, batch, Signals.empty(1), account, strategy, NO_LIMITS)
+    frozen = PathConfig(
+        strategy="scheduled", risk=NO_LIMITS.risk, limits=NO_LIMITS.limits, flatten_on_trip=False
+    )
+    d = decide(state, batch, Signals.empty(1), account, strategy, frozen)
     assert d.state.risk.state is TradingState.HALTED
     assert d.cancels == ["w1"] and d.orders == []
     flat = PathConfig(
