@@ -20,6 +20,7 @@ import json
 import resource
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -49,7 +50,6 @@ from pipelines.models.training import (
     plan_for,
     train_walk_forward,
 )
-from pipelines.portfolio.config import PortfolioConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE = "sp500_daily_2013_2018.parquet"
@@ -194,6 +194,7 @@ def run(shared: Path) -> dict[str, object]:
         methods: dict[str, object] = {}
         # The methods side by side with no exposure or loss limit binding (each one's own
         # drawdowns would otherwise decide when it may trade): what the weighting does.
+        unlimited = PathConfig.without_limits(bar_minutes=1440)
         for method in ("bet_size", "hrp", "inverse_volatility", "equal_weight"):
             t0 = time.perf_counter()
             weighed = simulate_model(
@@ -209,8 +210,8 @@ def run(shared: Path) -> dict[str, object]:
                 barriers=barriers,
                 market=market,
                 path=replace(
-                    PathConfig.without_limits(bar_minutes=1440),
-                    portfolio=PortfolioConfig(method=method, lookback=252),
+                    unlimited,
+                    portfolio=replace(unlimited.portfolio, method=method, lookback=252),  # type: ignore[arg-type]
                 ),
             )
             seconds = time.perf_counter() - t0
@@ -225,6 +226,9 @@ def run(shared: Path) -> dict[str, object]:
                 "costs_usd": round(float(costs), 2),
                 "seconds": round(seconds, 1),
                 "refused": sum(1 for e in weighed.risk_events if e.kind == "refused"),
+                "refused_by_rule": dict(
+                    Counter(e.rule for e in weighed.risk_events if e.kind == "refused")
+                ),
                 "bars_not_active": round(
                     float((weighed.equity["state"] != "ACTIVE").mean()),
                     3,  # type: ignore[arg-type]

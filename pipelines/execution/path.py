@@ -349,6 +349,8 @@ def decide(
         equity=account.equity,
         data_age_s=age,
         kill_switch=tripped,
+        flat=not any(account.positions.values())
+        and not any(w.remaining for ws in account.working.values() for w in ws),
     )
     if trip:
         tripped = True
@@ -383,7 +385,6 @@ def decide(
     n = len(ids)
     target = np.zeros(n)
     has = np.zeros(n, dtype=np.bool_)
-    before = intended[ids]
     capital = account.equity if config.capital is None else config.capital
     strategy.step(memory, bars, signals, capital, closing, target, has)
     held = _held(bars, positions, working)
@@ -407,7 +408,12 @@ def decide(
         if n_has:
             sized = intended.copy()
             note = _reweigh(memory, intended, strategy, window, state.symbols, account, config)
-            fresh |= intended != sized
+            # A resized bet is sent again only where something is held or working: an entry
+            # whose order is gone unfilled is not revived by another symbol's entry.
+            holding = np.array(
+                [positions.get(x, 0) + working.get(x, 0) for x in state.symbols], dtype=np.int64
+            )
+            fresh |= (intended != sized) & (holding != 0)
             if note:
                 events.append(RiskEvent(bars.ts, "portfolio", config.portfolio.method, note))
             if entered is not None and floor > 0:
@@ -426,11 +432,13 @@ def decide(
     if halted:
         # Nothing new is opened or grown while halted: a bet the strategy opened, flipped or
         # grew at this bar is abandoned, so it is not sent once trading resumes.
-        grew = has & ((np.abs(intended[ids]) > np.abs(before)) | (intended[ids] * before < 0))
+        pos = np.fromiter(map(positions.get, bars.symbols, repeat(0)), np.int64, n)
+        goals = intended[ids]
+        grew = (np.abs(goals) > np.abs(pos)) | (goals * pos < 0)
         for j in np.flatnonzero(grew).tolist():
-            _abandon(strategy, memory, intended, fresh, int(ids[j]), int(before[j]))
+            _abandon(strategy, memory, intended, fresh, int(ids[j]), int(pos[j]))
         if tripped and config.flatten_on_trip:
-            orders = _flatten(bars, account, config)
+            orders = _flatten(bars, account, working, config)
     elif n_mismatch:
         mismatched = np.flatnonzero(intended[ids] != held)
         if len(mismatched):
@@ -475,8 +483,12 @@ def decide(
                     _abandon(
                         strategy, memory, intended, fresh, i, position + working.get(symbol, 0)
                     )
+                    first = plans.get(symbol)
                     plan = _replan(bars, symbol, intended[i], positions, working, config)
-                    plans[symbol] = _Plan(plan.order, [], False)
+                    # A close after a refused flip goes with the cancels of what was working
+                    # (sized from the position alone); a kept growth keeps its working orders.
+                    keep = list(first.cancels) if first and intended[i] == 0 and position else []
+                    plans[symbol] = _Plan(plan.order, keep, False)
                     if plan.order is not None:
                         retry.append(plan.order)
             if retry:
@@ -500,8 +512,9 @@ def decide(
                 cancels.extend(plan.cancels)
                 if plan.order is not None:
                     replaces[plan.order.client_order_id] = plan.cancels
-            elif plan.cancels and plan.order is not None and plan.reduction:
-                cancels.extend(plan.cancels)
+            elif plan.order is not None and plan.reduction:
+                # A refused reduction keeps the working orders that cut; those adding go.
+                cancels.extend(plan.adding)
     else:
         for plan in plans.values():
             cancels.extend(plan.cancels)
@@ -529,6 +542,7 @@ class _Plan:
     cancels: list[str]
     stale: bool
     reduction: bool = True
+    adding: tuple[str, ...] = ()
 
 
 def _goal(order: Order) -> int:
@@ -549,14 +563,25 @@ def _priority(order: Order, positions: Mapping[str, int], bars: BarBatch) -> tup
 
 
 def _dropped(account: Account, state: TradingState) -> list[str]:
-    """Working orders to cancel in this trading state."""
+    """Working orders to cancel in this trading state: when HALTED all but the flattening ones;
+    when REDUCING those that add exposure, and all of a symbol's when together they would take
+    the position through zero to a larger one."""
     if state is TradingState.HALTED:
-        return [w.client_order_id for ws in account.working.values() for w in ws]
+        return [
+            w.client_order_id
+            for ws in account.working.values()
+            for w in ws
+            if w.intent != "flatten"
+        ]
     if state is TradingState.REDUCING:
         out = []
         for symbol, ws in account.working.items():
             position = account.positions.get(symbol, 0)
-            out += [w.client_order_id for w in ws if w.remaining * position >= 0]
+            total = position + sum(w.remaining for w in ws)
+            if abs(total) > abs(position) or total * position < 0:
+                out += [w.client_order_id for w in ws]
+            else:
+                out += [w.client_order_id for w in ws if w.remaining * position >= 0]
         return out
     return []
 
@@ -661,7 +686,9 @@ def _plan(
             )
             plans[symbol] = _Plan(None, [], True)
             continue
-        dropped = [w.client_order_id for w in orders_working.get(symbol, ())]
+        theirs = orders_working.get(symbol, ())
+        dropped = [w.client_order_id for w in theirs]
+        adding = tuple(w.client_order_id for w in theirs if w.remaining * position >= 0)
         delta = goal - position
         order = None
         if delta:
@@ -669,20 +696,22 @@ def _plan(
             order = Order.create(
                 config.strategy, symbol, bars.ts, f"target:{goal}", side, abs(delta)
             )
-        plans[symbol] = _Plan(order, dropped, False, not adds)
+        plans[symbol] = _Plan(order, dropped, False, not adds, adding)
     return plans, notes
 
 
-def _flatten(bars: BarBatch, account: Account, config: PathConfig) -> list[Order]:
-    """Orders closing the position of every symbol of ``bars`` (working orders are being
-    cancelled)."""
+def _flatten(
+    bars: BarBatch, account: Account, working: Mapping[str, int], config: PathConfig
+) -> list[Order]:
+    """Orders closing what of each of the bar's symbols the position and the flattening
+    orders still working (``working``) leave open."""
     orders = []
     for symbol in bars.symbols:
-        held = account.positions.get(symbol, 0)
-        if held:
-            side: Side = "sell" if held > 0 else "buy"
+        left = account.positions.get(symbol, 0) + working.get(symbol, 0)
+        if left:
+            side: Side = "sell" if left > 0 else "buy"
             orders.append(
-                Order.create(config.strategy, symbol, bars.ts, "flatten", side, abs(held))
+                Order.create(config.strategy, symbol, bars.ts, "flatten", side, abs(left))
             )
     return orders
 

@@ -408,3 +408,27 @@ def test_duplicate_predictions_are_an_error_that_says_what_to_do(pplt: pl.DataFr
             cash=Decimal("100000"),
             config=BrokerConfig(),
         )
+
+
+def test_a_flat_book_in_reducing_trades_again_at_the_next_session(pplt: pl.DataFrame) -> None:
+    config = PathConfig(
+        strategy="scheduled",
+        risk=NO_LIMITS.risk,
+        limits=LimitsConfig(daily_loss=None, reduce_drawdown=0.05, halt_drawdown=0.5),
+    )
+    strategy = Scheduled(lambda ts: {"PPLT": 100})
+    days = pplt.with_columns(day=pl.col("ts").dt.date()).partition_by("day", maintain_order=True)
+    b0, b1, b2 = (
+        _batch(days[0].row(0, named=True)),
+        _batch(days[0].row(1, named=True)),
+        _batch(days[1].row(0, named=True)),
+    )
+    state = PathState.create(["PPLT"], strategy, config)
+    state = decide(
+        state, b0, Signals.empty(1), _account(b0, equity=100_000.0), strategy, config
+    ).state
+    d = decide(state, b1, Signals.empty(1), _account(b1, equity=94_000.0), strategy, config)
+    assert d.state.risk.state is TradingState.REDUCING and d.orders == []
+    # The next session starts flat: the reduce level re-bases and the entry goes.
+    d = decide(d.state, b2, Signals.empty(1), _account(b2, equity=94_000.0), strategy, config)
+    assert d.state.risk.state is TradingState.ACTIVE and len(d.orders) == 1
