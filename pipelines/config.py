@@ -439,7 +439,7 @@ class RiskSettings(_Frozen):
 
 class LimitSettings(_Frozen):
     """Trading states (see :class:`pipelines.risk.limits.LimitsConfig`): ``daily_loss: 0.03``
-    halts for the rest of the session after a 3% loss from its first equity;
+    halts for the rest of the session after a 3% loss since the previous session's last equity;
     ``reduce_drawdown: 0.05`` only cuts exposure from a 5% drawdown; ``halt_drawdown: 0.10``
     halts and trips the kill switch; ``max_data_age_s`` (seconds, null: off) reduces while the
     newest bar is older than that."""

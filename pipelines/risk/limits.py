@@ -48,8 +48,8 @@ SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTE
 class LimitsConfig:
     """Limits as fractions of equity (None: off).
 
-    - ``daily_loss``: loss from the session's first equity that halts trading for the rest of
-      that session.
+    - ``daily_loss``: loss since the previous session's last equity (overnight gaps count)
+      that halts trading for the rest of the session.
     - ``reduce_drawdown``: drawdown from the peak equity from which only exposure cuts are
       sent (ACTIVE again once the drawdown is back below it).
     - ``halt_drawdown``: drawdown that halts trading and trips the kill switch (latched until a
@@ -58,8 +58,9 @@ class LimitsConfig:
       only exposure cuts are sent, while the data stays that stale.
 
     Example: ``LimitsConfig(daily_loss=0.03, reduce_drawdown=0.05, halt_drawdown=0.10,
-    max_data_age_s=120)`` halts for the day after losing 3% of the session's first equity,
-    only cuts exposure from a 5% drawdown off the peak, halts and trips the kill switch at 10%,
+    max_data_age_s=120)`` halts for the day after losing 3% since the previous session's last
+    equity, only cuts exposure from a 5% drawdown off the peak, halts and trips the kill switch
+    at 10%,
     and only cuts exposure while the newest bar is more than two minutes old.
     """
 
@@ -84,8 +85,9 @@ class LimitsConfig:
 class RiskStatus:
     """Where the limits stand: the ``state`` since ``since`` (UTC) and why (``reason``, the
     rule; ``""`` before the first update), the ``peak_equity`` (USD) the drawdown is measured
-    from, the current ``session`` and its first equity (``session_equity``, USD), and the
-    session a daily-loss halt is latched for (``halted_session``). A plain value:
+    from, the current ``session`` and the equity its loss is measured from
+    (``session_equity``, USD), the session a daily-loss halt is latched for
+    (``halted_session``), the last equity seen and the reduce level's peak. A plain value:
     :meth:`to_dict` is JSON-safe and :meth:`from_dict` reads it back equal."""
 
     state: TradingState = TradingState.ACTIVE
