@@ -175,15 +175,16 @@ def run(shared: Path) -> dict[str, object]:
             SizingConfig(threshold=0.02, max_holding_bars=labels_cfg.max_holding_bars), barriers
         )
         cash = Decimal(1_000_000)
+        broker = BrokerConfig(
+            CostModel(1.0, 1.0, 0.1, Decimal("0.005"), Decimal("1")),
+            participation=0.05,
+            max_leverage=1.0,
+        )
         backtest = simulate_model(
             bars,
             predictions,
             sizing=sizing,
-            broker=BrokerConfig(
-                CostModel(1.0, 1.0, 0.1, Decimal("0.005"), Decimal("1")),
-                participation=0.05,
-                max_leverage=1.0,
-            ),
+            broker=broker,
             cash=cash,
             barriers=barriers,
             market=market,
@@ -201,11 +202,7 @@ def run(shared: Path) -> dict[str, object]:
                 bars,
                 predictions,
                 sizing=sizing,
-                broker=BrokerConfig(
-                    CostModel(1.0, 1.0, 0.1, Decimal("0.005"), Decimal("1")),
-                    participation=0.05,
-                    max_leverage=1.0,
-                ),
+                broker=broker,
                 cash=cash,
                 barriers=barriers,
                 market=market,

@@ -11,6 +11,7 @@ from typing import cast
 
 import polars as pl
 
+from pipelines.backtest.analytics import return_stats
 from pipelines.backtest.broker import BrokerConfig
 from pipelines.backtest.engine import BacktestResult, run_backtest
 from pipelines.backtest.report import (
@@ -260,22 +261,21 @@ def methods_section(
         result = results[name]
         fills = result.ledger.fills
         equity = result.equity
-        start, end = float(equity["equity"][0]), float(equity["equity"][-1])
         years = equity.height / market.periods_per_year
         traded = float(sum(abs(f.quantity) * f.price for f in fills))
         mean_equity = float(equity["equity"].mean())  # type: ignore[arg-type]
         costs = float(sum(f.commission + f.slippage for f in fills)) + float(
             sum(c.amount for c in result.ledger.charges)
         )
-        daily = daily_returns(equity, start)["ret"]
-        sd = float(cast(float, daily.std()) or 0.0)
-        mean = float(cast(float, daily.mean()) or 0.0)
+        stats = return_stats(
+            daily_returns(equity, float(equity["equity"][0]))["ret"].to_numpy(), 252
+        )
         rows.append(
             {
                 "method": method,
-                "total return": f"{end / start - 1:+.2%}",
-                "daily Sharpe (annualised)": f"{mean / sd * 252**0.5:.2f}"
-                if sd > 0
+                "total return": f"{stats.total_return:+.2%}",
+                "daily Sharpe (annualised)": f"{stats.sharpe:.2f}"
+                if math.isfinite(stats.sharpe)
                 else "undefined (no variation)",
                 "turnover a year (x equity)": f"{traded / mean_equity / years:.1f}"
                 if years > 0

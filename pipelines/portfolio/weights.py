@@ -1,6 +1,6 @@
 """Portfolio construction: how the open bets share the gross, by skfolio's estimators
 (:mod:`pipelines.portfolio.estimators`); the rebalance band that keeps small resizes from
-trading; turnover for the report.
+trading.
 
 The risk-based methods are skfolio's (BSD, scikit-learn API): ``InverseVolatility``,
 ``RiskBudgeting`` (equal risk contribution), ``HierarchicalRiskParity``,
@@ -11,18 +11,12 @@ window's past returns with an ``EmpiricalPrior`` whose covariance is ``LedoitWol
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from decimal import Decimal
-from typing import TYPE_CHECKING, cast
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
-import polars as pl
 
 from pipelines.portfolio.config import PortfolioConfig
-
-if TYPE_CHECKING:
-    from pipelines.backtest.broker import Fill
 
 F64 = npt.NDArray[np.float64]
 
@@ -151,27 +145,3 @@ def rebalance(
         too_small = change * prices[symbol] < config.min_trade_value
         out[symbol] = held if inside_band or too_small else target
     return out
-
-
-def turnover(fills: Iterable[Fill], equity: pl.DataFrame, periods_per_year: float) -> float:
-    """Annualised turnover of a backtest: traded notional per year over the average gross.
-
-    ``sum(|quantity| * price)`` over every fill (both buys and sells, so opening and then
-    closing a book of gross G trades 2G), divided by the mean of ``equity["gross"]`` over
-    every bar of ``equity`` (the engine's frame: one row per bar, ``gross`` in USD, flat bars
-    counting as 0), divided by the years the backtest spans (``equity.height /
-    periods_per_year``, e.g. 252 for daily bars, 252 * 26 for regular-session 15-minute bars).
-
-    NaN when the average gross is 0 (no position was ever held) or there are no bars.
-
-    Example: $100,000 gross held through a year of 252 daily bars, during which $2.4M was
-    traded (the whole book sold and bought back every month): turnover 24 a year.
-    """
-    if periods_per_year <= 0:
-        raise ValueError(f"periods_per_year must be > 0, e.g. 252 (got {periods_per_year})")
-    bars = equity.height
-    mean_gross = cast(float, equity["gross"].mean() or 0.0) if bars else 0.0
-    if bars == 0 or mean_gross <= 0:
-        return float("nan")
-    traded = float(sum((abs(f.quantity) * f.price for f in fills), Decimal(0)))
-    return traded / mean_gross / (bars / periods_per_year)

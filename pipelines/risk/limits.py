@@ -41,8 +41,6 @@ from typing import Any
 
 from pipelines.risk.events import RiskEvent, TradingState
 
-SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
-
 
 @dataclass(frozen=True)
 class LimitsConfig:

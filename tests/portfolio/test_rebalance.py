@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 
-import polars as pl
 import pytest
 
-from pipelines.backtest.broker import Fill
 from pipelines.portfolio.config import PortfolioConfig
-from pipelines.portfolio.weights import rebalance, turnover
+from pipelines.portfolio.weights import rebalance
 
 pytestmark = pytest.mark.unit
 BAND = PortfolioConfig(rebalance_band=0.25, min_trade_value=1_000.0)
@@ -52,30 +48,3 @@ def test_a_resize_without_a_price_is_an_error() -> None:
 
 
 T0 = datetime(2019, 1, 2, 15, tzinfo=UTC)
-
-
-def _fill(day: int, quantity: int, price: str) -> Fill:
-    ts = T0 + timedelta(days=day)
-    return Fill(f"id{day}", "SPY", ts, quantity, Decimal(price), Decimal(1), Decimal(0), ts)
-
-
-def test_turnover_is_traded_notional_per_year_over_average_gross() -> None:
-    """Ten daily bars, $10,000 held for five of them: bought 100 at $100 and sold at $100;
-    average gross $5,000, traded $20,000, over 10/252 of a year."""
-    equity = pl.DataFrame(
-        {
-            "ts": [T0 + timedelta(days=d) for d in range(10)],
-            "equity": [1e6] * 10,
-            "gross": [0.0] * 3 + [10_000.0] * 5 + [0.0] * 2,
-        }
-    )
-    fills = [_fill(3, 100, "100"), _fill(8, -100, "100")]
-    assert turnover(fills, equity, 252.0) == pytest.approx(20_000 / 5_000 / (10 / 252))
-
-
-def test_turnover_without_a_position_is_undefined() -> None:
-    flat = pl.DataFrame({"ts": [T0], "equity": [1e6], "gross": [0.0]})
-    assert math.isnan(turnover([], flat, 252.0))
-    assert math.isnan(turnover([], flat.clear(), 252.0))
-    with pytest.raises(ValueError, match="periods_per_year"):
-        turnover([], flat, 0.0)
