@@ -471,6 +471,35 @@ class TradingSettings(_Frozen):
     compare_methods: tuple[Method, ...] = ()
 
 
+class LiveSettings(_Frozen):
+    """The live session and the sensor that starts it.
+
+    ``grace_s``: seconds after a bar's end that its bucket waits for symbols that have not sent
+    their last minute; ``data_timeout_s``: silence of the bar stream (seconds) after which it is
+    reconnected and the gap backfilled over REST; ``reconcile_every``: bars between
+    reconciliations with the broker; ``cancel_timeout_s``: the wait for a cancel's confirmation;
+    ``on_stop``: what a terminate does with working orders (``cancel``, ``keep``, ``flatten``);
+    ``dry_run``: decide and record, send nothing; ``history_days``: calendar days of stored bars
+    that warm the features; ``heartbeat_s``: seconds between heartbeats. The sensor:
+    ``staleness_s`` (a running session's heartbeat older than this alerts and trips the kill
+    switch), ``relaunch_after_s`` (a STARTED run silent this long is reported failed so it can
+    be relaunched), ``max_attempts`` a session, ``grace_after_close_s`` added to the run's
+    ``dagster/max_runtime``."""
+
+    grace_s: Annotated[float, Field(ge=0)] = 2.0
+    data_timeout_s: Annotated[float, Field(gt=0)] = 90.0
+    reconcile_every: Annotated[int, Field(ge=1)] = 4
+    cancel_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    on_stop: Literal["cancel", "keep", "flatten"] = "cancel"
+    dry_run: bool = False
+    history_days: Annotated[int, Field(ge=1)] = 60
+    heartbeat_s: Annotated[float, Field(gt=0)] = 5.0
+    staleness_s: Annotated[float, Field(gt=0)] = 120.0
+    relaunch_after_s: Annotated[float, Field(gt=0)] = 60.0
+    max_attempts: Annotated[int, Field(ge=1)] = 5
+    grace_after_close_s: Annotated[float, Field(ge=0)] = 900.0
+
+
 class EnvironmentConfig(_Frozen):
     """One complete resource set, chosen by ``QUANTDAG_ENV``. ``research``, when given,
     replaces the top-level one for this environment (e.g. no time holdout for a live account,
@@ -496,6 +525,7 @@ class Settings(_Frozen):
     labels: LabelSettings = LabelSettings()
     research: ResearchSettings = ResearchSettings()
     trading: TradingSettings = TradingSettings()
+    live: LiveSettings = LiveSettings()
     data_dir: str = ".quantdag"
     environments: dict[Environment, EnvironmentConfig]
 

@@ -147,3 +147,107 @@ risk_events = Table(
     Column("actor", Text, nullable=False),
     Column("values_json", Text, nullable=False),
 )
+
+# The live session's record (pipelines.live): everything it saw and did, per session (the New
+# York date, ISO text). Times are UTC instants; prices of fills are exact decimal strings.
+
+# One row per session attempt: the run driving it and when it last showed it was alive.
+live_heartbeat = Table(
+    "live_heartbeat",
+    metadata,
+    Column("session", String(10), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("beat_at", UtcInstant(), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("last_bar", UtcInstant()),
+    Column("state", String(10), nullable=False),
+)
+
+# Every minute bar received (stream, REST backfill or a correction), first version kept in
+# ``open``..``volume`` and the newest correction counted in ``updates``.
+live_minute_bars = Table(
+    "live_minute_bars",
+    metadata,
+    Column("symbol", Text, primary_key=True),
+    Column("ts", UtcInstant(), primary_key=True),
+    Column("session", String(10), nullable=False),
+    Column("open", Float(53), nullable=False),
+    Column("high", Float(53), nullable=False),
+    Column("low", Float(53), nullable=False),
+    Column("close", Float(53), nullable=False),
+    Column("volume", Float(53), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("received_at", UtcInstant(), nullable=False),
+    Column("late", Boolean, nullable=False),
+    Column("updates", Integer, nullable=False),
+)
+
+# One row per decided bar: the path's state after it (JSON, PathState.to_dict), the SHA-256 of
+# the feature rows the model saw, the predictions, what was intended and sent.
+live_decisions = Table(
+    "live_decisions",
+    metadata,
+    Column("strategy", Text, primary_key=True),
+    Column("bar_ts", UtcInstant(), primary_key=True),
+    Column("session", String(10), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("decided_at", UtcInstant(), nullable=False),
+    Column("features_sha256", String(64), nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("equity", Float(53), nullable=False),
+    Column("path_state", Text, nullable=False),
+    Column("predictions", Text, nullable=False),
+    Column("intended", Text, nullable=False),
+    Column("orders", Text, nullable=False),
+    Column("cancels", Text, nullable=False),
+    Column("positions", Text, nullable=False),
+)
+
+# Every order the session meant to send, written before it is sent: ``status`` pending (not yet
+# acknowledged), then the broker's; ``filled_qty`` the most the broker has reported filled.
+live_orders = Table(
+    "live_orders",
+    metadata,
+    Column("client_order_id", String(64), primary_key=True),
+    Column("strategy", Text, nullable=False),
+    Column("session", String(10), nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("bar_ts", UtcInstant(), nullable=False),
+    Column("intent", Text, nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("qty", BigInteger, nullable=False),
+    Column("created_at", UtcInstant(), nullable=False),
+    Column("broker_id", Text),
+    Column("status", String(24), nullable=False),
+    Column("filled_qty", BigInteger, nullable=False),
+    Column("filled_avg_price", Text),
+    Column("updated_at", UtcInstant(), nullable=False),
+    Column("reason", Text),
+)
+
+# Executions, once each (the stream's execution id, or the order's id and cumulative quantity
+# when a fill is learnt from REST).
+live_fills = Table(
+    "live_fills",
+    metadata,
+    Column("execution_id", Text, primary_key=True),
+    Column("client_order_id", String(64), nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("qty", BigInteger, nullable=False),
+    Column("price", Text, nullable=False),
+    Column("ts", UtcInstant(), nullable=False),
+    Column("source", String(8), nullable=False),
+)
+
+# The broker's positions as read at each reconciliation.
+live_positions = Table(
+    "live_positions",
+    metadata,
+    Column("session", String(10), primary_key=True),
+    Column("ts", UtcInstant(), primary_key=True),
+    Column("symbol", Text, primary_key=True),
+    Column("qty", BigInteger, nullable=False),
+    Column("expected", BigInteger, nullable=False),
+)

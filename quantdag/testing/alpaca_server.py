@@ -9,6 +9,11 @@ error status, drop the connection in the middle of a page, answer 200 with a bod
 
 Demo: ``python -m quantdag.testing.alpaca_server --port 8765`` serves the bundled sample; point
 the paper environment at it with ``APCA_DATA_URL=http://127.0.0.1:8765``.
+
+The full local Alpaca (broker, trade updates, market-data stream, replay clock) is
+:class:`~quantdag.testing.alpaca.server.LocalAlpaca`, re-exported here;
+``python -m quantdag.testing.alpaca_server --replay --session 2019-02-15 --speed 60`` replays one
+session of the bundled 1-minute sample through it.
 """
 
 from __future__ import annotations
@@ -19,35 +24,22 @@ import base64
 import contextlib
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from datetime import date, datetime
+from typing import Any
 
 import polars as pl
 from aiohttp import web
 
+from quantdag.testing.alpaca.faults import Fault
+from quantdag.testing.alpaca.replay import sample_minute_bars
+from quantdag.testing.alpaca.server import LocalAlpaca
+
+__all__ = ["AlpacaFakeServer", "Fault", "LocalAlpaca", "sample_bars", "sample_minute_bars"]
+
 _TIMEFRAMES = {"Min": 1, "Hour": 60, "Day": 1440}
-
-
-@dataclass
-class Fault:
-    """What to do instead of answering one request.
-
-    ``status``: answer HTTP ``status`` with ``headers`` (and ``body`` if given, else a JSON
-    error);
-    ``drop``: send part of the page, then close the connection;
-    ``body``: answer 200 with ``body`` as ``content_type`` (an HTML page, say);
-    ``truncate``: answer 200 with the first half of the page's JSON (a complete response);
-    ``hang``: take the request and answer nothing for ``seconds`` (or until the server stops).
-    """
-
-    kind: Literal["status", "drop", "body", "truncate", "hang"]
-    status: int = 0
-    body: str | None = None
-    content_type: str = "text/html"
-    seconds: float = 60.0
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -206,14 +198,41 @@ def sample_bars() -> pl.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--replay", action="store_true", help="serve the full local Alpaca (LocalAlpaca)"
+    )
+    parser.add_argument(
+        "--session", type=date.fromisoformat, help="the 1-minute sample's session to replay"
+    )
+    parser.add_argument("--speed", type=float, default=60.0, help="replay seconds per wall second")
+    parser.add_argument("--fill-minutes", type=int, default=15)
     args = parser.parse_args()
-    server = AlpacaFakeServer(sample_bars(), port=args.port)
-    server.start()
-    print(f"fake Alpaca data API on {server.url} (keys: test-key / test-secret); Ctrl-C stops")
+    if not args.replay:
+        server = AlpacaFakeServer(sample_bars(), port=args.port)
+        server.start()
+        print(f"fake Alpaca data API on {server.url} (keys: test-key / test-secret); Ctrl-C stops")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            server.stop()
+        return
+    local = LocalAlpaca(
+        sample_minute_bars(args.session), fill_minutes=args.fill_minutes, port=args.port
+    )
+    local.start()
+    print(
+        f"local Alpaca on {local.url} (keys: test-key / test-secret): data stream "
+        f"{local.data_stream_url()}, trade stream {local.trade_stream_url}; replaying from "
+        f"{local.now().isoformat()} at {args.speed}x; Ctrl-C stops"
+    )
+    local.play(args.speed)
     try:
+        while not local.done:
+            time.sleep(1)
+        print(f"replay finished at {local.now().isoformat()}; still serving, Ctrl-C stops")
         threading.Event().wait()
     except KeyboardInterrupt:
-        server.stop()
+        local.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,2 @@
+"""The live session: minute bars from the broker, aggregated, through the one decision path
+to orders."""

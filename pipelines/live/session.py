@@ -1,0 +1,783 @@
+"""One live trading session: reconcile, warm, stream, decide with the one path, send, persist.
+
+:class:`LiveSession` is the loop the ``live_session_job`` runs (through :mod:`quantdag.live`):
+
+1. **Reconcile** with the broker before anything else: every order we recorded and did not see
+   end is asked for by client id (fills learnt there are booked once); an order we wrote but
+   never sent is sent if its bar is still current, else marked ``never_sent``; an open order or
+   a position the record does not explain **fails closed**: the kill switch is tripped with the
+   reason, nothing is decided or sent, and a person must look (nothing is guessed).
+2. **Warm** the features on stored history, then the session's minutes so far (those already
+   received, then the broker's REST bars for the gap), deciding only the bars after the last
+   decided one (a restart resumes from the persisted :class:`PathState`).
+3. **Stream** minute bars into :class:`~pipelines.live.aggregate.LiveAggregator`; at each
+   closed bar: signals (:mod:`pipelines.live.signals`), the broker's account, positions and
+   open orders, the persisted kill switch, then :func:`pipelines.execution.path.decide` (the
+   backtest's own), the decision and its orders persisted *before* they are sent, cancels sent
+   and confirmed before the orders that replace them, each order sent with its deterministic
+   client id (a retried POST the broker already took is looked up, never doubled).
+4. **Watch**: no bar message for ``data_timeout_s`` (wall seconds) while a minute is overdue
+   by the session clock -> reconnect and backfill the missed minutes over REST; trade updates
+   silent -> the REST reads at every bar are the truth anyway; a reconciliation every
+   ``reconcile_every`` bars.
+5. **End** at the session's close, or when ``stop`` is set (a terminate): working orders are
+   cancelled, kept or flattened as configured (``on_stop``).
+
+The clock is a parameter (the broker's replay clock locally, the system clock in paper and
+live): nothing here reads the wall clock except through ``wall`` (heartbeats, timeouts).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from pipelines.backtest.model_backtest import closing_bars
+from pipelines.backtest.strategy import ModelStrategy
+from pipelines.bars.calendar import sessions_between
+from pipelines.execution.batch import BarBatch
+from pipelines.execution.orders import Order
+from pipelines.execution.path import (
+    Account,
+    Decision,
+    PathConfig,
+    PathState,
+    WorkingOrder,
+    decide,
+)
+from pipelines.live.aggregate import LiveAggregator, MinuteBar, check_minute
+from pipelines.live.broker import BrokerOrder, BrokerPort, FeedEvent, FeedPort, TradeUpdate
+from pipelines.live.signals import ModelSignals
+from pipelines.live.store import LiveStore
+from pipelines.risk.events import RiskEvent, TradingState
+from pipelines.risk.killswitch import KillSwitch
+
+log = logging.getLogger(__name__)
+
+MINUTE = timedelta(minutes=1)
+Phase = Literal["reconciling", "warming", "trading", "closed", "stopped", "halted"]
+OnStop = Literal["cancel", "keep", "flatten"]
+
+
+class SessionError(RuntimeError):
+    """The session cannot run as configured (say what to change)."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """One session of the live path.
+
+    ``session`` the New York trading date; ``attempt`` the run's attempt (1, 2, ... after a
+    relaunch); ``minutes`` the strategy's bar (e.g. 15); ``grace_s`` how long after a bar's
+    end its bucket waits for the minutes of symbols that have not sent their last one (seconds
+    of the session clock); ``data_timeout_s`` the silence of the bar stream (wall seconds,
+    while a minute is overdue) after which it is reconnected and the gap backfilled over REST;
+    ``reconcile_every`` bars between reconciliations; ``cancel_timeout_s`` (wall seconds) the
+    wait for a cancel's confirmation before the order that replaces it is sent anyway
+    re-netted, or skipped;
+    ``on_stop`` what a stop does with working orders (``cancel``, ``keep``, ``flatten``);
+    ``dry_run`` records the decisions and sends nothing.
+
+    Example: ``SessionConfig(session=date(2019, 2, 15), attempt=1, symbols=("AAPL", "SPY"),
+    minutes=15)``.
+    """
+
+    session: date
+    attempt: int
+    symbols: tuple[str, ...]
+    minutes: int
+    calendar: str = "XNYS"
+    session_kind: Literal["regular", "extended"] = "regular"
+    grace_s: float = 2.0
+    data_timeout_s: float = 90.0
+    reconcile_every: int = 4
+    cancel_timeout_s: float = 10.0
+    on_stop: OnStop = "cancel"
+    dry_run: bool = False
+    flat_at_close: bool = True
+    poll_s: float = 0.02
+    heartbeat_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class BarOutcome:
+    """What one decided bar did, for the run's observations."""
+
+    bar_ts: datetime
+    decided_at: datetime
+    signals: list[dict[str, Any]]
+    orders: list[dict[str, Any]]
+    cancels: list[str]
+    positions: dict[str, int]
+    equity: float
+    state: str
+    events: list[RiskEvent]
+    compute_ms: float
+
+
+@dataclass
+class SessionResult:
+    """The session's end: bars decided, orders sent, fills booked, the start and end equity,
+    the trading state, how it ended and any fail-closed reason."""
+
+    session: date
+    attempt: int
+    bars: int = 0
+    orders: int = 0
+    fills: int = 0
+    start_equity: float = float("nan")
+    end_equity: float = float("nan")
+    state: str = "ACTIVE"
+    ended: str = ""
+    halted: str | None = None
+    reconnects: int = 0
+    backfilled: int = 0
+    late: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    gaps: int = 0
+    stalls: list[tuple[float, datetime]] = field(default_factory=list)  # (silent s, at)
+    compute_ms: list[float] = field(default_factory=list)
+
+    @property
+    def pnl(self) -> float:
+        return self.end_equity - self.start_equity
+
+
+Heartbeat = Callable[[str, datetime | None, str], None]
+
+
+class LiveSession:
+    """See the module docstring. ``history`` holds earlier bars of the strategy's timeframe
+    (validated, stored) to warm the features on; ``heartbeat(phase, last_bar, state)`` is
+    called every ``heartbeat_s`` wall seconds and at each phase change."""
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        *,
+        path: PathConfig,
+        strategy: ModelStrategy,
+        signals: ModelSignals,
+        broker: BrokerPort,
+        feed: FeedPort,
+        store: LiveStore,
+        switch: KillSwitch,
+        clock: Callable[[], datetime],
+        history: pl.DataFrame,
+        heartbeat: Heartbeat | None = None,
+        observe: Callable[[BarOutcome], None] | None = None,
+        wall: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if path.strategy != strategy.name:
+            path = replace(path, strategy=strategy.name)
+        if path.bar_minutes != config.minutes:
+            raise SessionError(
+                f"the path is configured for {path.bar_minutes}-minute bars, the session for "
+                f"{config.minutes}: use one timeframe"
+            )
+        self.config = config
+        self.path = path
+        self.strategy = strategy
+        self.signals = signals
+        self.broker = broker
+        self.feed = feed
+        self.store = store
+        self.switch = switch
+        self.clock = clock
+        self.history = history
+        self._heartbeat = heartbeat
+        self._observe = observe
+        self._wall = wall
+        self.symbols = tuple(sorted(config.symbols))
+        self.ids = {s: i for i, s in enumerate(self.symbols)}
+        cal = sessions_between(config.calendar, config.session, config.session)
+        window = cal.window(config.session_kind)
+        if window.height == 0:
+            raise SessionError(f"{config.session} is not a {config.calendar} session")
+        self.open, self.close = window["start"][0], window["end"][0]
+        self.agg = LiveAggregator(
+            self.symbols,
+            minutes=config.minutes,
+            window=(self.open, self.close),
+            calendar=cal,
+            session=config.session_kind,
+            grace=timedelta(seconds=config.grace_s),
+        )
+        starts = pl.Series("ts", [s for s, _ in self.agg.buckets], pl.Datetime("us", "UTC"))
+        self.closing = (
+            closing_bars(starts, config.minutes, config.calendar, config.session_kind)
+            if config.flat_at_close
+            else frozenset()
+        )
+        self.state = PathState.create(self.symbols, strategy, path)
+        self.result = SessionResult(config.session, config.attempt)
+        self._last_close = np.zeros(len(self.symbols))
+        self._last_bar: datetime | None = None  # the newest decided bar
+        self._last_minute: datetime | None = None  # the newest minute received (its start)
+        self._beat_at = -1e18
+        self._phase: Phase = "reconciling"
+        self._unsaved: list[tuple[MinuteBar, str, bool]] = []
+        self._heard = wall()  # when the streams last sent anything (wall seconds)
+        self._bars_since_reconcile = 0
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> SessionResult:
+        """Run the session until its close or ``stop``; returns what it did."""
+        self._beat("reconciling", force=True)
+        self._restore()
+        self.reconcile(startup=True)
+        self.result.start_equity = self.broker.account().equity
+        self._beat("warming", force=True)
+        self._warm()
+        self.feed.start(self.symbols)
+        try:
+            self._beat("halted" if self.result.halted else "trading", force=True)
+            while not stop.is_set():
+                event = self.feed.get(self.config.poll_s)
+                if event is not None:
+                    if event.kind != "trade":
+                        self._heard = self._wall()
+                    self._on_event(event)
+                else:
+                    self._flush()
+                now = self.clock()
+                for bars in self.agg.closed(now):
+                    self._on_bars(bars, now)
+                if self.agg.next_close is None:
+                    break
+                self._watch(now)
+                self._beat(self._phase)
+            stopped = stop.is_set()
+        finally:
+            self.feed.stop()
+            self._flush()
+        if stopped:
+            self._on_stop()
+            self.result.ended = "stopped"
+        else:
+            self.result.ended = "close"
+        self._drain()
+        self.result.end_equity = self.broker.account().equity
+        self.result.state = self.state.risk.state.value
+        self._beat("stopped" if stopped else "closed", force=True)
+        return self.result
+
+    def _beat(self, phase: Phase, force: bool = False) -> None:
+        self._phase = phase
+        if self._heartbeat is None:
+            return
+        t = self._wall()
+        if force or t - self._beat_at >= self.config.heartbeat_s:
+            self._beat_at = t
+            self._heartbeat(phase, self._last_bar, self.state.risk.state.value)
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        last = self.store.last_state()
+        if last is None:
+            return
+        bar_ts, state = last
+        if state.symbols != self.symbols:
+            raise SessionError(
+                f"the recorded live state trades {len(state.symbols)} symbols "
+                f"({', '.join(state.symbols[:5])}...), the universe now {len(self.symbols)}: "
+                "a universe change needs a new strategy name (or an empty live record)"
+            )
+        self.state = state
+        if bar_ts >= self.open:
+            self._last_bar = bar_ts
+
+    def _warm(self) -> None:
+        """Features on history, then this session's minutes so far; bars after the last
+        decided one are decided (a restart catching up)."""
+        if self.history.height:
+            self.signals.warm(self.history.filter(pl.col("ts") < self.open))
+        recorded = self.store.minutes(self.config.session)
+        for bar in recorded:
+            self.agg.add(bar)
+            self._seen_minute(bar.ts)
+        now = self.clock()
+        # Every minute of the buckets not yet decided is asked for again (the crash may have
+        # come in the middle of a minute's symbols); those already held are duplicates.
+        gap_start = self.open
+        if self._last_bar is not None:
+            k = self.agg.bucket_of(self._last_bar)
+            gap_start = self.agg.buckets[k][1] if k is not None else self.open
+        self._backfill(gap_start, min(now, self.close))
+        for bars in self.agg.closed(now):
+            ts = bars["ts"][0]
+            if self._last_bar is not None and ts <= self._last_bar:
+                self.signals.on_bars(bars)  # the features of a bar decided before the restart
+                self._remember_closes(bars)
+            else:
+                self._on_bars(bars, now)
+
+    def _backfill(self, start: datetime, end: datetime) -> None:
+        if end <= start:
+            return
+        frame = self.broker.minute_bars(self.symbols, start, end)
+        rows = []
+        for r in frame.iter_rows(named=True):
+            if r["ts"] + timedelta(minutes=1) > end:
+                continue
+            bar = MinuteBar(
+                r["symbol"], r["ts"], r["open"], r["high"], r["low"], r["close"], r["volume"]
+            )
+            rule = check_minute(bar)
+            if rule is not None:
+                self.result.quarantined += 1
+                rows.append((bar, f"quarantine:{rule}", True))
+                continue
+            outcome = self.agg.add(bar)
+            if outcome in ("duplicate", "outside"):
+                continue
+            rows.append((bar, "backfill", outcome == "late"))
+            if outcome in ("added", "updated"):
+                self._seen_minute(bar.ts)
+                self.result.backfilled += 1
+        self.store.record_minutes(self.config.session, rows, self.clock())
+
+    # -- reconciliation ----------------------------------------------------------------------
+
+    def reconcile(self, startup: bool = False) -> None:
+        """Bring the record up to the broker's state; fail closed on anything unexplained."""
+        now = self.clock()
+        self._sync_orders(now, startup)
+        known = self.store.orders()
+        for o in self.broker.open_orders():
+            if o.client_order_id not in known:
+                self._fail_closed(
+                    now,
+                    f"the broker holds an open order {o.client_order_id} ({o.side} {o.qty} "
+                    f"{o.symbol}) that this strategy never sent",
+                )
+        # Fills may land between reading the orders and reading the positions: a difference is
+        # looked at again (orders first, then positions) before it counts.
+        for attempt in range(3):
+            held = self.broker.positions()
+            expected = self.store.expected_positions()
+            wrong = {
+                s: (held.get(s, 0), expected.get(s, 0))
+                for s in set(held) | set(expected)
+                if held.get(s, 0) != expected.get(s, 0)
+            }
+            if not wrong or attempt == 2:
+                break
+            time.sleep(0.05 * (attempt + 1))
+            self._sync_orders(self.clock(), startup=False)
+        self.store.record_positions(self.config.session, now, held, expected)
+        if wrong:
+            text = ", ".join(f"{s}: broker {h}, record {e}" for s, (h, e) in sorted(wrong.items()))
+            self._fail_closed(now, f"positions the record does not explain: {text}")
+        self._bars_since_reconcile = 0
+
+    def _sync_orders(self, now: datetime, startup: bool) -> None:
+        """Ask the broker about every order of ours not known to be final."""
+        for cid, stored in self.store.orders(open_only=True).items():
+            at_broker = self.broker.order(cid)
+            if at_broker is not None:
+                self._book(at_broker, now)
+                continue
+            if stored.status != "pending":
+                self._fail_closed(
+                    now,
+                    f"order {cid} ({stored.symbol}) was acknowledged but the broker does not "
+                    "know it",
+                )
+            elif startup and self._current(stored.bar_ts, now) and not self.config.dry_run:
+                self._send([self._order_of(stored)], {}, now)
+            else:
+                self.store.mark_order(
+                    cid, "never_sent", "the session stopped before sending it", now
+                )
+
+    def _current(self, bar_ts: datetime, now: datetime) -> bool:
+        """Whether an order decided on ``bar_ts`` may still be sent at ``now``: before the
+        next bar has closed."""
+        return now < bar_ts + timedelta(minutes=2 * self.config.minutes)
+
+    def _order_of(self, stored: Any) -> Order:
+        return Order.create(
+            self.strategy.name,
+            stored.symbol,
+            stored.bar_ts,
+            stored.intent,
+            stored.side,
+            stored.qty,
+        )
+
+    def _fail_closed(self, now: datetime, reason: str) -> None:
+        log.error("live session halted: %s", reason)
+        if self.result.halted is None:
+            self.result.halted = reason
+        self.switch.trip(reason=f"reconciliation: {reason}", actor="live_session", now=now)
+        self.switch.record(
+            [
+                RiskEvent(
+                    now,
+                    "kill_switch",
+                    "reconciliation",
+                    reason,
+                    state_from=self.state.risk.state,
+                    state_to=TradingState.HALTED,
+                    actor="live_session",
+                )
+            ]
+        )
+        self._phase = "halted"
+
+    def _book(self, order: BrokerOrder, now: datetime, update: TradeUpdate | None = None) -> None:
+        """Record what the broker says of one of our orders, and the fills it implies once."""
+        if not self.store.has_order(order.client_order_id):
+            return
+        price = update.price if update is not None else None
+        # A stream fill already learnt over REST (its order's cumulative quantity was booked)
+        # is not booked again.
+        if (
+            update is not None
+            and update.execution_id
+            and update.qty
+            and price is not None
+            and self.store.booked(order.client_order_id) + update.qty <= order.filled_qty
+            and self.store.record_fill(
+                update.execution_id,
+                order.client_order_id,
+                order.symbol,
+                order.side,
+                update.qty,
+                price,
+                update.at,
+                "stream",
+            )
+        ):
+            self.result.fills += 1
+        booked = self.store.booked(order.client_order_id)
+        if order.filled_qty > booked and order.filled_avg_price is not None:
+            # Fills learnt over REST (the stream missed them): booked once, at the order's
+            # average price, under an id of the order and its cumulative quantity.
+            self.store.record_fill(
+                f"{order.id}:{order.filled_qty}",
+                order.client_order_id,
+                order.symbol,
+                order.side,
+                order.filled_qty - booked,
+                order.filled_avg_price,
+                now,
+                "rest",
+            )
+            self.result.fills += 1
+        self.store.update_order(order, now)
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def _seen_minute(self, ts: datetime) -> None:
+        if self._last_minute is None or ts > self._last_minute:
+            self._last_minute = ts
+
+    def _on_event(self, event: FeedEvent) -> None:
+        now = self.clock()
+        if event.kind in ("bar", "updated_bar") and event.bar is not None:
+            rule = check_minute(event.bar)
+            if rule is not None:
+                log.warning("quarantined %s: %s", event.bar, rule)
+                self.result.quarantined += 1
+                self._keep(event.bar, f"quarantine:{rule}", True)
+                return
+            bar = event.bar
+            skipped = self._last_minute is not None and bar.ts > self._last_minute + MINUTE
+            if event.kind == "bar" and skipped and self._last_minute is not None:
+                # The stream jumped over whole minutes (it resumed after a stall or a drop):
+                # the minutes in between are asked for over REST before this one is taken.
+                self.result.gaps += 1
+                self._backfill(self._last_minute + MINUTE, min(bar.ts, now))
+            outcome = self.agg.add(bar)
+            if outcome == "duplicate":
+                self.result.duplicates += 1
+                return
+            if outcome == "outside":
+                self._keep(bar, "outside", True)
+                return
+            late = outcome == "late"
+            self.result.late += late
+            self._seen_minute(event.bar.ts)
+            self._keep(bar, "stream" if event.kind == "bar" else "updated", late)
+        elif event.kind == "trade" and event.trade is not None:
+            self._book(event.trade.order, now, event.trade)
+
+    def _keep(self, bar: MinuteBar, source: str, late: bool) -> None:
+        """Persist a minute bar with the next flush (before any decision, when the streams
+        are idle, or every 500): one transaction a batch, not one a bar."""
+        self._unsaved.append((bar, source, late))
+        if len(self._unsaved) >= 500:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._unsaved:
+            self.store.record_minutes(self.config.session, self._unsaved, self.clock())
+            self._unsaved = []
+
+    def _watch(self, now: datetime) -> None:
+        """A stall: no bar message for ``data_timeout_s`` wall seconds while a minute's bar is
+        overdue by the session clock (a replayed clock may wait on a test, or jump ahead of
+        the bars about to arrive; neither is a stall). Reconnect, backfill over REST."""
+        if now < self.open or now >= self.close:
+            return
+        newest = self._last_minute + timedelta(minutes=1) if self._last_minute else self.open
+        quiet = self._wall() - self._heard >= self.config.data_timeout_s
+        overdue = now >= newest + timedelta(minutes=1, seconds=self.config.grace_s)
+        if not (quiet and overdue):
+            return
+        log.warning(
+            "no bar message for %.1f s and the %s minute is overdue: reconnecting the data "
+            "stream and backfilling from %s",
+            self._wall() - self._heard,
+            newest.isoformat(),
+            (self.agg.next_start or newest).isoformat(),
+        )
+        self.result.reconnects += 1
+        self.result.stalls.append((self._wall() - self._heard, now))
+        self.feed.reconnect("data")
+        self._backfill(self.agg.next_start or newest, now)
+        self._heard = self._wall()  # the next try after another timeout
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def _remember_closes(self, bars: pl.DataFrame) -> None:
+        ids = np.array([self.ids[s] for s in bars["symbol"]], dtype=np.int64)
+        self._last_close[ids] = bars["close"].to_numpy()
+
+    def _on_bars(self, bars: pl.DataFrame, now: datetime) -> None:
+        t0 = time.perf_counter()
+        self._flush()  # every minute a decision reads is on record before it
+        ts: datetime = bars["ts"][0]
+        sig = self.signals.on_bars(bars)
+        self._remember_closes(bars)
+        self._last_bar = ts
+        if self.result.halted is not None:
+            return
+        symbols = bars["symbol"].to_list()
+        ids = np.array([self.ids[s] for s in symbols], dtype=np.int64)
+        col = {c: bars[c].cast(pl.Float64).to_numpy() for c in ("open", "high", "low", "close")}
+        batch = BarBatch(
+            ts,
+            symbols,
+            ids,
+            col["open"],
+            col["high"],
+            col["low"],
+            col["close"],
+            bars["volume"].cast(pl.Float64).to_numpy(),
+            np.zeros(len(ids)),
+        )
+        account = self._account(now)
+        decision = decide(
+            self.state,
+            batch,
+            sig.signals,
+            account,
+            self.strategy,
+            self.path,
+            closing=ts in self.closing,
+        )
+        if decision.trip:
+            self.switch.trip(
+                reason="a trading limit tripped the kill switch", actor="live_session", now=now
+            )
+        if decision.events:
+            self.switch.record(decision.events)
+        self.store.record_decision(
+            session=self.config.session,
+            attempt=self.config.attempt,
+            bar_ts=ts,
+            decided_at=now,
+            features_sha256=sig.features_sha256,
+            state=decision.state,
+            equity=account.equity,
+            predictions=sig.predictions,
+            intended=decision.intended,
+            orders=decision.orders,
+            cancels=decision.cancels,
+            positions=dict(account.positions),
+        )
+        self.state = decision.state
+        compute_ms = (time.perf_counter() - t0) * 1e3
+        self.result.compute_ms.append(compute_ms)
+        self.result.bars += 1
+        if not self.config.dry_run:
+            self._send(decision.orders, decision.replaces, now, cancels=decision.cancels)
+        else:
+            for o in decision.orders:
+                self.store.mark_order(o.client_order_id, "dry_run", "dry run: not sent", now)
+        self._bars_since_reconcile += 1
+        if self._bars_since_reconcile >= self.config.reconcile_every:
+            self.reconcile()
+        if self._observe is not None:
+            self._observe(self._outcome(decision, sig.predictions, account, now, compute_ms))
+
+    def _account(self, now: datetime) -> Account:
+        acct = self.broker.account()
+        positions = self.broker.positions()
+        stored = self.store.orders()
+        working: dict[str, list[WorkingOrder]] = {}
+        for o in self.broker.open_orders():
+            mine = stored.get(o.client_order_id)
+            if mine is None:
+                self._fail_closed(now, f"an open order {o.client_order_id} of unknown origin")
+                continue
+            working.setdefault(o.symbol, []).append(
+                WorkingOrder(o.client_order_id, o.symbol, mine.intent, o.remaining)
+            )
+        qty = np.zeros(len(self.symbols))
+        for s, q in positions.items():
+            if s in self.ids:
+                qty[self.ids[s]] = q
+        values = qty * self._last_close
+        return Account(
+            now,
+            acct.equity,
+            acct.buying_power,
+            positions,
+            working,
+            self.switch.tripped(),
+            {s: float(self._last_close[i]) for s, i in self.ids.items()},
+            gross=float(np.abs(values).sum()),
+            net=float(values.sum()),
+        )
+
+    def _send(
+        self,
+        orders: Sequence[Order],
+        replaces: dict[str, list[str]],
+        now: datetime,
+        cancels: Sequence[str] = (),
+    ) -> None:
+        stored = self.store.orders()
+        for cid in cancels:
+            o = stored.get(cid)
+            if o is not None and o.broker_id is not None:
+                self.broker.cancel(o.broker_id)
+        confirmed = self._await_final(cancels) if cancels else {}
+        for order in orders:
+            if self.switch.tripped() and order.intent != "flatten":
+                self.store.mark_order(
+                    order.client_order_id, "not_sent", "the kill switch was tripped", now
+                )
+                continue
+            follows = replaces.get(order.client_order_id, [])
+            if any(confirmed.get(c) is not None and confirmed[c].filled_qty for c in follows):
+                order = self._renet(order, now)
+                if order.quantity == 0:
+                    continue
+            sent = self.broker.submit(order)
+            self.result.orders += 1
+            self._book(sent, now)
+
+    def _await_final(self, cids: Sequence[str]) -> dict[str, BrokerOrder]:
+        deadline = self._wall() + self.config.cancel_timeout_s
+        out: dict[str, BrokerOrder] = {}
+        pending = list(cids)
+        while pending:
+            still = []
+            for cid in pending:
+                o = self.broker.order(cid)
+                if o is None or not o.open:
+                    if o is not None:
+                        out[cid] = o
+                        self._book(o, self.clock())
+                else:
+                    still.append(cid)
+            pending = still
+            if not pending or self._wall() > deadline:
+                break
+            time.sleep(0.01)
+        return out
+
+    def _renet(self, order: Order, now: datetime) -> Order:
+        """A fill raced the cancel this order follows: size it again from the position now."""
+        goal = 0 if order.intent == "flatten" else int(order.intent.removeprefix("target:"))
+        held = self.broker.positions().get(order.symbol, 0)
+        working = sum(o.remaining for o in self.broker.open_orders() if o.symbol == order.symbol)
+        need = goal - held - working
+        if need == 0:
+            self.store.mark_order(
+                order.client_order_id, "not_needed", "a fill before the cancel made it", now
+            )
+            return replace(order, quantity=0)
+        side: Literal["buy", "sell"] = "buy" if need > 0 else "sell"
+        return replace(order, side=side, quantity=abs(need))
+
+    def _on_stop(self) -> None:
+        now = self.clock()
+        if self.config.on_stop == "keep" or self.config.dry_run:
+            return
+        mine = self.store.orders()
+        open_ = [o for o in self.broker.open_orders() if o.client_order_id in mine]
+        for o in open_:
+            self.broker.cancel(o.id)
+        self._await_final([o.client_order_id for o in open_])
+        if self.config.on_stop == "flatten":
+            flatten = [
+                Order.create(
+                    self.strategy.name,
+                    s,
+                    now,
+                    "flatten",
+                    "sell" if q > 0 else "buy",
+                    abs(q),
+                )
+                for s, q in sorted(self.broker.positions().items())
+                if q
+            ]
+            for f in flatten:
+                self.store.record_order(self.config.session, f, now)
+            self._send(flatten, {}, now)
+
+    def _drain(self) -> None:
+        """Book what the broker says of our open orders at the end."""
+        now = self.clock()
+        for cid in self.store.orders(open_only=True):
+            o = self.broker.order(cid)
+            if o is not None:
+                self._book(o, now)
+
+    def _outcome(
+        self,
+        decision: Decision,
+        predictions: dict[str, Any],
+        account: Account,
+        now: datetime,
+        compute_ms: float,
+    ) -> BarOutcome:
+        intended = decision.intended
+        return BarOutcome(
+            decision.state.last_ts or now,
+            now,
+            [{"symbol": s, **p, "intended": intended.get(s)} for s, p in predictions.items()],
+            [
+                {
+                    "client_order_id": o.client_order_id,
+                    "symbol": o.symbol,
+                    "side": o.side,
+                    "qty": o.quantity,
+                    "intent": o.intent,
+                }
+                for o in decision.orders
+            ],
+            list(decision.cancels),
+            dict(account.positions),
+            account.equity,
+            decision.state.risk.state.value,
+            list(decision.events),
+            compute_ms,
+        )

@@ -1,0 +1,42 @@
+"""The live signals (streamed features -> model -> p0, volatility) equal the ones the backtest
+reads for the same bars with the same model."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipelines.config import load_settings
+from pipelines.features import FeatureConfig
+from pipelines.features.stream import FeatureStream
+from pipelines.labels.partition import barrier_config
+from pipelines.live.signals import ModelSignals
+from tests.conftest import SAMPLE_SETTINGS
+from tests.live.conftest import TF, Day, backtest_of
+
+
+def test_streamed_signals_equal_the_backtest_s(day: Day) -> None:
+    settings, _ = load_settings(SAMPLE_SETTINGS)
+    stream = FeatureStream(FeatureConfig(TF, "regular", "XNYS"), day.symbols)
+    live = ModelSignals(
+        day.fit, stream, sizing=day.sizing, barriers=barrier_config(settings.labels)
+    )
+    live.warm(day.history)
+    _, expected = backtest_of(day)
+    expected = expected.sort("symbol", "ts")
+    rows = []
+    hashes = set()
+    for _, bars in day.day_bars().sort("ts", "symbol").group_by("ts", maintain_order=True):
+        got = live.on_bars(bars)
+        hashes.add(got.features_sha256)
+        for s, p in got.predictions.items():
+            rows.append({"symbol": s, "ts": bars["ts"][0], **p})
+    got_frame = pl.DataFrame(rows).sort("symbol", "ts")
+    assert got_frame.height == expected.height > 500
+    assert got_frame["ts"].equals(expected["ts"])
+    assert len(hashes) == 26  # one feature digest a bar time, each different
+    np.testing.assert_allclose(got_frame["prob"], expected["prob"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        got_frame["volatility"], expected["volatility"], rtol=1e-12, equal_nan=True
+    )
+    assert (got_frame["p0"] == day.fit.base_rate).all()
