@@ -11,7 +11,8 @@ import pytest
 
 from pipelines.bars.calendar import sessions_between
 from pipelines.live.aggregate import LiveAggregator, MinuteBar
-from tests.live.conftest import CLOSE, OPEN, SESSION, Day
+from quantdag.testing.live import Day
+from tests.live.conftest import CLOSE, OPEN, SESSION
 
 EARLY = date(2019, 11, 29)  # an early close: 13:00 New York time
 

@@ -23,9 +23,15 @@ from pipelines.data.store import BarStore
 from quantdag.project import load_project
 from quantdag.resources import _per_environment
 from quantdag.testing.alpaca_server import LocalAlpaca
+from quantdag.testing.live import (
+    Day,
+    bucket_decision_times,
+    register_champion,
+    step_buckets,
+    wait_subscribed,
+)
 from tests.conftest import ROOT
-from tests.live.conftest import SESSION, Day, register_champion
-from tests.live.harness import bucket_decision_times, step_buckets, wait_subscribed
+from tests.live.conftest import SESSION
 from tests.live.test_live_replay import backtest_of_times
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from pipelines.data import tables as T
 from quantdag.testing.alpaca_server import Fault, LocalAlpaca
-from tests.live.conftest import Day
-from tests.live.harness import (
+from quantdag.testing.live import (
+    Day,
     Running,
     backtest_of_times,
     bucket_decision_times,
@@ -58,7 +58,7 @@ def _assert_as_backtested(day: Day, running: Running, server: LocalAlpaca) -> No
             expected.setdefault(o.bar_ts, []).append(
                 (o.client_order_id, o.symbol, o.side, o.quantity, o.intent)
             )
-    live = live_orders(running.engine)
+    live = live_orders(running.engine, running.session.config.session)
     assert sum(map(len, expected.values())) >= 5
     assert live == {k: sorted(v) for k, v in expected.items()}
     received = [o["client_order_id"] for o in server.orders()]

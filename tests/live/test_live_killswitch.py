@@ -16,9 +16,8 @@ import pytest
 from pipelines.risk.killswitch import KillSwitch
 from pipelines.risk.limits import LimitsConfig
 from quantdag.testing.alpaca_server import LocalAlpaca
+from quantdag.testing.live import Day, start_session, step_buckets, wait_subscribed
 from tests.conftest import ROOT
-from tests.live.conftest import Day
-from tests.live.harness import start_session, step_buckets, wait_subscribed
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from pipelines.features import FeatureConfig
 from pipelines.features.stream import FeatureStream
 from pipelines.labels.partition import barrier_config
 from pipelines.live.signals import ModelSignals
+from quantdag.testing.live import Day, backtest_of
 from tests.conftest import SAMPLE_SETTINGS
-from tests.live.conftest import TF, Day, backtest_of
+from tests.live.conftest import TF
 
 
 def test_streamed_signals_equal_the_backtest_s(day: Day) -> None:
