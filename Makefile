@@ -13,7 +13,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export OMP_WAIT_POLICY := PASSIVE
 BENCH ?= all
 
-.PHONY: help env dagster-home run test dev bench lint
+.PHONY: help env dagster-home run test dev bench lint live-demo
 
 help:
 	@echo "make run    materialize the whole asset graph on the bundled sample"
@@ -21,6 +21,7 @@ help:
 	@echo "make dev    open the Dagster UI on http://127.0.0.1:3000"
 	@echo "make bench  run the benchmarks (BENCH=ingest for one part)"
 	@echo "make lint   ruff and mypy"
+	@echo "make live-demo  replay a real session against the local Alpaca server (live path)"
 
 # uv is installed into a project-local tool venv so that no global uv (or pyenv shim) is needed.
 $(UV):
@@ -53,6 +54,9 @@ bench/.venv/.synced: bench/requirements.txt | $(UV)
 	$(UV) venv --quiet --allow-existing --python 3.12 bench/.venv
 	$(UV) pip install --quiet --python bench/.venv/bin/python -r bench/requirements.txt
 	touch $@
+
+live-demo: env
+	$(PY) -m quantdag.live_demo $(ARGS)
 
 bench: env bench/.venv/.synced
 	$(PY) -m bench.run --only $(BENCH)

@@ -154,6 +154,12 @@ def risk() -> dict[str, object]:
     return _json(["-m", "bench.risk", "--shared", str(SHARED)])
 
 
+def live() -> dict[str, object]:
+    """`live.*`: bar-to-order latency of the live session through real alpaca-py clients and
+    the local Alpaca server, 50 symbols; its in-process compute; equality with the backtest."""
+    return _json(["-m", "bench.live", "--shared", str(SHARED)])
+
+
 BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
 PARTS = {
     "ingest": ingest,
@@ -163,6 +169,7 @@ PARTS = {
     "backtest": backtest,
     "daily": daily,
     "risk": risk,
+    "live": live,
 }
 
 

@@ -9,8 +9,9 @@ from assets.bars import GROUP as MARKET_DATA_GROUP
 from assets.research import GROUP as RESEARCH_GROUP
 from assets.training import GROUP as TRAINING_GROUP
 from jobs.kill_switch import kill_switch_job
+from jobs.live import build_live_session_job
 
-__all__ = ["build_jobs", "kill_switch_job"]
+__all__ = ["build_jobs", "build_live_session_job", "kill_switch_job"]
 
 
 def build_jobs() -> list[dg.UnresolvedAssetJobDefinition]:

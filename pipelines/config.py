@@ -482,9 +482,11 @@ class LiveSettings(_Frozen):
     ``dry_run``: decide and record, send nothing; ``history_days``: calendar days of stored bars
     that warm the features; ``heartbeat_s``: seconds between heartbeats. The sensor:
     ``staleness_s`` (a running session's heartbeat older than this alerts and trips the kill
-    switch), ``relaunch_after_s`` (a STARTED run silent this long is reported failed so it can
-    be relaunched), ``max_attempts`` a session, ``grace_after_close_s`` added to the run's
-    ``dagster/max_runtime``."""
+    switch; longer than a relaunch takes, or a crash would halt the relaunch),
+    ``relaunch_after_s`` (a STARTED run silent this long is reported failed so it can be
+    relaunched), ``startup_s`` (the longest a new run may take to write its first heartbeat),
+    ``max_attempts`` a session, ``grace_after_close_s`` added to the run's
+    ``dagster/max_runtime``, ``minimum_interval_seconds`` between the sensor's evaluations."""
 
     grace_s: Annotated[float, Field(ge=0)] = 2.0
     data_timeout_s: Annotated[float, Field(gt=0)] = 90.0
@@ -494,10 +496,12 @@ class LiveSettings(_Frozen):
     dry_run: bool = False
     history_days: Annotated[int, Field(ge=1)] = 60
     heartbeat_s: Annotated[float, Field(gt=0)] = 5.0
-    staleness_s: Annotated[float, Field(gt=0)] = 120.0
+    staleness_s: Annotated[float, Field(gt=0)] = 300.0
     relaunch_after_s: Annotated[float, Field(gt=0)] = 60.0
+    startup_s: Annotated[float, Field(gt=0)] = 300.0
     max_attempts: Annotated[int, Field(ge=1)] = 5
     grace_after_close_s: Annotated[float, Field(ge=0)] = 900.0
+    minimum_interval_seconds: Annotated[int, Field(ge=1)] = 30
 
 
 class EnvironmentConfig(_Frozen):

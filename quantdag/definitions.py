@@ -8,18 +8,20 @@ import dagster as dg
 
 from assets.backtest import build_backtest_report_asset
 from assets.bars import build_bar_assets
+from assets.live import live_assets
 from assets.research import build_research_assets
 from assets.training import (
     build_training_set_asset,
     build_walk_forward_models_asset,
     holdout_predictions,
 )
-from jobs import build_jobs, kill_switch_job
+from jobs import build_jobs, build_live_session_job, kill_switch_job
 from jobs.schedules import build_nightly_retraining_schedule
 from pipelines.models.holdout import HoldoutConfig
 from pipelines.models.training import embargo_for
 from quantdag.project import PROJECT_ROOT, Project, load_project
 from quantdag.resources import build_resources
+from sensors.live import LiveSensorConfig, build_live_trading_sensor
 from sensors.nightly import build_nightly_sensors
 
 
@@ -29,6 +31,8 @@ def build_definitions(project: Project) -> dg.Definitions:
     jobs = build_jobs()
     job = {j.name: j for j in jobs}
     data_job = job["all_assets_job"]
+    live_job = build_live_session_job(project)
+    universe = project.universe
     return dg.Definitions(
         assets=[
             *bars,
@@ -37,10 +41,19 @@ def build_definitions(project: Project) -> dg.Definitions:
             build_walk_forward_models_asset(training_embargo(project)),
             holdout_predictions,
             build_backtest_report_asset(project.universe, project.settings, PROJECT_ROOT),
+            *live_assets,
         ],
-        jobs=[*jobs, kill_switch_job],
+        jobs=[*jobs, kill_switch_job, live_job],
         schedules=[build_nightly_retraining_schedule(data_job, project.universe, project.settings)],
-        sensors=build_nightly_sensors(data_job, job["training_job"], job["backtest_job"]),
+        sensors=[
+            *build_nightly_sensors(data_job, job["training_job"], job["backtest_job"]),
+            build_live_trading_sensor(
+                live_job,
+                LiveSensorConfig.from_settings(project.settings.live),
+                calendar=universe.calendar,
+                session_kind=universe.session,
+            ),
+        ],
         resources=build_resources(project),
     )
 

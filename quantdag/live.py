@@ -27,8 +27,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.live.heartbeat import record_heartbeat
-
 from pipelines.backtest.strategy import ModelStrategy
 from pipelines.data.store import BarStore
 from pipelines.execution.path import path_config
@@ -37,6 +35,7 @@ from pipelines.features.stream import FeatureStream
 from pipelines.labels.partition import barrier_config
 from pipelines.live.alpaca import AlpacaBroker, AlpacaConnection, AlpacaFeed
 from pipelines.live.broker import BrokerPort, FeedPort
+from pipelines.live.heartbeat import record_heartbeat
 from pipelines.live.session import BarOutcome, LiveSession, SessionConfig
 from pipelines.live.signals import ModelSignals
 from pipelines.live.store import LiveStore
@@ -126,6 +125,7 @@ def load_model(
     against the checksums its run recorded."""
     from pipelines.models.registry import _client, load_champion, load_version
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     env = dict(os.environ) if environ is None else environ
     uri = env.get("QUANTDAG_MLFLOW_URI") or _anchored(
         f"sqlite:///{project.settings.data_dir}/mlflow.db"

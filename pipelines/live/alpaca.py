@@ -115,25 +115,32 @@ class AlpacaBroker:
         rng: random.Random | None = None,
     ) -> None:
         from alpaca.data.historical import StockHistoricalDataClient
-        from alpaca.trading.client import TradingClient
 
         self.conn = conn
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self.trading = TradingClient(
-            conn.api_key, conn.secret_key, paper=conn.paper, url_override=conn.trading_url
-        )
+        self._local = threading.local()
         self.data = StockHistoricalDataClient(
             conn.api_key, conn.secret_key, url_override=conn.data_url
         )
-        for client in (self.trading, self.data):
-            # alpaca-py's own retry of 429/504 waits 3 s each time; ours backs off with jitter
-            # and honours Retry-After. Its session has no timeout: give every request one.
-            client._retry = 1
-            client._retry_wait = 1
-            session = client._session
-            session.request = partial(session.request, timeout=conn.timeout_s)  # type: ignore[method-assign]
+        _configure(self.data, conn)
         self.requests = 0
+
+    @property
+    def trading(self) -> Any:
+        """This thread's ``TradingClient`` (orders are sent from a few threads at once, and a
+        requests session is not made to be shared between threads)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            from alpaca.trading.client import TradingClient
+
+            c = self.conn
+            client = TradingClient(
+                c.api_key, c.secret_key, paper=c.paper, url_override=c.trading_url
+            )
+            _configure(client, c)
+            self._local.client = client
+        return client
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         attempt = 0
@@ -293,6 +300,16 @@ class AlpacaBroker:
             if exc.__cause__ is not None and _status(exc.__cause__) in (404, 422):
                 return  # final already (filled, cancelled, expired)
             raise
+
+
+def _configure(client: Any, conn: AlpacaConnection) -> None:
+    # alpaca-py's own retry of 429/504 waits 3 s each time; ours backs off with jitter and
+    # honours Retry-After, so its own is cut to one. Its session has no timeout: give every
+    # request one.
+    client._retry = 1
+    client._retry_wait = 1
+    session = client._session
+    session.request = partial(session.request, timeout=conn.timeout_s)
 
 
 def _describe(exc: BaseException) -> str:

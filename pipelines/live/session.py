@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -63,6 +64,7 @@ from pipelines.risk.killswitch import KillSwitch
 log = logging.getLogger(__name__)
 
 MINUTE = timedelta(minutes=1)
+SEND_THREADS = 4
 Phase = Literal["reconciling", "warming", "trading", "closed", "stopped", "halted"]
 OnStop = Literal["cancel", "keep", "flatten"]
 
@@ -226,6 +228,7 @@ class LiveSession:
         self._beat_at = -1e18
         self._phase: Phase = "reconciling"
         self._unsaved: list[tuple[MinuteBar, str, bool]] = []
+        self._pool = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="orders")
         self._heard = wall()  # when the streams last sent anything (wall seconds)
         self._bars_since_reconcile = 0
 
@@ -270,6 +273,7 @@ class LiveSession:
         self.result.end_equity = self.broker.account().equity
         self.result.state = self.state.risk.state.value
         self._beat("stopped" if stopped else "closed", force=True)
+        self._pool.shutdown(wait=True)
         return self.result
 
     def _beat(self, phase: Phase, force: bool = False) -> None:
@@ -558,10 +562,11 @@ class LiveSession:
         self._last_close[ids] = bars["close"].to_numpy()
 
     def _on_bars(self, bars: pl.DataFrame, now: datetime) -> None:
-        t0 = time.perf_counter()
         self._flush()  # every minute a decision reads is on record before it
         ts: datetime = bars["ts"][0]
+        t0 = time.perf_counter()
         sig = self.signals.on_bars(bars)
+        in_process = time.perf_counter() - t0
         self._remember_closes(bars)
         self._last_bar = ts
         if self.result.halted is not None:
@@ -581,6 +586,7 @@ class LiveSession:
             np.zeros(len(ids)),
         )
         account = self._account(now)
+        t0 = time.perf_counter()
         decision = decide(
             self.state,
             batch,
@@ -590,6 +596,7 @@ class LiveSession:
             self.path,
             closing=ts in self.closing,
         )
+        in_process += time.perf_counter() - t0
         if decision.trip:
             self.switch.trip(
                 reason="a trading limit tripped the kill switch", actor="live_session", now=now
@@ -611,7 +618,7 @@ class LiveSession:
             positions=dict(account.positions),
         )
         self.state = decision.state
-        compute_ms = (time.perf_counter() - t0) * 1e3
+        compute_ms = in_process * 1e3  # features, model and decision: no I/O
         self.result.compute_ms.append(compute_ms)
         self.result.bars += 1
         if not self.config.dry_run:
@@ -668,6 +675,7 @@ class LiveSession:
             if o is not None and o.broker_id is not None:
                 self.broker.cancel(o.broker_id)
         confirmed = self._await_final(cancels) if cancels else {}
+        ready: list[Order] = []
         for order in orders:
             if self.switch.tripped() and order.intent != "flatten":
                 self.store.mark_order(
@@ -679,9 +687,16 @@ class LiveSession:
                 order = self._renet(order, now)
                 if order.quantity == 0:
                     continue
-            sent = self.broker.submit(order)
-            self.result.orders += 1
-            self._book(sent, now)
+            ready.append(order)
+        # Sent a few at a time (they are for different symbols and independent); booked once
+        # all are out, so that no order waits on the record of another.
+        if len(ready) > 1:
+            sent = list(self._pool.map(self.broker.submit, ready))
+        else:
+            sent = [self.broker.submit(o) for o in ready]
+        self.result.orders += len(sent)
+        for answer in sent:
+            self._book(answer, now)
 
     def _await_final(self, cids: Sequence[str]) -> dict[str, BrokerOrder]:
         deadline = self._wall() + self.config.cancel_timeout_s

@@ -59,12 +59,19 @@ class ModelSignals:
         self.barriers = barriers
         self.keep_bars = keep_bars
         self._bars = pl.DataFrame(schema={c: _dtype(c) for c in _BAR_COLUMNS})
+        # The labels' ATR volatility is also a feature the stream computes (the same
+        # definition, equal values): read it there rather than recompute it from the bars.
+        name = f"volatility_atr_{barriers.volatility_window}"
+        self._vol_feature = (
+            name if barriers.volatility == "atr" and name in stream.registry.names else None
+        )
 
     def warm(self, history: pl.DataFrame) -> None:
         """Feed earlier bars (any number of times) to the features and the volatility."""
         if history.height:
             self.stream.warm(history)
-            self._bars = pl.concat([self._bars, _bars(history)]).sort("symbol", "ts")
+            if self._vol_feature is None:
+                self._bars = pl.concat([self._bars, _bars(history)]).sort("symbol", "ts")
 
     def on_bars(self, bars: pl.DataFrame) -> BarSignals:
         """The signals of ``bars`` (one time, one row per symbol, sorted by symbol)."""
@@ -78,8 +85,11 @@ class ModelSignals:
             transform=self.fit.transform,
             calibrator=self.fit.calibrator,
         )
-        self._bars = pl.concat([self._bars, _bars(bars)])
-        vol = self._volatility(bars)
+        if self._vol_feature is not None:
+            vol = rows.matrix([self._vol_feature])[:, 0].copy()
+        else:
+            self._bars = pl.concat([self._bars, _bars(bars)])
+            vol = self._volatility(bars)
         p0 = np.full(len(prob), 0.5 if self.sizing.reference == "half" else self.fit.base_rate)
         digest = hashlib.sha256(np.ascontiguousarray(rows.values).tobytes())
         digest.update(np.ascontiguousarray(rows.valid).tobytes())

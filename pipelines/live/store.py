@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -48,12 +48,58 @@ class StoredOrder:
         return self.filled_qty if self.side == "buy" else -self.filled_qty
 
 
+_FINAL = (
+    "filled",
+    "canceled",
+    "expired",
+    "rejected",
+    "never_sent",
+    "not_sent",
+    "not_needed",
+    "dry_run",
+)
+
+
 class LiveStore:
-    """Reads and writes of one strategy's live record on ``engine``."""
+    """Reads and writes of one strategy's live record on ``engine``.
+
+    The orders, their booked fill quantities and the execution ids are also kept in memory
+    (read once, then written through): a report that changes nothing costs no database write,
+    and the bar's decision does not wait on reads. One process writes a strategy's record at a
+    time (the live tag's concurrency limit of 1)."""
 
     def __init__(self, engine: sa.Engine, strategy: str) -> None:
         self.engine = engine
         self.strategy = strategy
+        self._cache: dict[str, StoredOrder] | None = None
+        self._booked: dict[str, int] = {}
+        self._execs: set[str] = set()
+
+    def _orders_cache(self) -> dict[str, StoredOrder]:
+        if self._cache is None:
+            c = T.live_orders.c
+            f = T.live_fills.c
+            query = sa.select(
+                c.client_order_id,
+                c.symbol,
+                c.bar_ts,
+                c.intent,
+                c.side,
+                c.qty,
+                c.status,
+                c.filled_qty,
+                c.broker_id,
+            ).where(c.strategy == self.strategy)
+            with self.engine.connect() as conn:
+                cache = {r[0]: StoredOrder(*r) for r in conn.execute(query).all()}
+                fills = conn.execute(sa.select(f.execution_id, f.client_order_id, f.qty)).all()
+            self._booked = {}
+            self._execs = set()
+            for execution, cid, qty in fills:
+                self._execs.add(execution)
+                self._booked[cid] = self._booked.get(cid, 0) + int(qty)
+            self._cache = cache
+        return self._cache
 
     # -- minute bars -------------------------------------------------------------------------
 
@@ -143,12 +189,8 @@ class LiveStore:
                 self._insert_order(conn, session, o, decided_at)
 
     def _insert_order(self, conn: sa.Connection, session: date, o: Order, at: datetime) -> None:
-        exists = conn.execute(
-            sa.select(T.live_orders.c.client_order_id).where(
-                T.live_orders.c.client_order_id == o.client_order_id
-            )
-        ).first()
-        if exists:
+        cache = self._orders_cache()
+        if o.client_order_id in cache:
             return
         conn.execute(
             sa.insert(T.live_orders).values(
@@ -168,6 +210,9 @@ class LiveStore:
                 updated_at=at,
                 reason=None,
             )
+        )
+        cache[o.client_order_id] = StoredOrder(
+            o.client_order_id, o.symbol, o.bar_ts, o.intent, o.side, o.quantity, "pending", 0, None
         )
 
     def record_order(self, session: date, order: Order, at: datetime) -> None:
@@ -217,37 +262,28 @@ class LiveStore:
 
     def orders(self, *, open_only: bool = False) -> dict[str, StoredOrder]:
         """Every order of the strategy by client id (``open_only``: not final)."""
-        c = T.live_orders.c
-        query = sa.select(
-            c.client_order_id,
-            c.symbol,
-            c.bar_ts,
-            c.intent,
-            c.side,
-            c.qty,
-            c.status,
-            c.filled_qty,
-            c.broker_id,
-        ).where(c.strategy == self.strategy)
+        cache = self._orders_cache()
         if open_only:
-            query = query.where(
-                c.status.notin_(["filled", "canceled", "expired", "rejected", "never_sent"])
-            )
-        with self.engine.connect() as conn:
-            return {r[0]: StoredOrder(*r) for r in conn.execute(query).all()}
+            return {k: o for k, o in cache.items() if o.status not in _FINAL}
+        return dict(cache)
 
     def update_order(self, order: BrokerOrder, at: datetime, reason: str | None = None) -> None:
         """What the broker says of one of our orders; ``filled_qty`` never goes down (a stale
-        report after a newer one changes nothing)."""
+        report after a newer one changes nothing). A report that changes nothing writes
+        nothing."""
+        known = self._orders_cache().get(order.client_order_id)
+        if known is None:
+            return
+        filled = max(known.filled_qty, order.filled_qty)
+        status = order.status if order.filled_qty >= known.filled_qty else known.status
+        if reason is None and (status, filled, known.broker_id) == (
+            known.status,
+            known.filled_qty,
+            order.id,
+        ):
+            return
         c = T.live_orders.c
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(c.filled_qty, c.status).where(c.client_order_id == order.client_order_id)
-            ).first()
-            if row is None:
-                return
-            filled = max(int(row[0]), order.filled_qty)
-            status = order.status if order.filled_qty >= int(row[0]) else row[1]
             conn.execute(
                 sa.update(T.live_orders)
                 .where(c.client_order_id == order.client_order_id)
@@ -262,6 +298,9 @@ class LiveStore:
                     **({"reason": reason} if reason else {}),
                 )
             )
+        self._orders_cache()[order.client_order_id] = replace(
+            known, status=status, filled_qty=filled, broker_id=order.id
+        )
 
     def mark_order(self, client_order_id: str, status: str, reason: str, at: datetime) -> None:
         """Set an order's status without the broker (e.g. ``never_sent`` after a crash)."""
@@ -272,6 +311,9 @@ class LiveStore:
                 .where(c.client_order_id == client_order_id)
                 .values(status=status, reason=reason, updated_at=at)
             )
+        cache = self._orders_cache()
+        if client_order_id in cache:
+            cache[client_order_id] = replace(cache[client_order_id], status=status)
 
     def record_fill(
         self,
@@ -285,12 +327,10 @@ class LiveStore:
         source: str,
     ) -> bool:
         """One execution, once (False: already recorded under this id)."""
-        c = T.live_fills.c
+        self._orders_cache()
+        if execution_id in self._execs:
+            return False
         with self.engine.begin() as conn:
-            if conn.execute(
-                sa.select(c.execution_id).where(c.execution_id == execution_id)
-            ).first():
-                return False
             conn.execute(
                 sa.insert(T.live_fills).values(
                     execution_id=execution_id,
@@ -303,26 +343,17 @@ class LiveStore:
                     source=source,
                 )
             )
+        self._execs.add(execution_id)
+        self._booked[client_order_id] = self._booked.get(client_order_id, 0) + qty
         return True
 
     def has_order(self, client_order_id: str) -> bool:
-        c = T.live_orders.c
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(c.client_order_id).where(c.client_order_id == client_order_id)
-            ).first()
-        return row is not None
+        return client_order_id in self._orders_cache()
 
     def booked(self, client_order_id: str) -> int:
         """Shares of the order's fills recorded so far."""
-        c = T.live_fills.c
-        with self.engine.connect() as conn:
-            total = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(c.qty), 0)).where(
-                    c.client_order_id == client_order_id
-                )
-            ).scalar()
-        return int(total or 0)
+        self._orders_cache()
+        return self._booked.get(client_order_id, 0)
 
     def fills(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

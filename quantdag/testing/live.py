@@ -219,6 +219,7 @@ def step_buckets(
     alive: Callable[[], bool] = lambda: True,
     on_decided: Callable[[datetime], None] | None = None,
     withheld: Callable[[datetime], int] = lambda end: 0,
+    timeout: float = 30.0,
 ) -> None:
     """Advance ``server`` (a LocalAlpaca) bucket by bucket until ``until`` (default: all);
     ``withheld(end)`` minutes before ``end`` are not expected to reach the session in time."""
@@ -230,6 +231,7 @@ def step_buckets(
         wait_for(
             f"the minute bars before {end:%H:%M}",
             lambda e=end, n=expected: not alive() or minutes_recorded(engine, e) >= n,
+            timeout,
         )
         if start not in decided(engine):
             server.advance(end + grace)  # type: ignore[attr-defined]
@@ -237,11 +239,16 @@ def step_buckets(
             wait_for(
                 f"the decision of the {start:%H:%M} bar",
                 lambda s=start: not alive() or s in decided(engine),
+                timeout,
             )
             if on_decided is not None:
                 on_decided(start)
             # The orders decided are written before they are sent: wait until each is sent.
-            wait_for("the orders to be sent", lambda: not alive() or not pending_orders(engine))
+            wait_for(
+                "the orders to be sent",
+                lambda: not alive() or not pending_orders(engine),
+                timeout,
+            )
 
 
 @dataclass

@@ -23,13 +23,14 @@ DOWNSTREAM = (
     "holdout_predictions",
     "backtest_report",
 )
+LIVE = ("live_signals", "live_orders", "live_positions")  # observed by live_session_job
 
 
 def test_definitions_module_loads() -> None:
     from quantdag.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"bars_15m", "bars_60m", "bars_1d", *DOWNSTREAM}
+    assert keys == {"bars_15m", "bars_60m", "bars_1d", *DOWNSTREAM, *LIVE}
     checks = {
         (c.asset_key.to_user_string(), c.name) for c in defs.resolve_asset_graph().asset_check_keys
     }
@@ -37,6 +38,7 @@ def test_definitions_module_loads() -> None:
     assert ("bars_60m", "volume_conserved") in checks
     assert defs.resolve_job_def("market_data_job") is not None
     assert defs.resolve_job_def("all_assets_job") is not None
+    assert defs.resolve_job_def("live_session_job") is not None
     assert ("feature_matrix", "point_in_time") in checks
     assert ("feature_matrix", "stream_parity") in checks
     bars = defs.resolve_assets_def("bars_15m")
@@ -59,7 +61,7 @@ def test_one_minute_universe_builds_every_timeframe() -> None:
     project = load_project({"QUANTDAG_SETTINGS": str(ROOT / "config" / "settings.1m.yaml")})
     defs = build_definitions(project)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"bars_1m", "bars_5m", "bars_15m", "bars_60m", "bars_1d", *DOWNSTREAM}
+    assert keys == {"bars_1m", "bars_5m", "bars_15m", "bars_60m", "bars_1d", *DOWNSTREAM, *LIVE}
 
 
 def test_local_environment_uses_files() -> None:
@@ -110,7 +112,11 @@ def test_nightly_retraining_follows_the_exchange_calendar(tmp_path: Path) -> Non
 
     schedule = defs.resolve_schedule_def("nightly_retraining_schedule")
     assert schedule.job_name == "all_assets_job"
-    assert {s.name for s in defs.sensors} == {"nightly_training_sensor", "nightly_backtest_sensor"}
+    assert {s.name for s in defs.sensors} == {
+        "nightly_training_sensor",
+        "nightly_backtest_sensor",
+        "live_trading_sensor",
+    }
     ny = ZoneInfo("America/New_York")
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
 

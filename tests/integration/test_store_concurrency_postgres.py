@@ -16,6 +16,7 @@ from alembic import command
 
 from pipelines.data.sources import FileBarSource
 from pipelines.data.store import BarStore, _alembic_config
+from tests.conftest import SCHEMA_HEAD
 from tests.unit.test_store_concurrency import JAN, ingest_month, run_together
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def test_first_migrations_at_once(pg_server: str) -> None:
     for _ in range(3):
         with fresh_database(pg_server) as url:
             stores = [BarStore(url) for _ in range(4)]
-            assert run_together(*(s.migrate for s in stores)) == ["0003"] * 4
+            assert run_together(*(s.migrate for s in stores)) == [SCHEMA_HEAD] * 4
             stores[0].require_schema()
             for s in stores:
                 s.engine.dispose()
@@ -100,7 +101,7 @@ def test_upgrade_from_0001_keeps_the_bars(pg_database: str, sample_bars: pl.Data
         command.upgrade(_alembic_config(conn), "0001")
     assert store.schema_version() == "0001"
     assert store.upsert_bars(sample_bars, timeframe="15m", source="t") == sample_bars.height
-    assert store.migrate() == "0003"
+    assert store.migrate() == SCHEMA_HEAD
     long_symbol = sample_bars.head(1).with_columns(symbol=pl.lit("X" * 80))
     assert store.upsert_bars(long_symbol, timeframe="15m", source="s" * 100) == 1
     assert store.count_bars() == sample_bars.height + 1

@@ -13,7 +13,7 @@ from pipelines.config import ValidationConfig, load_settings
 from pipelines.data.ingest import ingest_window
 from pipelines.data.store import BarStore
 from pipelines.timeframes import Timeframe
-from tests.conftest import SAMPLE_SETTINGS
+from tests.conftest import SAMPLE_SETTINGS, SCHEMA_HEAD
 
 pytestmark = pytest.mark.integration
 JAN = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2019, 2, 1, 5, tzinfo=UTC))
@@ -23,7 +23,7 @@ ALL = (datetime(2018, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC))
 @pytest.fixture
 def pg_store(pg_database: str) -> BarStore:
     store = BarStore(pg_database)
-    assert store.migrate() == "0003"
+    assert store.migrate() == SCHEMA_HEAD
     return store
 
 

@@ -45,6 +45,9 @@ def _run(
     running.stop.set()
     running.thread.join(30)
     assert not running.thread.is_alive() and not running.error, running.error
+    # A stop (a terminate) cancels what was working (live.on_stop: cancel).
+    working = [o for o in server.orders() if o["status"] in ("new", "partially_filled")]
+    assert working == [] and running.session.result.ended == "stopped"
     return running
 
 

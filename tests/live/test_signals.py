@@ -41,3 +41,22 @@ def test_streamed_signals_equal_the_backtest_s(day: Day) -> None:
         got_frame["volatility"], expected["volatility"], rtol=1e-12, equal_nan=True
     )
     assert (got_frame["p0"] == day.fit.base_rate).all()
+
+
+def test_the_std_volatility_is_computed_from_the_bars_seen(day: Day) -> None:
+    """Barriers on the standard deviation of returns: not a feature of the stream, recomputed
+    from the bars seen so far, equal to the labels' own."""
+    from pipelines.backtest.model_backtest import signal_volatility
+    from pipelines.labels.triple_barrier import BarrierConfig
+
+    barriers = BarrierConfig(volatility="std", volatility_window=20)
+    stream = FeatureStream(FeatureConfig(TF, "regular", "XNYS"), day.symbols)
+    live = ModelSignals(day.fit, stream, sizing=day.sizing, barriers=barriers)
+    live.warm(day.history)
+    bars = day.day_bars().sort("ts", "symbol")
+    every = pl.concat([day.history.select(bars.columns), bars])
+    expected = signal_volatility(every, barriers)
+    for _, at in list(bars.group_by("ts", maintain_order=True))[:3]:
+        got = live.on_bars(at)
+        want = at.select("symbol", "ts").join(expected, on=["symbol", "ts"], how="left")
+        np.testing.assert_allclose(got.signals.volatility, want["volatility"], rtol=1e-12)

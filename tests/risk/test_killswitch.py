@@ -23,6 +23,7 @@ from pipelines.risk.events import RiskEvent, TradingState
 from pipelines.risk.killswitch import KillSwitch
 from quantdag.killswitch import main
 from quantdag.project import PROJECT_ROOT
+from tests.conftest import SCHEMA_HEAD
 
 T0 = datetime(2024, 3, 1, 14, 2, tzinfo=UTC)
 
@@ -175,7 +176,7 @@ def test_an_unmigrated_database_is_refused_with_what_to_do(tmp_path: Path) -> No
 @pytest.mark.unit
 def test_migration_0003_upgrades_and_downgrades(tmp_path: Path) -> None:
     store = BarStore(f"sqlite:///{tmp_path / 'trading.db'}")
-    assert store.migrate() == "0003"
+    assert store.migrate() == SCHEMA_HEAD
     with store.engine.begin() as conn:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -184,7 +185,7 @@ def test_migration_0003_upgrades_and_downgrades(tmp_path: Path) -> None:
         tables = set(sa.inspect(conn).get_table_names())
         assert "kill_switch" not in tables and "risk_events" not in tables
         command.upgrade(cfg, "head")
-    assert store.schema_version() == "0003"
+    assert store.schema_version() == SCHEMA_HEAD
     assert KillSwitch(store.engine).status().tripped is False
 
 

@@ -15,6 +15,7 @@ from pipelines.config import ValidationConfig, load_settings
 from pipelines.data.ingest import ingest_window, missing_intervals, plan_fetch
 from pipelines.data.sources import FileBarSource
 from pipelines.data.store import BarStore, StoreError
+from tests.conftest import SCHEMA_HEAD
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,9 +174,9 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
     fresh = BarStore(f"sqlite:///{tmp_path / 'new.db'}")
     with pytest.raises(StoreError, match=r"run BarStore\.migrate"):
         fresh.require_schema()
-    assert fresh.migrate() == "0003"
+    assert fresh.migrate() == SCHEMA_HEAD
     fresh.require_schema()
-    assert fresh.migrate() == "0003"  # idempotent
+    assert fresh.migrate() == SCHEMA_HEAD  # idempotent
 
 
 def test_quarantined_rows_without_a_time_are_found_by_batch(

@@ -20,7 +20,7 @@ from pipelines.config import ValidationConfig, load_settings
 from pipelines.data.ingest import ingest_window
 from pipelines.data.sources import FileBarSource
 from pipelines.data.store import BarStore, StoreError
-from tests.conftest import SAMPLE_SETTINGS
+from tests.conftest import SAMPLE_SETTINGS, SCHEMA_HEAD
 
 pytestmark = pytest.mark.unit
 JAN = (datetime(2019, 1, 1, 5, tzinfo=UTC), datetime(2019, 2, 1, 5, tzinfo=UTC))
@@ -74,7 +74,7 @@ def test_first_migrations_at_once(tmp_path: Path) -> None:
     for i in range(4):
         url = f"sqlite:///{tmp_path / f'fresh{i}.db'}"
         versions = run_together(*(BarStore(url).migrate for _ in range(4)))
-        assert versions == ["0003"] * 4
+        assert versions == [SCHEMA_HEAD] * 4
         BarStore(url).require_schema()
 
 
@@ -106,7 +106,7 @@ def test_first_migrations_from_separate_processes(tmp_path: Path) -> None:
     go.touch()  # all have imported: they start together
     outs = [p.communicate(timeout=60) for p in procs]
     assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, outs, strict=True)] == [
-        (0, "0003")
+        (0, SCHEMA_HEAD)
     ] * 3, [err for _, err in outs]
 
 
@@ -166,7 +166,7 @@ def test_a_writer_kept_waiting_too_long_gets_a_clear_error(
         message = rf"{path} is locked by another writer: waited 0\.5 s.*busy timeout"
         with pytest.raises(StoreError, match=message):
             store.upsert_bars(sample_bars, timeframe="15m", source="t")
-        assert store.migrate() == "0003"  # at the newest schema already: no lock needed
+        assert store.migrate() == SCHEMA_HEAD  # at the newest schema already: no lock needed
         _, universe = load_settings(SAMPLE_SETTINGS)
         with pytest.raises(StoreError, match=message):
             ingest_window(
