@@ -135,6 +135,18 @@ def replay(day: Day) -> dict[str, object]:
             inside = day.minutes.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
             if inside.height == 0:
                 continue
+            # Minute by minute, as they come in a session (the session persists each minute
+            # while it waits for the next); the bar's last minute then closes it.
+            m = start + timedelta(minutes=1)
+            while m < end:
+                server.advance(m)
+                before = day.minutes.filter(pl.col("ts") < m).height
+                wait_for(
+                    "a minute's bars",
+                    lambda e=m, n=before: minutes_recorded(engine, e) >= n,
+                    120,
+                )
+                m += timedelta(minutes=1)
             expected = day.minutes.filter(pl.col("ts") < end).height
             server.advance(end)
             wait_for(
@@ -184,7 +196,7 @@ def replay(day: Day) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, required=True)
-    parser.add_argument("--session", type=date.fromisoformat, default=date(2025, 10, 15))
+    parser.add_argument("--session", type=date.fromisoformat, default=date(2026, 2, 18))
     args = parser.parse_args()
     day = build_day(args.shared, args.session)
     print(json.dumps(replay(day)))

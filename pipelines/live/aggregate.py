@@ -4,15 +4,16 @@ A :class:`LiveAggregator` holds one session's minute bars. A bucket (the strateg
 at the session open and cut short at an early close, as :func:`pipelines.bars.aggregate.
 aggregate_bars` builds them) is *closed* once every symbol of the universe has sent its last
 minute, or a minute of a later bucket has arrived, or the clock is ``grace`` past its end
-(symbols that did not trade in its last minute). A closed bucket is aggregated by the batch
-function itself from the minutes received, so a live bar equals the stored bar built from the
-same minutes. Incomplete buckets are withheld. A minute that arrives after its bucket closed is
-*late*: kept (and persisted by the session) but not used, since the decision it would have
-changed was already taken; a repeated minute is a duplicate and ignored.
+(symbols that did not trade in its last minute). A closed bucket is aggregated with the batch
+aggregation's rules from the minutes received, so a live bar equals the stored bar built from
+the same minutes (``tests/live/test_aggregate.py`` compares them on a real session).
+Incomplete buckets are withheld. A minute that arrives after its bucket closed is *late*: kept
+(and persisted by the session) but not used, since the decision it would have changed was
+already taken; a repeated minute is a duplicate and ignored.
 
 Example::
 
-    agg = LiveAggregator(symbols, minutes=15, window=(open_utc, close_utc), calendar=cal)
+    agg = LiveAggregator(symbols, minutes=15, window=(open_utc, close_utc))
     agg.add(bar)                      # one minute bar
     for bars in agg.closed(now):      # frames of one bucket each, in time order
         ...
@@ -29,10 +30,7 @@ from typing import Literal
 
 import polars as pl
 
-from pipelines.bars.aggregate import aggregate_bars
-from pipelines.bars.calendar import SessionCalendar
 from pipelines.data.schema import STORED_BAR_SCHEMA
-from pipelines.timeframes import Timeframe
 
 Outcome = Literal["added", "late", "duplicate", "outside", "updated"]
 
@@ -68,8 +66,8 @@ def check_minute(bar: MinuteBar) -> str | None:
 
 class LiveAggregator:
     """One session's minute bars of ``symbols`` into ``minutes``-minute bars (see the module
-    docstring). ``window`` is the session's tradable (start, end) in UTC; ``calendar`` the
-    session calendar the batch aggregation reads (one day is enough)."""
+    docstring). ``window`` is the session's tradable (start, end) in UTC, from the exchange
+    calendar (early closes included)."""
 
     def __init__(
         self,
@@ -77,14 +75,12 @@ class LiveAggregator:
         *,
         minutes: int,
         window: tuple[datetime, datetime],
-        calendar: SessionCalendar,
         session: Literal["regular", "extended"] = "regular",
         grace: timedelta = timedelta(seconds=2),
     ) -> None:
         self.symbols = frozenset(symbols)
         self.minutes = minutes
         self.start, self.end = window
-        self.calendar = calendar
         self.session = session
         self.grace = grace
         step = timedelta(minutes=minutes)
@@ -159,25 +155,32 @@ class LiveAggregator:
         return out
 
     def _aggregate(self, minutes: list[MinuteBar], end: datetime) -> pl.DataFrame:
-        frame = (
-            minute_frame(minutes)
-            .with_columns(
-                vwap=pl.lit(None, pl.Float64),
-                trade_count=pl.lit(None, pl.Int64),
-                bar_count=pl.lit(1, pl.Int32),
-                flags=pl.lit(0, pl.Int32),
+        """One bucket's bar of each symbol: the batch aggregation's rules for a single bucket
+        (first open, highest high, lowest low, last close, summed volume, the minutes counted;
+        no VWAP or trade count from the stream), written out for speed;
+        ``tests/live/test_aggregate.py`` holds it equal to
+        :func:`pipelines.bars.aggregate.aggregate_bars` on a real session."""
+        by_symbol: dict[str, list[MinuteBar]] = {}
+        for bar in sorted(minutes, key=lambda b: (b.symbol, b.ts)):
+            by_symbol.setdefault(bar.symbol, []).append(bar)
+        start = self._starts[bisect_right(self._starts, minutes[0].ts) - 1]
+        rows = [
+            (
+                symbol,
+                start,
+                bars[0].open,
+                max(b.high for b in bars),
+                min(b.low for b in bars),
+                bars[-1].close,
+                float(sum(b.volume for b in bars)),
+                None,
+                None,
+                len(bars),
+                0,
             )
-            .select(list(STORED_BAR_SCHEMA))
-            .sort("symbol", "ts")
-        )
-        return aggregate_bars(
-            frame,
-            source=Timeframe.parse("1m"),
-            target=Timeframe.parse(f"{self.minutes}m"),
-            session=self.session,
-            calendar=self.calendar,
-            as_of=end,
-        )
+            for symbol, bars in by_symbol.items()
+        ]
+        return pl.DataFrame(rows, schema=STORED_BAR_SCHEMA, orient="row")
 
 
 def minute_frame(bars: Sequence[MinuteBar]) -> pl.DataFrame:

@@ -51,6 +51,7 @@ from pipelines.execution.path import (
     Decision,
     PathConfig,
     PathState,
+    Signals,
     WorkingOrder,
     decide,
 )
@@ -64,7 +65,7 @@ from pipelines.risk.killswitch import KillSwitch
 log = logging.getLogger(__name__)
 
 MINUTE = timedelta(minutes=1)
-SEND_THREADS = 4
+SEND_THREADS = 8
 Phase = Literal["reconciling", "warming", "trading", "closed", "stopped", "halted"]
 OnStop = Literal["cancel", "keep", "flatten"]
 
@@ -210,7 +211,6 @@ class LiveSession:
             self.symbols,
             minutes=config.minutes,
             window=(self.open, self.close),
-            calendar=cal,
             session=config.session_kind,
             grace=timedelta(seconds=config.grace_s),
         )
@@ -306,7 +306,9 @@ class LiveSession:
         """Features on history, then this session's minutes so far; bars after the last
         decided one are decided (a restart catching up)."""
         if self.history.height:
-            self.signals.warm(self.history.filter(pl.col("ts") < self.open))
+            past = self.history.filter(pl.col("ts") < self.open)
+            self.signals.warm(past)
+            self._prime(past)
         recorded = self.store.minutes(self.config.session)
         for bar in recorded:
             self.agg.add(bar)
@@ -326,6 +328,32 @@ class LiveSession:
                 self._remember_closes(bars)
             else:
                 self._on_bars(bars, now)
+
+    def _prime(self, past: pl.DataFrame) -> None:
+        """Run the decision path once on the last stored bar, on a throwaway state and an
+        account of nothing, so that the first real bar does not pay for loading the compiled
+        kernels and the libraries' first calls."""
+        if past.height == 0:
+            return
+        last = past.filter(pl.col("ts") == past["ts"].max()).sort("symbol")
+        ids = np.array([self.ids[s] for s in last["symbol"]], dtype=np.int64)
+        col = {c: last[c].cast(pl.Float64).to_numpy() for c in ("open", "high", "low", "close")}
+        batch = BarBatch(
+            last["ts"][0],
+            last["symbol"].to_list(),
+            ids,
+            col["open"],
+            col["high"],
+            col["low"],
+            col["close"],
+            last["volume"].cast(pl.Float64).to_numpy(),
+            np.zeros(len(ids)),
+        )
+        n = len(ids)
+        signals = Signals(np.full(n, 0.6), np.full(n, 0.5), np.full(n, 0.01))
+        account = Account(batch.ts, 1e6, 1e6, {}, {}, False, {s: 1.0 for s in self.symbols})
+        throwaway = PathState.create(self.symbols, self.strategy, self.path)
+        decide(throwaway, batch, signals, account, self.strategy, self.path)
 
     def _backfill(self, start: datetime, end: datetime) -> None:
         if end <= start:
@@ -633,11 +661,15 @@ class LiveSession:
             self._observe(self._outcome(decision, sig.predictions, account, now, compute_ms))
 
     def _account(self, now: datetime) -> Account:
-        acct = self.broker.account()
-        positions = self.broker.positions()
+        # Three independent reads, at once.
+        account_read = self._pool.submit(self.broker.account)
+        positions_read = self._pool.submit(self.broker.positions)
+        orders_read = self._pool.submit(self.broker.open_orders)
+        acct, positions = account_read.result(), positions_read.result()
+        open_orders = orders_read.result()
         stored = self.store.orders()
         working: dict[str, list[WorkingOrder]] = {}
-        for o in self.broker.open_orders():
+        for o in open_orders:
             mine = stored.get(o.client_order_id)
             if mine is None:
                 self._fail_closed(now, f"an open order {o.client_order_id} of unknown origin")

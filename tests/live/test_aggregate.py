@@ -24,7 +24,6 @@ def _aggregator(symbols: tuple[str, ...], day: date = SESSION, **kw: object) -> 
         symbols,
         minutes=15,
         window=(w["start"][0], w["end"][0]),
-        calendar=cal,
         **kw,  # type: ignore[arg-type]
     )
 
