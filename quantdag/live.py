@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,14 @@ def build_session(
     path = path_config(
         settings.trading, strategy=STRATEGY, bar_minutes=tf.minutes, calendar=universe.calendar
     )
+    if path.limits.max_data_age_s is None:
+        # A relaunch catching up on bars that closed while it was down decides them late: only
+        # exposure cuts are sent for a bar that ended more than one bar (plus the grace) ago.
+        # A backtest decides every bar on time, so this never binds there.
+        path = replace(
+            path,
+            limits=replace(path.limits, max_data_age_s=tf.minutes * 60 + live.grace_s + 5),
+        )
     config = SessionConfig(
         session=session,
         attempt=attempt,
@@ -198,6 +206,12 @@ def build_session(
     start = datetime.combine(session - timedelta(days=live.history_days), datetime.min.time(), UTC)
     end = datetime.combine(session, datetime.min.time(), UTC)
     bars = db.read_bars(timeframe=str(tf), start=start, end=end, symbols=symbols)
+    if bars.height == 0:
+        raise LiveConfigError(
+            f"the trading database holds no {tf} bars of the universe in the {live.history_days} "
+            f"days before {session}: the features would start cold. Store them first (make run "
+            "locally, or the nightly's market_data_job), or raise live.history_days"
+        )
     stream = FeatureStream(FeatureConfig(tf, universe.session, universe.calendar), symbols)
     signals = ModelSignals(fit, stream, sizing=sizing, barriers=barrier_config(settings.labels))
 

@@ -230,7 +230,11 @@ def _report(server: object, cash: Decimal, outcome: dict[str, object], seconds: 
         f"\nFills: {len(fills)} ({traded:,.2f} USD traded, {costs:,.2f} USD of costs); "
         f"positions at the close: {positions or 'flat'}"
     )
-    print(f"PnL: {equity - cash:+,.2f} USD ({(equity / cash - 1):+.4%}) on {cash:,.0f} USD")
+    print(
+        f"PnL: {equity - cash:+,.2f} USD ({(equity / cash - 1):+.4%}) on {cash:,.0f} USD, marked "
+        "at the last closes, net of costs: one day of a model that showed no out-of-sample "
+        "skill, evidence of nothing but the plumbing"
+    )
     run_id = outcome.get("run_id")
     print(f"Replayed in {seconds:.0f} s.")
     if run_id:
