@@ -614,6 +614,8 @@ class LiveSession:
             np.zeros(len(ids)),
         )
         account = self._account(now)
+        if self.result.halted is not None:
+            return  # the broker showed an order of unknown origin: fail closed, decide nothing
         t0 = time.perf_counter()
         decision = decide(
             self.state,

@@ -17,9 +17,10 @@ import pytest
 from pipelines.backtest.strategy import ModelStrategy, SizingConfig
 from pipelines.data.store import BarStore
 from pipelines.execution.orders import Order
-from pipelines.execution.path import PathConfig, PathState
+from pipelines.execution.path import PathConfig, PathState, Signals
 from pipelines.live.broker import BrokerAccount, BrokerOrder, FeedEvent
 from pipelines.live.session import LiveSession, SessionConfig
+from pipelines.live.signals import BarSignals
 from pipelines.live.store import LiveStore
 from pipelines.risk.killswitch import KillSwitch
 
@@ -187,3 +188,32 @@ def test_what_the_record_does_not_explain_fails_closed(tmp_path: Path, what: str
     assert switch.status().reason.startswith("reconciliation:")
     assert broker.sent == []  # nothing guessed: the unknown is not closed or cancelled
     assert any(e.rule == "reconciliation" and e.kind == "kill_switch" for e in switch.events())
+
+
+class NoSignals:
+    def on_bars(self, bars: pl.DataFrame) -> BarSignals:
+        return BarSignals(Signals.empty(bars.height), "0" * 64, {})
+
+
+def test_an_unknown_order_seen_at_a_bar_halts_before_deciding(tmp_path: Path) -> None:
+    broker = DictBroker(BAR + timedelta(minutes=20))
+    live, store, switch = _session(tmp_path, broker)
+    live.signals = NoSignals()  # type: ignore[assignment]
+    broker.submit(Order.create("someone", "AAA", BAR, "manual", "buy", 5))
+    bars = pl.DataFrame(
+        {
+            "symbol": ["AAA"],
+            "ts": [BAR],
+            "open": [10.0],
+            "high": [10.5],
+            "low": [9.5],
+            "close": [10.2],
+            "volume": [1000.0],
+        }
+    )
+    live._on_bars(bars, BAR + timedelta(minutes=15))
+    assert switch.tripped() and live.result.halted is not None
+    assert store.decisions(SESSION_DAY) == []  # nothing decided, nothing sent
+    assert broker.sent == [  # only the stranger's own order
+        Order.create("someone", "AAA", BAR, "manual", "buy", 5).client_order_id
+    ]
