@@ -33,7 +33,7 @@ from pipelines.execution.path import path_config
 from pipelines.features import FeatureConfig
 from pipelines.features.stream import FeatureStream
 from pipelines.labels.partition import barrier_config
-from pipelines.live.alpaca import AlpacaBroker, AlpacaConnection, AlpacaFeed
+from pipelines.live.alpaca import AlpacaBroker, AlpacaConnection, AlpacaFeed, check_endpoints
 from pipelines.live.broker import BrokerPort, FeedPort
 from pipelines.live.heartbeat import record_heartbeat
 from pipelines.live.session import BarOutcome, LiveSession, SessionConfig
@@ -85,16 +85,19 @@ def connection(project: Project, environ: dict[str, str] | None = None) -> Alpac
     data_timeout = project.settings.live.data_timeout_s
     if project.environment == "local":
         url = env.get("QUANTDAG_ALPACA_URL", LOCAL_URL).rstrip("/")
-        return AlpacaConnection(
-            env.get("APCA_API_KEY_ID", "test-key"),
-            env.get("APCA_API_SECRET_KEY", "test-secret"),
-            paper=True,
-            trading_url=url,
-            data_url=url,
-            stream_url=url.replace("http://", "ws://").replace("https://", "wss://"),
-            retries=3,
-            backoff_s=0.2,
-            data_timeout_s=data_timeout,
+        return _checked(
+            project,
+            AlpacaConnection(
+                env.get("APCA_API_KEY_ID", "test-key"),
+                env.get("APCA_API_SECRET_KEY", "test-secret"),
+                paper=True,
+                trading_url=url,
+                data_url=url,
+                stream_url=url.replace("http://", "ws://").replace("https://", "wss://"),
+                retries=3,
+                backoff_s=0.2,
+                data_timeout_s=data_timeout,
+            ),
         )
     key, secret = env.get("APCA_API_KEY_ID"), env.get("APCA_API_SECRET_KEY")
     if not key or not secret:
@@ -102,15 +105,26 @@ def connection(project: Project, environ: dict[str, str] | None = None) -> Alpac
             f"QUANTDAG_ENV={project.environment} trades through Alpaca: set APCA_API_KEY_ID and "
             "APCA_API_SECRET_KEY in the environment (never in a settings file)"
         )
-    return AlpacaConnection(
-        key,
-        secret,
-        paper=project.environment == "paper",
-        trading_url=env.get("APCA_API_BASE_URL"),
-        data_url=env.get("APCA_DATA_URL"),
-        stream_url=env.get("APCA_STREAM_URL"),
-        data_timeout_s=data_timeout,
+    return _checked(
+        project,
+        AlpacaConnection(
+            key,
+            secret,
+            paper=project.environment == "paper",
+            trading_url=env.get("APCA_API_BASE_URL"),
+            data_url=env.get("APCA_DATA_URL"),
+            stream_url=env.get("APCA_STREAM_URL"),
+            data_timeout_s=data_timeout,
+        ),
     )
+
+
+def _checked(project: Project, conn: AlpacaConnection) -> AlpacaConnection:
+    try:
+        check_endpoints(project.environment, conn)
+    except ValueError as exc:
+        raise LiveConfigError(str(exc)) from None
+    return conn
 
 
 def database_url(project: Project, environ: dict[str, str] | None = None) -> str:

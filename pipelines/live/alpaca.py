@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import polars as pl
 import requests
@@ -74,6 +75,74 @@ class AlpacaConnection:
             f"AlpacaConnection(paper={self.paper}, trading_url={self.trading_url!r}, "
             f"data_url={self.data_url!r}, stream_url={self.stream_url!r}, feed={self.feed!r})"
         )
+
+
+PAPER_TRADING_HOST = "paper-api.alpaca.markets"
+LIVE_TRADING_HOST = "api.alpaca.markets"
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        raise ValueError(f"{url!r} is not an absolute URL (scheme://host[:port])")
+    return parts.scheme, parts.hostname.lower()
+
+
+def _loopback(host: str) -> bool:
+    return host in _LOOPBACK or host.startswith("127.")
+
+
+def check_endpoints(environment: str, conn: AlpacaConnection) -> None:
+    """Refuse a connection whose endpoints do not belong to ``environment``.
+
+    ``local`` reaches loopback hosts only (the project's own server), so that no key in the
+    environment can place a real order from a test or a demo. ``paper`` sends orders to
+    Alpaca's paper host (or loopback) only, never to the live host, whatever
+    ``APCA_API_BASE_URL`` says; ``live`` to the live host only. Market data and streams of
+    ``paper``/``live`` go to an ``alpaca.markets`` host (or loopback). A host other than
+    loopback needs https/wss: the keys travel in the headers.
+
+    Example: ``check_endpoints("paper", AlpacaConnection(k, s, trading_url=
+    "https://api.alpaca.markets"))`` raises: that is the real-money host.
+    """
+    urls = {"trading": conn.trading_url, "data": conn.data_url, "stream": conn.stream_url}
+    if environment == "local":
+        for kind, url in urls.items():
+            if url is None:
+                raise ValueError(f"the local environment needs an explicit {kind} URL")
+            _, host = _host(url)
+            if not _loopback(host):
+                raise ValueError(
+                    f"the local environment reaches the project's own server on loopback only; "
+                    f"its {kind} URL {url!r} is {host}: set QUANTDAG_ALPACA_URL to "
+                    "http://127.0.0.1:<port>, or use QUANTDAG_ENV=paper for Alpaca's paper account"
+                )
+        return
+    if environment not in ("paper", "live"):
+        raise ValueError(f"unknown environment {environment!r}: local, paper or live")
+    if conn.paper != (environment == "paper"):
+        raise ValueError(f"the {environment} environment with paper={conn.paper}")
+    allowed = PAPER_TRADING_HOST if environment == "paper" else LIVE_TRADING_HOST
+    for kind, url in urls.items():
+        if url is None:
+            continue
+        scheme, host = _host(url)
+        if _loopback(host) and environment == "paper":
+            continue
+        if kind == "trading" and host != allowed:
+            raise ValueError(
+                f"the {environment} environment sends orders to {allowed} only, but its trading "
+                f"URL (APCA_API_BASE_URL) is {url!r}: unset it, or choose the environment that "
+                "host belongs to (QUANTDAG_ENV)"
+            )
+        if not (host == "alpaca.markets" or host.endswith(".alpaca.markets")):
+            raise ValueError(
+                f"the {environment} environment's {kind} URL {url!r} is not an alpaca.markets "
+                "host: unset it"
+            )
+        if scheme not in ("https", "wss"):
+            raise ValueError(f"the {kind} URL {url!r} must use https/wss: keys travel in it")
 
 
 def _status(exc: BaseException) -> int | None:
