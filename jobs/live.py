@@ -7,7 +7,8 @@ into the run's log. Terminating the run (the UI's Terminate, ``dagster run termi
 monitor's ``dagster/max_runtime``) reaches the op as a ``DagsterExecutionInterruptedError`` in
 the main thread: the op then sets the session's stop event, waits for it to handle its working
 orders and persist everything (up to ``stop_timeout_s``), and re-raises, so that the run ends
-CANCELED. An exception of the session fails the run.
+CANCELED. A session that does not stop in time trips the kill switch (its working orders are
+unknown, and the process is about to end under it). An exception of the session fails the run.
 """
 
 # No `from __future__ import annotations`: Dagster reads the op's config annotation at runtime.
@@ -36,13 +37,14 @@ class LiveSessionConfig(dg.Config):  # type: ignore[misc]
     """``session``: the New York date to trade (ISO; default: the run's
     ``quantdag/live_session`` tag, else today); ``attempt``: default the run's
     ``quantdag/live_attempt`` tag, else 1; ``stop_timeout_s``: how long a terminate waits for the
-    session to stop (cancel or keep its working orders, persist) before the run ends anyway;
+    session to stop (cancel or keep its working orders, persist) before the run ends anyway and
+    the kill switch is tripped (0: ``settings.live.stop_timeout_s``);
     ``runner``: ``module:function`` that runs the session, for tests and demos only (another
     runner than the default is refused outside the local environment)."""
 
     session: str = ""
     attempt: int = 0
-    stop_timeout_s: float = 240.0
+    stop_timeout_s: float = 0.0
     runner: str = DEFAULT_RUNNER
 
 
@@ -66,6 +68,17 @@ def _session_and_attempt(config: LiveSessionConfig, tags: dict[str, str]) -> tup
     if attempt < 1:
         raise ValueError(f"attempts count from 1, got {attempt}")
     return session, attempt
+
+
+def trip_kill_switch(project: Project, reason: str, run_id: str) -> str:
+    """Trip the trading database's kill switch (actor ``live_session_job``); its description."""
+    from pipelines.risk.killswitch import KillSwitch
+    from quantdag.live import database_url
+
+    switch = KillSwitch.from_url(database_url(project))
+    return switch.trip(
+        reason=reason, actor=f"live_session_job run {run_id}", now=datetime.now(UTC)
+    ).describe()
 
 
 def _md_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -130,6 +143,7 @@ def build_live_session_job(project: Project) -> dg.JobDefinition:
     ) -> dg.Output[None]:
         """Run one session to its close (or a terminate), observing each decided bar."""
         session, attempt = _session_and_attempt(config, dict(context.run.tags))
+        stop_timeout_s = config.stop_timeout_s or project.settings.live.stop_timeout_s
         if config.runner != DEFAULT_RUNNER and project.environment != "local":
             raise ValueError(
                 f"runner {config.runner!r} is for tests and demos: refused in the "
@@ -183,10 +197,10 @@ def build_live_session_job(project: Project) -> dg.JobDefinition:
         except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
             context.log.warning(
                 "termination requested: stopping the session (working orders are handled as "
-                f"configured; waiting up to {config.stop_timeout_s:.0f} s)"
+                f"configured; waiting up to {stop_timeout_s:.0f} s)"
             )
             stop.set()
-            deadline = time.monotonic() + config.stop_timeout_s
+            deadline = time.monotonic() + stop_timeout_s
             while True:
                 try:
                     done = pump(deadline)
@@ -194,10 +208,13 @@ def build_live_session_job(project: Project) -> dg.JobDefinition:
                 except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
                     context.log.warning("another termination request: still stopping")
             if not done:
-                context.log.error(
-                    f"the session did not stop within {config.stop_timeout_s:.0f} s; the run "
-                    "ends without it: check the broker for working orders"
+                reason = (
+                    f"live session {session} attempt {attempt} did not stop within "
+                    f"{stop_timeout_s:.0f} s of a terminate; its run ended without it: check the "
+                    "broker for working orders and positions"
                 )
+                status = trip_kill_switch(project, reason, context.run_id)
+                context.log.error(f"{reason}. {status}")
             elif "error" in outcome:
                 context.log.error(f"the session failed while stopping: {outcome['error']!r}")
             raise

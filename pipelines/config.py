@@ -480,7 +480,10 @@ class LiveSettings(_Frozen):
     reconciliations with the broker; ``cancel_timeout_s``: the wait for a cancel's confirmation;
     ``on_stop``: what a terminate does with working orders (``cancel``, ``keep``, ``flatten``);
     ``dry_run``: decide and record, send nothing; ``history_days``: calendar days of stored bars
-    that warm the features; ``heartbeat_s``: seconds between heartbeats. The sensor:
+    that warm the features; ``heartbeat_s``: seconds between heartbeats; ``hang_s``: seconds
+    without progress of the session's loop after which its heartbeats stop (it then reads as
+    dead and is relaunched); ``stop_timeout_s``: how long a terminated session may take to handle
+    its working orders before its run ends anyway (the kill switch is then tripped). The sensor:
     ``staleness_s`` (a running session's heartbeat older than this alerts and trips the kill
     switch; longer than a relaunch takes, or a crash would halt the relaunch),
     ``relaunch_after_s`` (a STARTED run silent this long is reported failed so it can be
@@ -496,7 +499,9 @@ class LiveSettings(_Frozen):
     dry_run: bool = False
     history_days: Annotated[int, Field(ge=1)] = 60
     heartbeat_s: Annotated[float, Field(gt=0)] = 5.0
-    staleness_s: Annotated[float, Field(gt=0)] = 300.0
+    hang_s: Annotated[float, Field(gt=0)] = 120.0
+    stop_timeout_s: Annotated[float, Field(gt=0)] = 240.0
+    staleness_s: Annotated[float, Field(gt=0)] = 600.0
     relaunch_after_s: Annotated[float, Field(gt=0)] = 60.0
     startup_s: Annotated[float, Field(gt=0)] = 300.0
     max_attempts: Annotated[int, Field(ge=1)] = 5

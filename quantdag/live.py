@@ -35,7 +35,7 @@ from pipelines.features.stream import FeatureStream
 from pipelines.labels.partition import barrier_config
 from pipelines.live.alpaca import AlpacaBroker, AlpacaConnection, AlpacaFeed, check_endpoints
 from pipelines.live.broker import BrokerPort, FeedPort
-from pipelines.live.heartbeat import record_heartbeat
+from pipelines.live.heartbeat import newest_attempt, record_heartbeat
 from pipelines.live.session import BarOutcome, LiveSession, SessionConfig
 from pipelines.live.signals import ModelSignals
 from pipelines.live.store import LiveStore
@@ -216,6 +216,7 @@ def build_session(
         dry_run=live.dry_run if dry_run is None else dry_run,
         flat_at_close=sizing.flat_at_close,
         heartbeat_s=live.heartbeat_s,
+        hang_s=live.hang_s,
     )
     start = datetime.combine(session - timedelta(days=live.history_days), datetime.min.time(), UTC)
     end = datetime.combine(session, datetime.min.time(), UTC)
@@ -241,6 +242,10 @@ def build_session(
             state=state,
         )
 
+    def lease() -> bool:
+        newest = newest_attempt(engine, session)
+        return newest is None or newest <= attempt
+
     return LiveSession(
         config,
         path=path,
@@ -254,6 +259,7 @@ def build_session(
         history=bars.select("symbol", "ts", "open", "high", "low", "close", "volume"),
         heartbeat=heartbeat,
         observe=observe,
+        lease=lease,
     )
 
 
@@ -288,6 +294,17 @@ def run_live_session(
     url = database_url(project)
     db = BarStore(url)
     db.migrate()
+    # Seen by the sensor (start-up allowance) and by an older attempt (its lease ends here).
+    record_heartbeat(
+        db.engine,
+        session=session,
+        attempt=attempt,
+        run_id=run_id,
+        now=datetime.now(UTC),
+        phase="starting",
+        last_bar=None,
+        state="ACTIVE",
+    )
     broker = AlpacaBroker(conn)
     feed = AlpacaFeed(conn)
     clock: Callable[[], datetime] = (

@@ -10,19 +10,27 @@ a pure function of the time):
   :data:`SESSION_TAG`, :data:`ATTEMPT_TAG` and :data:`LIVE_TAG` (whose tag concurrency limit
   of 1 in ``deploy/dagster*.yaml`` keeps two sessions from ever trading at once) and
   ``dagster/max_runtime`` = seconds to the close + ``grace_after_close_s``;
-- a run queued, starting or started: nothing is requested. A STARTED run whose own heartbeat is
-  older than ``relaunch_after_s`` (or that wrote none within ``startup_s`` of its start) is
-  asked to terminate (in case it only hangs) and reported failed: its worker died or hangs,
-  and Dagster cannot always tell (the code server that spawned a worker reports it failed when
-  it dies, but the DefaultRunLauncher has no health check if that server is gone too; see
-  ``deploy/dagster.yaml``);
-- the newest attempt FAILED: the next attempt is requested (a failed run key cannot be used
-  again), up to ``max_attempts``; beyond that an alert and no run;
-- the newest attempt CANCELED (a person terminated it) or SUCCEEDED: nothing more that session;
-- while the session should be trading (a run in progress or being relaunched), a session
-  heartbeat older than ``staleness_s`` alerts and trips the kill switch
-  (:class:`pipelines.risk.killswitch.KillSwitch`, actor ``live_trading_sensor``): a person
-  resets it once they have looked.
+- a run queued, starting, started or canceling: nothing is requested. A STARTED run whose own
+  heartbeat is older than ``relaunch_after_s`` (``startup_s`` while it says ``starting``, or
+  if it wrote none since its start) is terminated, tagged :data:`TERMINATED_BY_TAG`: a worker
+  that only hangs then handles its working orders and ends CANCELED, and the relaunch waits
+  for it; one that cannot be asked (its code server is gone) is reported failed at once. A run
+  stuck in CANCELING, silent past ``stop_timeout_s`` + ``relaunch_after_s``, is given up on
+  (failed if the sensor stopped it, canceled if a person did). An attempt that a relaunch
+  replaced and that wakes up finds its lease gone (a newer attempt's heartbeat) and stops
+  without sending or cancelling anything;
+- the newest attempt FAILED, or CANCELED by the sensor: the next attempt is requested (a run
+  key cannot be used again), up to ``max_attempts``; beyond that an alert, the kill switch
+  tripped, and no run;
+- the newest attempt CANCELED by a person, or SUCCEEDED: nothing more that session;
+- while the session should be trading, no heartbeat of any attempt for ``staleness_s`` (counted
+  from the newest run's request at the earliest, so that a relaunch has its time) alerts and
+  trips the kill switch (:class:`pipelines.risk.killswitch.KillSwitch`, actor
+  ``live_trading_sensor``): a person resets it once they have looked, and the same evidence
+  does not trip it again;
+- after the close, a session whose newest attempt neither closed nor was stopped by a person
+  (it died near the close, or its run outlived ``dagster/max_runtime``) alerts and trips the
+  switch: positions may be held past the close unwatched.
 
 The sensor is STOPPED by default in every environment: live (and paper) trading is an explicit
 opt-in, switched on in the UI or with ``dagster sensor start live_trading_sensor``.
@@ -30,8 +38,8 @@ opt-in, switched on in the UI or with ``dagster sensor start live_trading_sensor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,8 +47,8 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from pipelines.bars.calendar import NEW_YORK, sessions_between
-from pipelines.live.heartbeat import Heartbeat, read_heartbeat
-from pipelines.risk.killswitch import KillSwitch
+from pipelines.live.heartbeat import STARTUP_PHASES, Heartbeat, read_heartbeats
+from pipelines.risk.killswitch import KillSwitch, KillSwitchStatus
 from resources import TradingDatabaseResource
 
 SESSION_TAG = "quantdag/live_session"
@@ -49,6 +57,10 @@ ATTEMPT_TAG = "quantdag/live_attempt"
 """The attempt (1, 2, ...) of the session's live run."""
 LIVE_TAG = "quantdag/live"
 """On every live run; the run coordinator allows one run with it at a time."""
+REQUESTED_TAG = "quantdag/live_requested_at"
+"""When the sensor requested the run (UTC ISO, by the sensor's clock: the times it compares)."""
+TERMINATED_BY_TAG = "quantdag/live_terminated_by"
+"""Set (to :data:`ACTOR`) on a run the sensor terminated: its CANCELED end is relaunched."""
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 ACTOR = "live_trading_sensor"
 
@@ -60,8 +72,10 @@ _IN_PROGRESS = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCE
 class LiveSensorConfig:
     """What the sensor tolerates, in seconds.
 
-    ``staleness_s``: a session heartbeat older than this while the session should be trading
-    alerts and trips the kill switch (e.g. 300: longer than a relaunch takes).
+    ``staleness_s``: while the session should be trading, no heartbeat of any attempt for this
+    long (counted from the newest run's request at the earliest) alerts and trips the kill
+    switch (e.g. 600: longer than a relaunch takes, a hung worker's stop included).
+    ``stop_timeout_s``: how long a terminated session may take to stop (as the job's).
     ``relaunch_after_s``: a STARTED run whose own heartbeat is this old is reported failed so
     that it is relaunched (e.g. 60).
     ``startup_s``: how long a STARTED run may take to write its first heartbeat (loading the
@@ -71,15 +85,16 @@ class LiveSensorConfig:
     or flattening at the close, takes time). ``minimum_interval_seconds``: between evaluations.
     """
 
-    staleness_s: float = 300.0
+    staleness_s: float = 600.0
     relaunch_after_s: float = 60.0
     startup_s: float = 300.0
     max_attempts: int = 5
     grace_after_close_s: float = 900.0
     minimum_interval_seconds: int = 30
+    stop_timeout_s: float = 240.0
 
     def __post_init__(self) -> None:
-        for name in ("staleness_s", "relaunch_after_s", "startup_s"):
+        for name in ("staleness_s", "relaunch_after_s", "startup_s", "stop_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"LiveSensorConfig.{name} must be positive")
         if self.max_attempts < 1:
@@ -100,6 +115,7 @@ class LiveSensorConfig:
             "max_attempts",
             "grace_after_close_s",
             "minimum_interval_seconds",
+            "stop_timeout_s",
         )
         return cls(**{n: getattr(live, n) for n in names if hasattr(live, n)})
 
@@ -117,27 +133,39 @@ class SessionWindow:
 @dataclass(frozen=True)
 class LiveRun:
     """What the decision needs of one run of the session: its status (a DagsterRunStatus
-    value), attempt, when it was created and started (UTC; None before its start)."""
+    value), attempt, when it was created, started and ended (UTC; None if not yet), and whether
+    the sensor terminated it (``by_sensor``: a relaunch follows; a person's cancel is final)."""
 
     run_id: str
     attempt: int
     status: str
     created_at: datetime
     started_at: datetime | None
+    ended_at: datetime | None = None
+    by_sensor: bool = False
 
 
 @dataclass(frozen=True)
 class LiveDecision:
-    """What to do now: report ``fail`` runs failed, trip the kill switch for ``trip``, log the
-    ``alerts``, and request ``attempt`` (with ``max_runtime_s``) or skip saying ``message``."""
+    """What to do now: ``terminate`` runs (tagged as the sensor's, so that their CANCELED end
+    is relaunched), report ``fail`` runs failed and ``cancel`` runs canceled (stuck in
+    stopping), trip the kill switch for ``trip``, log the ``alerts``, and request ``attempt``
+    (with ``max_runtime_s``) or skip saying ``message``."""
 
     message: str
     session: date | None = None
     attempt: int | None = None
     max_runtime_s: int | None = None
+    terminate: tuple[tuple[str, str], ...] = ()
     fail: tuple[tuple[str, str], ...] = ()
+    cancel: tuple[tuple[str, str], ...] = ()
     trip: str | None = None
     alerts: tuple[str, ...] = field(default=())
+
+    @property
+    def acts(self) -> bool:
+        """Whether runs change status by this decision (the sensor then decides again)."""
+        return bool(self.terminate or self.fail or self.cancel)
 
 
 def session_window(calendar: str, session_kind: str, now: datetime) -> SessionWindow | None:
@@ -154,18 +182,99 @@ def _ny(t: datetime) -> str:
     return t.astimezone(_NY).strftime("%H:%M %Z")
 
 
+def _may_trip(switch: KillSwitchStatus | None, evidence: datetime) -> bool:
+    """Trip only a switch that is not tripped and that no one has reset since ``evidence`` (a
+    person who looked and reset it is not overruled by the same old evidence each tick)."""
+    if switch is None:
+        return True
+    if switch.tripped:
+        return False
+    return switch.since is None or switch.since < evidence
+
+
+def _watch_runs(
+    now: datetime,
+    session: date,
+    runs: Sequence[LiveRun],
+    heartbeats: Mapping[int, Heartbeat],
+    config: LiveSensorConfig,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Runs in progress whose worker is dead, hangs, or will not finish stopping."""
+    terminate: list[tuple[str, str]] = []
+    fail: list[tuple[str, str]] = []
+    cancel: list[tuple[str, str]] = []
+    for run in runs:
+        own = heartbeats.get(run.attempt)
+        name = f"live session {session} attempt {run.attempt}"
+        age = None if own is None else (now - own.beat_at).total_seconds()
+        if run.status == "STARTED":
+            if own is None:
+                since = (now - (run.started_at or run.created_at)).total_seconds()
+                if since > config.startup_s:
+                    terminate.append(
+                        (
+                            run.run_id,
+                            f"{name}: started {since:.0f} s ago and wrote no heartbeat (limit "
+                            f"{config.startup_s:.0f} s): its worker is taken for dead or hung",
+                        )
+                    )
+            elif own.ended:
+                assert age is not None
+                if age > config.relaunch_after_s:
+                    # It said it ended and sends nothing more: safe to mark it failed at once.
+                    fail.append(
+                        (
+                            run.run_id,
+                            f"{name}: its session ended ({own.phase}) {age:.0f} s ago but the "
+                            "run did not finish",
+                        )
+                    )
+            else:
+                assert age is not None
+                limit = config.startup_s if own.phase in STARTUP_PHASES else config.relaunch_after_s
+                if age > limit:
+                    terminate.append(
+                        (
+                            run.run_id,
+                            f"{name}: no heartbeat for {age:.0f} s (last {own.phase} at "
+                            f"{own.beat_at.isoformat()}; limit {limit:.0f} s): its worker is "
+                            "taken for dead or hung",
+                        )
+                    )
+        elif run.status == "CANCELING":
+            # Asked to stop: the session handles its working orders (up to stop_timeout_s,
+            # beating meanwhile), then the run ends CANCELED. One that stopped beating and
+            # did not end is given up on, so that the session's slot is free for a relaunch.
+            if own is not None and own.ended:
+                assert age is not None
+                limit, what = config.relaunch_after_s, f"stopped ({own.phase})"
+            else:
+                last = own.beat_at if own is not None else (run.started_at or run.created_at)
+                age = (now - last).total_seconds()
+                limit, what = config.stop_timeout_s + config.relaunch_after_s, "was stopping"
+            if age > limit:
+                reason = (
+                    f"{name}: {what}, silent for {age:.0f} s, and its run did not end (limit "
+                    f"{limit:.0f} s)"
+                )
+                (fail if run.by_sensor else cancel).append((run.run_id, reason))
+    return terminate, fail, cancel
+
+
 def decide_live(
     now: datetime,
     *,
     day: date,
     window: SessionWindow | None,
     runs: Sequence[LiveRun],
-    heartbeat: Heartbeat | None,
+    heartbeats: Mapping[int, Heartbeat],
     config: LiveSensorConfig,
+    switch: KillSwitchStatus | None = None,
     calendar: str = "XNYS",
 ) -> LiveDecision:
     """The sensor's decision at ``now`` (UTC) for the New York date ``day``: its ``window``
-    (None: not a session), the session's ``runs`` (any order) and its newest ``heartbeat``."""
+    (None: not a session), the session's ``runs`` (any order), the heartbeat of each attempt
+    and the kill switch as stored (None: never set)."""
     if window is None:
         return LiveDecision(f"{day} is not a {calendar} session (weekend or holiday): no trading")
     session = window.session
@@ -174,113 +283,154 @@ def decide_live(
             f"session {session} opens at {_ny(window.start)}: no live run before the open",
             session,
         )
-    if now >= window.end:
-        early = " (an early close)" if window.early_close else ""
-        return LiveDecision(
-            f"session {session} closed at {_ny(window.end)}{early}: no live run after the close",
-            session,
-        )
     runs = sorted(runs, key=lambda r: r.created_at, reverse=True)
-    fail: list[tuple[str, str]] = []
-    alerts: list[str] = []
-    for run in runs:
-        if run.status != "STARTED":
-            continue
-        own = heartbeat if heartbeat is not None and heartbeat.attempt == run.attempt else None
-        if own is not None:
-            if own.ended:
-                continue  # the session ended (closed or stopped); its run is finishing
-            silent = (now - own.beat_at).total_seconds()
-            if silent > config.relaunch_after_s:
-                fail.append(
-                    (
-                        run.run_id,
-                        f"live session {session} attempt {run.attempt}: no heartbeat for "
-                        f"{silent:.0f} s (last {own.phase} at {own.beat_at.isoformat()}; limit "
-                        f"{config.relaunch_after_s:.0f} s): its worker is taken for dead",
-                    )
-                )
-        else:
-            since = (now - (run.started_at or run.created_at)).total_seconds()
-            if since > config.startup_s:
-                fail.append(
-                    (
-                        run.run_id,
-                        f"live session {session} attempt {run.attempt}: started {since:.0f} s "
-                        f"ago and wrote no heartbeat (limit {config.startup_s:.0f} s): its "
-                        "worker is taken for dead",
-                    )
-                )
-    failed = {run_id for run_id, _ in fail}
-    status = {r.run_id: ("FAILURE" if r.run_id in failed else r.status) for r in runs}
+    if now >= window.end:
+        return _after_close(now, window, runs, heartbeats, config, switch)
+    terminate, fail, cancel = _watch_runs(now, session, runs, heartbeats, config)
+    status = {r.run_id: r.status for r in runs}
+    status.update({run_id: "CANCELING" for run_id, _ in terminate})
+    status.update({run_id: "FAILURE" for run_id, _ in fail})
+    status.update({run_id: "CANCELED" for run_id, _ in cancel})
+    alerts = [reason for _, reason in terminate + fail + cancel]
+    common: dict[str, Any] = {
+        "session": session,
+        "terminate": tuple(terminate),
+        "fail": tuple(fail),
+        "cancel": tuple(cancel),
+    }
+    trips: list[tuple[str, datetime]] = []
     live = [r for r in runs if status[r.run_id] in _IN_PROGRESS]
-    trip = None
-    should_trade = any(status[r.run_id] != "CANCELING" for r in live) or bool(failed)
-    if heartbeat is not None and not heartbeat.ended and should_trade:
-        silent = (now - heartbeat.beat_at).total_seconds()
+    newest = runs[0] if runs else None
+    over = newest is not None and (
+        status[newest.run_id] == "SUCCESS"
+        or (status[newest.run_id] == "CANCELED" and not newest.by_sensor)
+    )
+    if newest is not None and not over:
+        # Managed when a session last beat, or since the newest run was requested (a
+        # relaunch under way gets the time it needs, not the time its predecessor lost).
+        beats = [h.beat_at for h in heartbeats.values()]
+        managed = max([newest.created_at, *beats])
+        silent = (now - managed).total_seconds()
         if silent > config.staleness_s:
-            trip = (
-                f"live session {session}: no heartbeat for {silent:.0f} s (attempt "
-                f"{heartbeat.attempt}, last {heartbeat.phase} at {heartbeat.beat_at.isoformat()}, "
-                f"limit {config.staleness_s:.0f} s); positions are not being managed"
+            last = max(heartbeats.values(), key=lambda h: h.beat_at, default=None)
+            seen = (
+                f"last heartbeat: attempt {last.attempt} {last.phase} at {last.beat_at.isoformat()}"
+                if last is not None
+                else "no heartbeat ever"
             )
-            alerts.append(trip)
-    alerts.extend(reason for _, reason in fail)
-    common: dict[str, Any] = {"session": session, "fail": tuple(fail), "trip": trip}
+            trips.append(
+                (
+                    f"live session {session}: not managed for {silent:.0f} s ({seen}; newest "
+                    f"run attempt {newest.attempt} {status[newest.run_id]}; limit "
+                    f"{config.staleness_s:.0f} s); positions are not being managed",
+                    managed,
+                )
+            )
+    decision: LiveDecision
     if live:
         r = live[0]
-        return LiveDecision(
-            f"session {session}: run {r.run_id} (attempt {r.attempt}) is {r.status}",
-            alerts=tuple(alerts),
+        decision = LiveDecision(
+            f"session {session}: run {r.run_id} (attempt {r.attempt}) is {status[r.run_id]}",
             **common,
         )
-    attempts = max((r.attempt for r in runs), default=0)
-    if runs:
-        newest = runs[0]
-        newest_status = status[newest.run_id]
-        if newest_status == "CANCELED":
-            return LiveDecision(
-                f"session {session}: run {newest.run_id} (attempt {newest.attempt}) was "
-                "canceled by a person; no relaunch this session",
-                alerts=tuple(alerts),
-                **common,
+    elif newest is not None and status[newest.run_id] == "CANCELED" and not newest.by_sensor:
+        decision = LiveDecision(
+            f"session {session}: run {newest.run_id} (attempt {newest.attempt}) was "
+            "canceled by a person; no relaunch this session",
+            **common,
+        )
+    elif newest is not None and status[newest.run_id] == "SUCCESS":
+        decision = LiveDecision(
+            f"session {session}: run {newest.run_id} (attempt {newest.attempt}) ended", **common
+        )
+    elif newest is not None and newest.attempt >= config.max_attempts:
+        reason = (
+            f"live session {session}: attempt {newest.attempt} ended "
+            f"{status[newest.run_id]} and the session may start {config.max_attempts} runs "
+            "(max_attempts): NOT relaunched; nobody manages the positions until a person acts"
+        )
+        trips.append((reason, newest.ended_at or newest.created_at))
+        decision = LiveDecision(
+            f"session {session}: no run (attempt {newest.attempt} of {config.max_attempts} "
+            "ended and the session may start no more)",
+            **common,
+        )
+    else:
+        attempt = 1 if newest is None else max(r.attempt for r in runs) + 1
+        runtime = int((window.end - now).total_seconds() + config.grace_after_close_s)
+        decision = LiveDecision(
+            f"session {session}: starting attempt {attempt}"
+            + (
+                ""
+                if newest is None
+                else f" (attempt {newest.attempt} ended {status[newest.run_id]})"
+            ),
+            attempt=attempt,
+            max_runtime_s=runtime,
+            **common,
+        )
+    alerts.extend(reason for reason, _ in trips)
+    trip = next((reason for reason, at in trips if _may_trip(switch, at)), None)
+    return replace(decision, trip=trip, alerts=tuple(alerts))
+
+
+def _after_close(
+    now: datetime,
+    window: SessionWindow,
+    runs: Sequence[LiveRun],
+    heartbeats: Mapping[int, Heartbeat],
+    config: LiveSensorConfig,
+    switch: KillSwitchStatus | None,
+) -> LiveDecision:
+    """After the close: did the session end as it should (its newest attempt beat ``closed``,
+    or a person stopped it)? If not, positions may be held past the close unwatched."""
+    session = window.session
+    early = " (an early close)" if window.early_close else ""
+    message = f"session {session} closed at {_ny(window.end)}{early}: no live run after the close"
+    if not runs:
+        return LiveDecision(message, session)
+    newest = runs[0]
+    own = heartbeats.get(newest.attempt)
+    if newest.status in _IN_PROGRESS:
+        overdue = (now - window.end).total_seconds() - config.grace_after_close_s
+        if overdue > config.relaunch_after_s:
+            alert = (
+                f"live session {session}: run {newest.run_id} (attempt {newest.attempt}) is "
+                f"still {newest.status} {overdue:.0f} s past the close and its grace "
+                f"({config.grace_after_close_s:.0f} s): its dagster/max_runtime should have "
+                "ended it; check the worker and the broker"
             )
-        if newest_status == "SUCCESS":
-            return LiveDecision(
-                f"session {session}: run {newest.run_id} (attempt {newest.attempt}) ended",
-                alerts=tuple(alerts),
-                **common,
-            )
-        if attempts >= config.max_attempts:
-            alerts.append(
-                f"live session {session}: attempt {attempts} ended {newest_status} and the "
-                f"session may start {config.max_attempts} runs (max_attempts): NOT relaunched; "
-                "nobody manages the positions until a person acts"
-            )
-            return LiveDecision(
-                f"session {session}: no run (attempt {attempts} of {config.max_attempts} "
-                "ended and the session may start no more)",
-                alerts=tuple(alerts),
-                **common,
-            )
-    runtime = int((window.end - now).total_seconds() + config.grace_after_close_s)
-    return LiveDecision(
-        f"session {session}: starting attempt {attempts + 1}",
-        attempt=attempts + 1,
-        max_runtime_s=runtime,
-        alerts=tuple(alerts),
-        **common,
+            return LiveDecision(message, session, alerts=(alert,))
+        return LiveDecision(message, session)
+    if own is not None and own.ended:
+        return LiveDecision(message, session)
+    seen = "no heartbeat" if own is None else f"last heartbeat {own.phase} at {own.beat_at}"
+    reason = (
+        f"live session {session}: attempt {newest.attempt} ended {newest.status} without "
+        f"closing the session ({seen}); positions may be held past the close unwatched"
     )
+    evidence = newest.ended_at or (own.beat_at if own is not None else window.end)
+    trip = reason if _may_trip(switch, evidence) else None
+    return LiveDecision(message, session, trip=trip, alerts=(reason,))
 
 
 def live_run_key(session: date, attempt: int) -> str:
     return f"live:{session.isoformat()}:{attempt}"
 
 
-def live_tags(session: date, attempt: int, max_runtime_s: int | None = None) -> dict[str, str]:
+def live_tags(
+    session: date,
+    attempt: int,
+    max_runtime_s: int | None = None,
+    requested_at: datetime | None = None,
+) -> dict[str, str]:
+    """The tags of a live run: session, attempt, the live concurrency tag, its
+    ``dagster/max_runtime`` and when the sensor requested it (by the sensor's clock)."""
     tags = {SESSION_TAG: session.isoformat(), ATTEMPT_TAG: str(attempt), LIVE_TAG: "session"}
     if max_runtime_s is not None:
         tags[MAX_RUNTIME_TAG] = str(max_runtime_s)
+    if requested_at is not None:
+        tags[REQUESTED_TAG] = requested_at.astimezone(UTC).isoformat()
     return tags
 
 
@@ -292,14 +442,20 @@ def session_runs(instance: dg.DagsterInstance, job_name: str, session: date) -> 
     out = []
     for rec in records:
         run = rec.dagster_run
-        started = rec.start_time
+        started, ended = rec.start_time, rec.end_time
         out.append(
             LiveRun(
                 run_id=run.run_id,
                 attempt=int(run.tags.get(ATTEMPT_TAG, "0") or 0),
                 status=run.status.value,
-                created_at=rec.create_timestamp.astimezone(UTC),
+                created_at=(
+                    datetime.fromisoformat(run.tags[REQUESTED_TAG])
+                    if run.tags.get(REQUESTED_TAG)
+                    else rec.create_timestamp.astimezone(UTC)
+                ),
                 started_at=None if started is None else datetime.fromtimestamp(started, UTC),
+                ended_at=None if ended is None else datetime.fromtimestamp(ended, UTC),
+                by_sensor=run.tags.get(TERMINATED_BY_TAG) == ACTOR,
             )
         )
     return out
@@ -337,35 +493,34 @@ def build_live_trading_sensor(
             raise ValueError(f"the sensor's clock gave {now} without a time zone")
         window = session_window(calendar, session_kind, now)
         day = now.astimezone(_NY).date()
-        if window is None or not (window.start <= now < window.end):
+        if window is None or now < window.start:
             decision = decide_live(
-                now, day=day, window=window, runs=(), heartbeat=None, config=cfg, calendar=calendar
+                now, day=day, window=window, runs=(), heartbeats={}, config=cfg, calendar=calendar
             )
             return dg.SkipReason(decision.message)
         instance = context.instance
         engine = trading_db.store().engine
-        decision = decide_live(
-            now,
-            day=day,
-            window=window,
-            runs=session_runs(instance, job.name, window.session),
-            heartbeat=read_heartbeat(engine, window.session),
-            config=cfg,
-            calendar=calendar,
-        )
-        for run_id, reason in decision.fail:
-            run = instance.get_run_by_id(run_id)
-            if run is None or run.is_finished:
-                continue
-            # A worker that only hangs is asked to stop too (it then cancels its working
-            # orders), so that it does not trade beside the relaunch; a dead one cannot answer.
-            try:
-                instance.run_launcher.terminate(run_id)
-            except dg.DagsterError as exc:
-                context.log.warning(f"could not ask run {run_id} to stop ({exc}); it is dead")
-            instance.report_run_failed(run, f"{reason} (reported by {ACTOR})")
+        switch = KillSwitch(engine)
+
+        def decide() -> LiveDecision:
+            assert window is not None
+            return decide_live(
+                now,
+                day=day,
+                window=window,
+                runs=session_runs(instance, job.name, window.session),
+                heartbeats=read_heartbeats(engine, window.session),
+                config=cfg,
+                switch=switch.status(),
+                calendar=calendar,
+            )
+
+        decision = decide()
+        if decision.acts:
+            _act(context, decision)
+            decision = decide()  # on the runs as they are now (a terminate may have failed)
         if decision.trip is not None:
-            status = KillSwitch(engine).trip(reason=decision.trip, actor=ACTOR, now=now)
+            status = switch.trip(reason=decision.trip, actor=ACTOR, now=now)
             context.log.error(status.describe())
         for alert in decision.alerts:
             context.log.error(f"ALERT {alert}")
@@ -378,7 +533,40 @@ def build_live_trading_sensor(
         context.log.info(decision.message)
         return dg.RunRequest(
             run_key=live_run_key(decision.session, decision.attempt),
-            tags=live_tags(decision.session, decision.attempt, decision.max_runtime_s),
+            tags=live_tags(decision.session, decision.attempt, decision.max_runtime_s, now),
         )
 
     return live_trading_sensor
+
+
+def _act(context: dg.SensorEvaluationContext, decision: LiveDecision) -> None:
+    """Terminate, fail or cancel the runs the decision names (each only if still unfinished)."""
+    instance = context.instance
+    for run_id, reason in decision.terminate:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            continue
+        context.log.error(f"terminating run {run_id}: {reason}")
+        instance.add_run_tags(run_id, {TERMINATED_BY_TAG: ACTOR})
+        # A worker that only hangs is asked to stop (it then handles its working orders as
+        # configured, and a relaunch waits for it); one that cannot be reached is dead or
+        # unreachable, and is failed at once: a zombie that wakes finds its lease gone.
+        try:
+            asked = instance.run_launcher.terminate(run_id)
+        except dg.DagsterError as exc:
+            context.log.warning(f"could not ask run {run_id} to stop: {exc}")
+            asked = False
+        if not asked:
+            run = instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                instance.report_run_failed(
+                    run, f"{reason}; it could not be asked to stop (reported by {ACTOR})"
+                )
+    for run_id, reason in decision.fail:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            instance.report_run_failed(run, f"{reason} (reported by {ACTOR})")
+    for run_id, reason in decision.cancel:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            instance.report_run_canceled(run, f"{reason} (reported by {ACTOR})")

@@ -25,8 +25,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipelines.data.tables import live_heartbeat
 
-ENDED_PHASES = frozenset({"closed", "stopped"})
+ENDED_PHASES = frozenset({"closed", "stopped", "superseded"})
 """Phases after which a session writes no more heartbeats (its run is finishing)."""
+STARTUP_PHASES = frozenset({"starting"})
+"""Written before the session exists (loading and verifying the model, reading history)."""
 
 _INSERTS: dict[str, Callable[[sa.Table], Any]] = {
     "postgresql": postgresql.insert,
@@ -95,6 +97,24 @@ def record_heartbeat(
         conn.execute(stmt)
 
 
+def read_heartbeats(engine: sa.Engine, session: date) -> dict[int, Heartbeat]:
+    """The heartbeat of each attempt of ``session`` (by attempt)."""
+    c = live_heartbeat.c
+    query = sa.select(live_heartbeat).where(c.session == session.isoformat())
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return {int(row.attempt): _heartbeat(row) for row in rows}
+
+
+def newest_attempt(engine: sa.Engine, session: date) -> int | None:
+    """The highest attempt of ``session`` that wrote a heartbeat (None: none did)."""
+    c = live_heartbeat.c
+    query = sa.select(sa.func.max(c.attempt)).where(c.session == session.isoformat())
+    with engine.connect() as conn:
+        value = conn.execute(query).scalar()
+    return None if value is None else int(value)
+
+
 def read_heartbeat(engine: sa.Engine, session: date) -> Heartbeat | None:
     """The heartbeat of ``session``'s newest attempt, or None if none was recorded."""
     c = live_heartbeat.c
@@ -106,8 +126,10 @@ def read_heartbeat(engine: sa.Engine, session: date) -> Heartbeat | None:
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    if row is None:
-        return None
+    return None if row is None else _heartbeat(row)
+
+
+def _heartbeat(row: Any) -> Heartbeat:
     return Heartbeat(
         session=date.fromisoformat(row.session),
         attempt=int(row.attempt),

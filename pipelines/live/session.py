@@ -66,12 +66,17 @@ log = logging.getLogger(__name__)
 
 MINUTE = timedelta(minutes=1)
 SEND_THREADS = 8
-Phase = Literal["reconciling", "warming", "trading", "closed", "stopped", "halted"]
+Phase = Literal["reconciling", "warming", "trading", "closed", "stopped", "halted", "superseded"]
+ENDED: frozenset[str] = frozenset({"closed", "stopped", "superseded"})
 OnStop = Literal["cancel", "keep", "flatten"]
 
 
 class SessionError(RuntimeError):
     """The session cannot run as configured (say what to change)."""
+
+
+class SessionSuperseded(SessionError):
+    """A newer attempt of the session has started: this one stops without touching orders."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,10 @@ class SessionConfig:
     wait for a cancel's confirmation before the order that replaces it is sent anyway
     re-netted, or skipped;
     ``on_stop`` what a stop does with working orders (``cancel``, ``keep``, ``flatten``);
-    ``dry_run`` records the decisions and sends nothing.
+    ``dry_run`` records the decisions and sends nothing. ``heartbeat_s``: wall seconds between
+    heartbeats, written by a thread of their own so that a long step (warming up, a slow
+    broker) does not silence them; ``hang_s``: the heartbeats stop when the loop has made no
+    progress for this many wall seconds, so that a hung session reads as dead (e.g. 120).
 
     Example: ``SessionConfig(session=date(2019, 2, 15), attempt=1, symbols=("AAPL", "SPY"),
     minutes=15)``.
@@ -108,6 +116,7 @@ class SessionConfig:
     flat_at_close: bool = True
     poll_s: float = 0.02
     heartbeat_s: float = 5.0
+    hang_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,10 @@ Heartbeat = Callable[[str, datetime | None, str], None]
 class LiveSession:
     """See the module docstring. ``history`` holds earlier bars of the strategy's timeframe
     (validated, stored) to warm the features on; ``heartbeat(phase, last_bar, state)`` is
-    called every ``heartbeat_s`` wall seconds and at each phase change."""
+    called every ``heartbeat_s`` wall seconds (while the loop makes progress) and at each phase
+    change; ``lease()`` says whether this attempt is still the session's newest: checked
+    before anything is sent or cancelled, so that an attempt a relaunch replaced (a worker
+    that hung, then woke) raises :class:`SessionSuperseded` instead of trading beside it."""
 
     def __init__(
         self,
@@ -179,6 +191,7 @@ class LiveSession:
         heartbeat: Heartbeat | None = None,
         observe: Callable[[BarOutcome], None] | None = None,
         wall: Callable[[], float] = time.monotonic,
+        lease: Callable[[], bool] | None = None,
     ) -> None:
         if path.strategy != strategy.name:
             path = replace(path, strategy=strategy.name)
@@ -198,6 +211,7 @@ class LiveSession:
         self.clock = clock
         self.history = history
         self._heartbeat = heartbeat
+        self._lease = lease
         self._observe = observe
         self._wall = wall
         self.symbols = tuple(sorted(config.symbols))
@@ -225,8 +239,12 @@ class LiveSession:
         self._last_close = np.zeros(len(self.symbols))
         self._last_bar: datetime | None = None  # the newest decided bar
         self._last_minute: datetime | None = None  # the newest minute received (its start)
-        self._beat_at = -1e18
         self._phase: Phase = "reconciling"
+        self._beat_lock = threading.Lock()
+        self._progress_at = wall()
+        self._pulse_stop = threading.Event()
+        self._pulse_error: BaseException | None = None
+        self._withheld = False
         self._unsaved: list[tuple[MinuteBar, str, bool]] = []
         self._pool = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="orders")
         self._heard = wall()  # when the streams last sent anything (wall seconds)
@@ -235,17 +253,32 @@ class LiveSession:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> SessionResult:
-        """Run the session until its close or ``stop``; returns what it did."""
-        self._beat("reconciling", force=True)
+        """Run the session until its close or ``stop``; returns what it did. Raises
+        :class:`SessionSuperseded` (having touched no order) if a newer attempt started."""
+        self._beat("reconciling")
+        pulse = threading.Thread(target=self._pulse, name="live-heartbeat", daemon=True)
+        pulse.start()
+        try:
+            return self._run(stop)
+        except SessionSuperseded:
+            self._beat("superseded")
+            raise
+        finally:
+            self._pulse_stop.set()
+            pulse.join()
+            self._pool.shutdown(wait=True)
+
+    def _run(self, stop: threading.Event) -> SessionResult:
         self._restore()
         self.reconcile(startup=True)
         self.result.start_equity = self.broker.account().equity
-        self._beat("warming", force=True)
+        self._beat("warming")
         self._warm()
         self.feed.start(self.symbols)
         try:
-            self._beat("halted" if self.result.halted else "trading", force=True)
+            self._beat("halted" if self.result.halted else "trading")
             while not stop.is_set():
+                self._tick()
                 event = self.feed.get(self.config.poll_s)
                 if event is not None:
                     if event.kind != "trade":
@@ -259,7 +292,6 @@ class LiveSession:
                 if self.agg.next_close is None:
                     break
                 self._watch(now)
-                self._beat(self._phase)
             stopped = stop.is_set()
         finally:
             self.feed.stop()
@@ -272,18 +304,57 @@ class LiveSession:
         self._drain()
         self.result.end_equity = self.broker.account().equity
         self.result.state = self.state.risk.state.value
-        self._beat("stopped" if stopped else "closed", force=True)
-        self._pool.shutdown(wait=True)
+        self._beat("stopped" if stopped else "closed")
         return self.result
 
-    def _beat(self, phase: Phase, force: bool = False) -> None:
-        self._phase = phase
-        if self._heartbeat is None:
-            return
-        t = self._wall()
-        if force or t - self._beat_at >= self.config.heartbeat_s:
-            self._beat_at = t
-            self._heartbeat(phase, self._last_bar, self.state.risk.state.value)
+    def _tick(self) -> None:
+        """The loop made progress (the heartbeat thread beats only while it does)."""
+        self._progress_at = self._wall()
+        if self._pulse_error is not None:
+            raise SessionError(
+                f"the heartbeat could not be written: {self._pulse_error!r}"
+            ) from self._pulse_error
+
+    def _beat(self, phase: Phase) -> None:
+        """A phase change, written at once (the heartbeat thread repeats it)."""
+        self._tick()
+        with self._beat_lock:
+            if self._phase in ENDED:
+                return
+            self._phase = phase
+            if self._heartbeat is not None:
+                self._heartbeat(phase, self._last_bar, self.state.risk.state.value)
+
+    def _pulse(self) -> None:
+        """Every ``heartbeat_s``: the current phase, unless the loop has hung for ``hang_s``."""
+        while not self._pulse_stop.wait(self.config.heartbeat_s):
+            with self._beat_lock:
+                if self._phase in ENDED or self._heartbeat is None:
+                    return
+                silent = self._wall() - self._progress_at
+                if silent > self.config.hang_s:
+                    if not self._withheld:
+                        log.error(
+                            "the session loop has made no progress for %.0f s (limit %.0f s): "
+                            "heartbeats withheld, so that it reads as dead",
+                            silent,
+                            self.config.hang_s,
+                        )
+                    self._withheld = True
+                    continue
+                self._withheld = False
+                try:
+                    self._heartbeat(self._phase, self._last_bar, self.state.risk.state.value)
+                except Exception as exc:  # handed to the loop, which raises it
+                    self._pulse_error = exc
+                    return
+
+    def _check_lease(self) -> None:
+        if self._lease is not None and not self._lease():
+            raise SessionSuperseded(
+                f"session {self.config.session} attempt {self.config.attempt}: a newer attempt "
+                "has started; this one stops without sending or cancelling anything"
+            )
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -308,6 +379,7 @@ class LiveSession:
         if self.history.height:
             past = self.history.filter(pl.col("ts") < self.open)
             self.signals.warm(past)
+            self._tick()
             self._prime(past)
         recorded = self.store.minutes(self.config.session)
         for bar in recorded:
@@ -321,6 +393,7 @@ class LiveSession:
             k = self.agg.bucket_of(self._last_bar)
             gap_start = self.agg.buckets[k][1] if k is not None else self.open
         self._backfill(gap_start, min(now, self.close))
+        self._tick()
         for bars in self.agg.closed(now):
             ts = bars["ts"][0]
             if self._last_bar is not None and ts <= self._last_bar:
@@ -417,6 +490,7 @@ class LiveSession:
     def _sync_orders(self, now: datetime, startup: bool) -> None:
         """Ask the broker about every order of ours not known to be final."""
         for cid, stored in self.store.orders(open_only=True).items():
+            self._tick()
             at_broker = self.broker.order(cid)
             if at_broker is not None:
                 self._book(at_broker, now)
@@ -467,7 +541,9 @@ class LiveSession:
                 )
             ]
         )
-        self._phase = "halted"
+        with self._beat_lock:
+            if self._phase not in ENDED:
+                self._phase = "halted"
 
     def _book(self, order: BrokerOrder, now: datetime, update: TradeUpdate | None = None) -> None:
         """Record what the broker says of one of our orders, and the fills it implies once."""
@@ -590,6 +666,7 @@ class LiveSession:
         self._last_close[ids] = bars["close"].to_numpy()
 
     def _on_bars(self, bars: pl.DataFrame, now: datetime) -> None:
+        self._tick()
         self._flush()  # every minute a decision reads is on record before it
         ts: datetime = bars["ts"][0]
         t0 = time.perf_counter()
@@ -703,6 +780,9 @@ class LiveSession:
         now: datetime,
         cancels: Sequence[str] = (),
     ) -> None:
+        if not orders and not cancels:
+            return
+        self._check_lease()
         stored = self.store.orders()
         for cid in cancels:
             o = stored.get(cid)
@@ -711,6 +791,17 @@ class LiveSession:
         confirmed = self._await_final(cancels) if cancels else {}
         ready: list[Order] = []
         for order in orders:
+            if now >= self.close:
+                # A day order sent after the close waits for the next session's open (Alpaca
+                # queues it): a different trade, at an unknown price, than the one decided.
+                self.store.mark_order(
+                    order.client_order_id,
+                    "not_sent",
+                    f"decided at {now.isoformat()}, at or after the close "
+                    f"({self.close.isoformat()}): it would execute at the next open",
+                    now,
+                )
+                continue
             if self.switch.tripped() and order.intent != "flatten":
                 self.store.mark_order(
                     order.client_order_id, "not_sent", "the kill switch was tripped", now
@@ -724,10 +815,14 @@ class LiveSession:
             ready.append(order)
         # Sent a few at a time (they are for different symbols and independent); booked once
         # all are out, so that no order waits on the record of another.
-        if len(ready) > 1:
-            sent = list(self._pool.map(self.broker.submit, ready))
-        else:
-            sent = [self.broker.submit(o) for o in ready]
+        sent = []
+        for answer in (
+            self._pool.map(self.broker.submit, ready)
+            if len(ready) > 1
+            else map(self.broker.submit, ready)
+        ):
+            sent.append(answer)
+            self._tick()
         self.result.orders += len(sent)
         for answer in sent:
             self._book(answer, now)
@@ -737,6 +832,7 @@ class LiveSession:
         out: dict[str, BrokerOrder] = {}
         pending = list(cids)
         while pending:
+            self._tick()
             still = []
             for cid in pending:
                 o = self.broker.order(cid)
@@ -770,6 +866,7 @@ class LiveSession:
         now = self.clock()
         if self.config.on_stop == "keep" or self.config.dry_run:
             return
+        self._check_lease()
         mine = self.store.orders()
         open_ = [o for o in self.broker.open_orders() if o.client_order_id in mine]
         for o in open_:

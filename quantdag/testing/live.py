@@ -283,10 +283,18 @@ def connection(server: LocalAlpaca) -> AlpacaConnection:
 
 
 def start_session(
-    day: Day, server: LocalAlpaca, db: Path, *, attempt: int = 1, **config: Any
+    day: Day,
+    server: LocalAlpaca,
+    db: Path,
+    *,
+    attempt: int = 1,
+    heartbeat: Callable[[str, datetime | None, str], None] | None = None,
+    lease: Callable[[], bool] | None = None,
+    **config: Any,
 ) -> Running:
     """The live session of ``day`` on ``server`` (its replay clock) in a thread, recording in
-    the SQLite database ``db``; ``config`` overrides :class:`SessionConfig` fields."""
+    the SQLite database ``db``; ``config`` overrides :class:`SessionConfig` fields;
+    ``heartbeat`` and ``lease`` as :class:`LiveSession` takes them."""
     store = BarStore(f"sqlite:///{db}")
     store.migrate()
     conn = connection(server)
@@ -311,6 +319,8 @@ def start_session(
         switch=KillSwitch(store.engine),
         clock=server.now,
         history=day.history.select("symbol", "ts", "open", "high", "low", "close", "volume"),
+        heartbeat=heartbeat,
+        lease=lease,
     )
     stop = threading.Event()
     running = Running(live, threading.Thread(target=lambda: None), stop, store.engine)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.launcher import RunLauncher
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from assets.live import live_assets
 from jobs.live import build_live_session_job
@@ -100,4 +102,56 @@ def until_stopped(
     return LiveSummary(session, attempt, bars, 0, 0, 0.0, "ACTIVE", "stopped")
 
 
+def deaf_to_stop(
+    project: Any,
+    *,
+    session: date,
+    attempt: int,
+    run_id: str,
+    stop: threading.Event,
+    observe: Callable[[LiveBarReport], None],
+    log: Callable[[str], None],
+) -> LiveSummary:
+    """A session whose loop hangs: it decides bars but never looks at its stop event."""
+    out = Path(os.environ["QUANTDAG_TEST_LIVE_DIR"])
+    (out / "started").write_text(json.dumps({"pid": os.getpid(), "run_id": run_id}))
+    bars = 0
+    while True:
+        observe(report(bars % 3))
+        bars += 1
+        time.sleep(0.2)
+
+
 defs = dg.Definitions(assets=live_assets, jobs=[build_live_session_job(load_project({}))])
+
+
+class TerminableLauncher(RunLauncher, ConfigurableClass):
+    """A run launcher whose ``terminate`` reaches the worker, as the DefaultRunLauncher's does
+    through a live code server: the run goes CANCELING and the test decides when it ends."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None) -> None:
+        self._inst_data = inst_data
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: dict[str, Any]
+    ) -> TerminableLauncher:
+        return cls(inst_data)
+
+    def launch_run(self, context: Any) -> None:
+        raise NotImplementedError("the sensor tests create their runs by hand")
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        return True

@@ -22,6 +22,7 @@ import dagster as dg
 import pytest
 
 from jobs.live import build_live_session_job
+from pipelines.risk.killswitch import KillSwitch
 from quantdag.project import load_project
 from sensors.live import ATTEMPT_TAG, LIVE_TAG, SESSION_TAG, live_tags
 from tests.dagster.live_fakes import report
@@ -138,6 +139,7 @@ class Launched:
     instance: dg.DagsterInstance
     run_id: str
     out: Path
+    trading_db: Path
 
     def status(self) -> dg.DagsterRunStatus:
         run = self.instance.get_run_by_id(self.run_id)
@@ -161,7 +163,7 @@ def _wait(what: str, ok: Callable[[], bool], timeout: float = 45.0) -> None:
 
 
 @pytest.fixture
-def launched(tmp_path: Path) -> Iterator[Launched]:
+def launched(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launched]:
     """``live_session_job`` with the ``until_stopped`` runner, launched by ``dagster job launch``
     on a temporary instance (DefaultRunCoordinator, DefaultRunLauncher): a code server process
     spawns the run worker, as under ``dagster dev``; running once the runner has started."""
@@ -173,13 +175,15 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
         "  module: dagster._core.run_coordinator.default_run_coordinator\n"
         "  class: DefaultRunCoordinator\n"
     )
+    runner, extra = getattr(request, "param", ("until_stopped", {}))
     env = {**os.environ, "DAGSTER_HOME": str(home), "QUANTDAG_TEST_LIVE_DIR": str(out)}
+    env["QUANTDAG_DATABASE_URL"] = f"sqlite:///{tmp_path / 'trading.db'}"
     env.pop("QUANTDAG_ENV", None)
     run_id = str(uuid.uuid4())
     tags = live_tags(DAY, 1)
     cli = [sys.executable, "-m", "dagster", "job", "launch", "-m", "tests.dagster.live_fakes"]
     cli += ["-j", "live_session_job", "--run-id", run_id, "--tags", json.dumps(tags)]
-    cli += ["--config-json", json.dumps(_config("tests.dagster.live_fakes:until_stopped"))]
+    cli += ["--config-json", json.dumps(_config(f"tests.dagster.live_fakes:{runner}", **extra))]
     with (tmp_path / "launch.log").open("wb") as log:
         # Its own session: the code server outlives the CLI (until its run ends) and is
         # cleaned up below by that process group, which holds only what this test started.
@@ -189,7 +193,7 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         assert proc.wait(timeout=60) == 0, (tmp_path / "launch.log").read_text()[-3000:]
-        run = Launched(instance, run_id, out)
+        run = Launched(instance, run_id, out, tmp_path / "trading.db")
         _wait("the fake runner to start", (out / "started").exists)
         _wait("the run to be STARTED", lambda: run.status() == dg.DagsterRunStatus.STARTED)
         _wait("a first observation", lambda: bool(_observations(instance, "live_positions")))
@@ -224,3 +228,18 @@ def test_kill_9_of_the_worker_ends_the_run_failed(launched: Launched) -> None:
     assert not (launched.out / "stopped").exists()
     crash = f"Run execution process for {launched.run_id} was terminated by signal 9 (SIGKILL)"
     assert any(crash in m for m in launched.messages())
+
+
+@pytest.mark.parametrize("launched", [("deaf_to_stop", {"stop_timeout_s": 1.0})], indirect=True)
+def test_a_session_that_does_not_stop_in_time_trips_the_kill_switch(launched: Launched) -> None:
+    """Its working orders are unknown and its process ends under it: nobody may trade on until
+    a person has looked at the broker."""
+    switch = KillSwitch.from_url(f"sqlite:///{launched.trading_db}")
+    assert not switch.tripped()
+    assert launched.instance.run_launcher.terminate(launched.run_id)
+    _wait("the run to end", launched.finished)
+    assert launched.status() == dg.DagsterRunStatus.CANCELED
+    status = switch.status()
+    assert status.tripped and status.actor.startswith("live_session_job run ")
+    assert "did not stop within 1 s of a terminate" in status.reason
+    assert any("check the broker for working orders" in m for m in launched.messages())

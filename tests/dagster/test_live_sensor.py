@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,7 @@ from sensors.live import (
     LIVE_TAG,
     MAX_RUNTIME_TAG,
     SESSION_TAG,
+    TERMINATED_BY_TAG,
     LiveSensorConfig,
     build_live_trading_sensor,
     live_tags,
@@ -54,12 +55,25 @@ class World:
         context = dg.build_sensor_context(instance=self.instance, resources={"trading_db": self.db})
         return sensor.evaluate_tick(context)
 
-    def add_run(self, session: date, attempt: int, status: str, started: datetime | None) -> str:
-        """A run of the live job as the sensor's request makes it, started at ``started`` and
-        moved to ``status``."""
-        tags = {**live_tags(session, attempt), "dagster/run_key": f"live:{session}:{attempt}"}
+    def add_run(
+        self,
+        session: date,
+        attempt: int,
+        status: str,
+        started: datetime | None,
+        requested: datetime | None = None,
+    ) -> str:
+        """A run of the live job as the sensor's request makes it (at ``requested``, default
+        ``started``), started at ``started`` and moved to ``status``."""
+        when = requested or started or self.now
+        tags = {
+            **live_tags(session, attempt, requested_at=when),
+            "dagster/run_key": f"live:{session}:{attempt}",
+        }
         run = self.instance.create_run_for_job(
-            job_def=self.job, tags=tags, status=dg.DagsterRunStatus.NOT_STARTED
+            job_def=self.job,
+            tags=tags,
+            status=dg.DagsterRunStatus.NOT_STARTED,
         )
         if started is not None:
             start = dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=self.job.name)
@@ -68,6 +82,9 @@ class World:
         assert run is not None
         if status == "FAILURE":
             self.instance.report_run_failed(run)
+        elif status == "CANCELING":
+            self.instance.report_run_canceling(run)
+
         elif status == "CANCELED":
             self.instance.report_run_canceled(run)
         elif status == "SUCCESS":
@@ -108,6 +125,19 @@ def world(tmp_path: Path, job: dg.JobDefinition) -> Iterator[World]:
     db = TradingDatabaseResource(url=f"sqlite:///{tmp_path / 'trading.db'}")
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        yield World(instance, job, db, ny(DAY, 10))
+
+
+@pytest.fixture
+def terminable(tmp_path: Path, job: dg.JobDefinition) -> Iterator[World]:
+    """A world whose run launcher reaches its workers: a terminate is taken (the run goes
+    CANCELING) and the worker decides when it ends, as a real one does."""
+    db = TradingDatabaseResource(url=f"sqlite:///{tmp_path / 'trading.db'}")
+    (tmp_path / "dagster").mkdir()
+    launcher = {"module": "tests.dagster.live_fakes", "class": "TerminableLauncher"}
+    with dg.instance_for_test(
+        temp_dir=str(tmp_path / "dagster"), overrides={"run_launcher": launcher}
+    ) as instance:
         yield World(instance, job, db, ny(DAY, 10))
 
 
@@ -187,7 +217,7 @@ def test_no_relaunch_after_the_session_succeeded(world: World) -> None:
     assert not data.run_requests and "ended" in (data.skip_message or "")
 
 
-def test_max_attempts_alerts_and_requests_nothing(world: World) -> None:
+def test_max_attempts_alerts_trips_and_requests_nothing(world: World) -> None:
     config = LiveSensorConfig(max_attempts=2)
     world.add_run(DAY, 1, "FAILURE", ny(DAY, 9, 30))
     assert _only_request(world.evaluate(config, ny(DAY, 9, 40))).run_key == "live:2024-07-02:2"
@@ -196,19 +226,37 @@ def test_max_attempts_alerts_and_requests_nothing(world: World) -> None:
     assert not data.run_requests
     message = data.skip_message or ""
     assert message.startswith("ALERT") and "max_attempts" in message and "NOT relaunched" in message
+    # Nobody manages the positions: the switch says so until a person has looked.
+    status = world.switch().status()
+    assert status.tripped and "max_attempts" in status.reason
 
 
 def test_stale_heartbeat_trips_the_kill_switch_and_relaunches(world: World) -> None:
     run_id = world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))
     world.beat(1, ny(DAY, 10, 0))
-    request = _only_request(world.evaluate(at=ny(DAY, 10, 5, 30)))  # 330 s of silence
-    assert world.status(run_id) == "FAILURE"  # reported failed: its worker is taken for dead
+    request = _only_request(world.evaluate(at=ny(DAY, 10, 10, 30)))  # 630 s of silence
+    # The test instance's launcher cannot reach a worker: reported failed, relaunched at once.
+    assert world.status(run_id) == "FAILURE"
     assert request.run_key == "live:2024-07-02:2"
     status = world.switch().status()
     assert status.tripped and status.actor == "live_trading_sensor"
-    assert "no heartbeat for 330 s" in status.reason
+    assert "not managed for 630 s" in status.reason
     # Read back by anyone from the database, as the relaunched session will.
     assert KillSwitch.from_url(world.db.url).tripped()
+
+
+def test_a_person_who_reset_the_switch_is_not_overruled_by_the_same_evidence(
+    world: World,
+) -> None:
+    world.add_run(DAY, 1, "FAILURE", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 10, 0))
+    world.add_run(DAY, 2, "NOT_STARTED", None, requested=ny(DAY, 10, 0, 30))
+    data = world.evaluate(at=ny(DAY, 10, 11))
+    assert "ALERT" in (data.skip_message or "") and world.switch().tripped()
+    world.switch().reset(reason="looked at the broker: flat", actor="alice", now=ny(DAY, 10, 12))
+    data = world.evaluate(at=ny(DAY, 10, 13))
+    assert "ALERT" in (data.skip_message or "")  # still said
+    assert not world.switch().tripped()  # but not tripped again on what she saw
 
 
 def test_silent_run_is_relaunched_before_the_kill_switch_trips(world: World) -> None:
@@ -219,11 +267,25 @@ def test_silent_run_is_relaunched_before_the_kill_switch_trips(world: World) -> 
     request = _only_request(world.evaluate(at=ny(DAY, 10, 1, 30)))  # 90 s: dead, not yet stale
     assert request.run_key == "live:2024-07-02:2" and world.status(run_id) == "FAILURE"
     assert not world.switch().tripped()
-    # The relaunch never comes up: the session has been silent beyond staleness_s.
+    # The relaunch starts but never beats: its start-up allowance, then the staleness limit,
+    # both counted from its request (not from its predecessor's last beat).
     second = world.add_run(DAY, 2, "STARTED", ny(DAY, 10, 1, 40))
-    data = world.evaluate(at=ny(DAY, 10, 5, 10))
-    assert not data.run_requests and "ALERT" in (data.skip_message or "")
-    assert world.switch().tripped() and world.status(second) == "STARTED"
+    data = world.evaluate(at=ny(DAY, 10, 6, 30))  # 290 s since its request
+    assert not data.run_requests and world.status(second) == "STARTED"
+    assert not world.switch().tripped()
+    request = _only_request(world.evaluate(at=ny(DAY, 10, 11, 50)))  # 610 s
+    assert request.run_key == "live:2024-07-02:3" and world.status(second) == "FAILURE"
+    status = world.switch().status()
+    assert status.tripped and "not managed for 610 s" in status.reason
+
+
+def test_a_relaunch_under_way_is_not_taken_for_stale(world: World) -> None:
+    world.add_run(DAY, 1, "FAILURE", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 10, 0))  # its last beat
+    world.add_run(DAY, 2, "NOT_STARTED", None, requested=ny(DAY, 10, 8))  # not yet launched
+    data = world.evaluate(at=ny(DAY, 10, 12))  # 720 s since the beat, 240 s since the request
+    assert not data.run_requests and "is NOT_STARTED" in (data.skip_message or "")
+    assert not world.switch().tripped()
 
 
 def test_run_that_never_beats_is_failed_after_startup(world: World) -> None:
@@ -232,24 +294,91 @@ def test_run_that_never_beats_is_failed_after_startup(world: World) -> None:
     assert not data.run_requests and world.status(run_id) == "STARTED"
     request = _only_request(world.evaluate(at=ny(DAY, 9, 36)))  # 360 s > 300 s
     assert request.run_key == "live:2024-07-02:2" and world.status(run_id) == "FAILURE"
-    assert not world.switch().tripped()  # no heartbeat ever: nothing was trading
+    assert not world.switch().tripped()  # within staleness_s of the request
+    # No attempt ever beats: the session has been unmanaged since its first request.
+    world.add_run(DAY, 2, "STARTED", ny(DAY, 9, 36, 10))
+    world.evaluate(at=ny(DAY, 9, 46, 20))
+    status = world.switch().status()
+    assert status.tripped and "no heartbeat ever" in status.reason
 
 
-def test_a_session_that_said_it_ended_is_not_stale(world: World) -> None:
+def test_a_run_loading_its_model_has_the_startup_allowance(world: World) -> None:
     run_id = world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))
-    world.beat(1, ny(DAY, 11), phase="stopped")
-    data = world.evaluate(at=ny(DAY, 11, 10))
+    world.beat(1, ny(DAY, 9, 30, 10), phase="starting")
+    data = world.evaluate(at=ny(DAY, 9, 32))  # 110 s > relaunch_after_s, < startup_s
     assert not data.run_requests and world.status(run_id) == "STARTED"
+    world.beat(1, ny(DAY, 9, 33), phase="trading")
+    _only_request(world.evaluate(at=ny(DAY, 9, 34, 10)))  # trading, 70 s silent: relaunched
+    assert world.status(run_id) == "FAILURE"
+
+
+def test_a_hung_run_is_terminated_and_its_relaunch_waits_until_it_stopped(
+    terminable: World,
+) -> None:
+    world = terminable
+    run_id = world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 10, 0))
+    data = world.evaluate(at=ny(DAY, 10, 1, 30))  # 90 s silent: asked to stop
+    assert not data.run_requests and "is CANCELING" in (data.skip_message or "")
+    run = world.instance.get_run_by_id(run_id)
+    assert run is not None and run.tags[TERMINATED_BY_TAG] == "live_trading_sensor"
+    assert not world.evaluate(at=ny(DAY, 10, 2, 30)).run_requests  # still stopping
+    # It wakes, handles its working orders, says it stopped, and its run ends CANCELED.
+    world.beat(1, ny(DAY, 10, 2, 40), phase="stopped")
+    world.instance.report_run_canceled(world.instance.get_run_by_id(run_id))  # type: ignore[arg-type]
+    request = _only_request(world.evaluate(at=ny(DAY, 10, 3)))
+    assert request.run_key == "live:2024-07-02:2"  # the sensor's cancel is relaunched
     assert not world.switch().tripped()
 
 
-def test_the_evaluation_reads_little_and_is_fast(world: World) -> None:
-    world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))
+def test_a_run_that_never_finishes_stopping_is_given_up_on(terminable: World) -> None:
+    world = terminable
+    run_id = world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))
     world.beat(1, ny(DAY, 10, 0))
-    world.evaluate(at=ny(DAY, 10))  # first use migrates the trading database
-    started = datetime.now(UTC)
-    world.evaluate(at=ny(DAY, 10, 0, 20))
-    assert datetime.now(UTC) - started < timedelta(seconds=10)  # Dagster allows 60 s
+    world.evaluate(at=ny(DAY, 10, 1, 30))
+    assert world.status(run_id) == "CANCELING"
+    # stop_timeout_s + relaunch_after_s = 300 s after its last beat
+    assert not world.evaluate(at=ny(DAY, 10, 4, 50)).run_requests
+    request = _only_request(world.evaluate(at=ny(DAY, 10, 5, 10)))
+    assert request.run_key == "live:2024-07-02:2" and world.status(run_id) == "FAILURE"
+
+
+def test_a_persons_cancel_that_hangs_is_closed_as_canceled_and_not_relaunched(
+    world: World,
+) -> None:
+    run_id = world.add_run(DAY, 1, "CANCELING", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 10, 0), phase="stopped")
+    assert not world.evaluate(at=ny(DAY, 10, 0, 30)).run_requests
+    data = world.evaluate(at=ny(DAY, 10, 1, 30))
+    assert world.status(run_id) == "CANCELED"
+    assert not data.run_requests and "canceled by a person" in (data.skip_message or "")
+
+
+def test_a_session_that_said_it_ended_but_whose_run_hangs_is_relaunched(world: World) -> None:
+    run_id = world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 11), phase="stopped")
+    data = world.evaluate(at=ny(DAY, 11, 0, 30))
+    assert not data.run_requests and world.status(run_id) == "STARTED"
+    assert not world.switch().tripped()
+    request = _only_request(world.evaluate(at=ny(DAY, 11, 1, 30)))  # it sends nothing more
+    assert request.run_key == "live:2024-07-02:2" and world.status(run_id) == "FAILURE"
+
+
+def test_after_the_close_a_session_that_did_not_close_trips_the_switch(world: World) -> None:
+    world.add_run(DAY, 1, "FAILURE", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 15, 58))  # died two minutes before the close
+    data = world.evaluate(at=ny(DAY, 16, 0, 30))
+    assert not data.run_requests
+    status = world.switch().status()
+    assert status.tripped and "without closing the session" in status.reason
+
+
+def test_after_the_close_a_closed_session_is_left_alone(world: World) -> None:
+    world.add_run(DAY, 1, "SUCCESS", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 16, 0, 5), phase="closed")
+    data = world.evaluate(at=ny(DAY, 16, 1))
+    assert not data.run_requests and "ALERT" not in (data.skip_message or "")
+    assert not world.switch().tripped()
 
 
 def test_sensor_is_off_by_default_and_in_the_definitions() -> None:
