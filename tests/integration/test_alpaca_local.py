@@ -211,6 +211,18 @@ def test_orders_are_new_until_their_fill_bar_and_day_orders_expire_at_the_close(
     assert server.done
 
 
+def test_a_day_order_sent_after_the_close_is_queued_for_the_next_open(server: LocalAlpaca) -> None:
+    """Alpaca: a day order "submitted after the close is queued and submitted the following
+    trading day" -- not expired, and not filled today."""
+    client = _trading(server)
+    server.advance(CLOSE + timedelta(seconds=2))
+    late = client.submit_order(_market("AAPL", 10, "late-1"))
+    assert late.status == OrderStatus.ACCEPTED
+    server.advance(CLOSE + timedelta(minutes=5))
+    after = client.get_order_by_id(late.id)
+    assert after.status == OrderStatus.ACCEPTED and not float(after.filled_qty or 0)
+
+
 # --------------------------------------------------------------------------- orders
 
 

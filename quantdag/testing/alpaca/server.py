@@ -514,16 +514,18 @@ class LocalAlpaca:
         await self._send_bars(m)
 
     async def _expire(self, to: datetime) -> None:
-        """Day orders still working ``fill_latency`` after a session's close expire then (as
-        Alpaca's do shortly after 16:00): an order decided on the last bar, at the close, sees
-        the earlier ones still working, as the backtest's engine does."""
+        """Day orders received during a session and still working ``fill_latency`` after its
+        close expire then (as Alpaca's do shortly after 16:00): an order decided on the last
+        bar, at the close, sees the earlier ones still working, as the backtest's engine does.
+        A day order received after the close is not expired: Alpaca queues it (``accepted``)
+        for the next session's open."""
         for end in self.data.session_ends:
             t = end + self.fill_latency
             if end in self._expired or t > to:
                 continue
             self._expired.add(end)
             for o in list(self._orders.values()):
-                if o.is_open and o.time_in_force == "day" and o.received <= end + self.fill_latency:
+                if o.is_open and o.time_in_force == "day" and o.received < end:
                     if o.in_broker:
                         self.broker.cancel(o.client_order_id, t, "expired at the session close")
                     o.status, o.expired_at, o.updated_at = "expired", t, t
@@ -853,7 +855,12 @@ class LocalAlpaca:
         )
         self._orders[order.id] = order
         self._by_client_id[cid] = order
-        await self._emit("new", order, now)
+        if any(start <= now < end for start, end in self.data.session_bounds):
+            await self._emit("new", order, now)
+        else:
+            # Outside the session Alpaca takes the order and routes it at the next open:
+            # "accepted", no "new" event yet (the replay does not reach the next open).
+            order.status = "accepted"
         return order
 
     async def _list_orders(self, request: web.Request) -> web.Response:
