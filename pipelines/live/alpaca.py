@@ -44,6 +44,7 @@ from pipelines.live.broker import (
     BrokerError,
     BrokerOrder,
     FeedEvent,
+    OrderRefused,
     TradeUpdate,
 )
 
@@ -345,6 +346,11 @@ class AlpacaBroker:
                     found = self.order(order.client_order_id)
                     if found is not None:
                         return found
+                if status in (403, 422):
+                    raise OrderRefused(
+                        f"Alpaca refused {order.client_order_id} ({order.side} "
+                        f"{order.quantity} {order.symbol}): {_describe(exc)}"
+                    ) from exc
                 if not _transient(exc) or attempt >= self.conn.retries:
                     raise BrokerError(
                         f"Alpaca POST /v2/orders for {order.client_order_id} ({order.side} "

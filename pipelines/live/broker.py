@@ -25,6 +25,12 @@ class BrokerError(RuntimeError):
     """The broker refused or failed a request in a way a retry will not mend."""
 
 
+class OrderRefused(BrokerError):
+    """The broker answered an order with a definite no (HTTP 403 or 422: buying power, shares
+    available, not shortable, invalid): the order does not exist there, and sending it again
+    would meet the same answer."""
+
+
 @dataclass(frozen=True)
 class BrokerAccount:
     """The account as the broker reports it: ``equity``, ``buying_power`` and the market value

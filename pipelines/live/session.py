@@ -56,7 +56,14 @@ from pipelines.execution.path import (
     decide,
 )
 from pipelines.live.aggregate import LiveAggregator, MinuteBar, check_minute
-from pipelines.live.broker import BrokerOrder, BrokerPort, FeedEvent, FeedPort, TradeUpdate
+from pipelines.live.broker import (
+    BrokerOrder,
+    BrokerPort,
+    FeedEvent,
+    FeedPort,
+    OrderRefused,
+    TradeUpdate,
+)
 from pipelines.live.signals import ModelSignals
 from pipelines.live.store import LiveStore
 from pipelines.risk.events import RiskEvent, TradingState
@@ -458,7 +465,7 @@ class LiveSession:
     def reconcile(self, startup: bool = False) -> None:
         """Bring the record up to the broker's state; fail closed on anything unexplained."""
         now = self.clock()
-        self._sync_orders(now, startup)
+        resend = self._sync_orders(now, startup)
         known = self.store.orders()
         for o in self.broker.open_orders():
             if o.client_order_id not in known:
@@ -485,10 +492,47 @@ class LiveSession:
         if wrong:
             text = ", ".join(f"{s}: broker {h}, record {e}" for s, (h, e) in sorted(wrong.items()))
             self._fail_closed(now, f"positions the record does not explain: {text}")
+        if resend:
+            self._resend(resend, now)
         self._bars_since_reconcile = 0
 
-    def _sync_orders(self, now: datetime, startup: bool) -> None:
-        """Ask the broker about every order of ours not known to be final."""
+    def _resend(self, pending: Sequence[Any], now: datetime) -> None:
+        """Orders decided before a crash and never sent: once the account checked out, each
+        is sized from the book now (the cancels it followed may or may not have gone out, a
+        fill may have come); a late one may only cut exposure, as a late bar may."""
+        if self.result.halted is not None:
+            for stored in pending:
+                self.store.mark_order(
+                    stored.client_order_id, "never_sent", "the session failed closed", now
+                )
+            return
+        held, working = self._book_now()
+        age_limit = self.path.limits.max_data_age_s
+        ready = []
+        for stored in pending:
+            order = self._renet(self._order_of(stored), held, working, now)
+            if order is None:
+                continue
+            before = held.get(order.symbol, 0) + working.get(order.symbol, 0)
+            after = before + order.signed_quantity
+            cuts = abs(after) < abs(before) and after * before >= 0
+            bar_end = stored.bar_ts + timedelta(minutes=self.config.minutes)
+            late = age_limit is not None and (now - bar_end).total_seconds() > age_limit
+            if late and not cuts:
+                self.store.mark_order(
+                    order.client_order_id,
+                    "never_sent",
+                    f"its bar ended {(now - bar_end).total_seconds():.0f} s ago: too late to add",
+                    now,
+                )
+                continue
+            ready.append(order)
+        self._submit(ready, now)
+
+    def _sync_orders(self, now: datetime, startup: bool) -> list[Any]:
+        """Ask the broker about every order of ours not known to be final; the orders written
+        and never sent whose bar is still current (at start-up), to be sent once checked."""
+        resend: list[Any] = []
         for cid, stored in self.store.orders(open_only=True).items():
             self._tick()
             at_broker = self.broker.order(cid)
@@ -502,11 +546,12 @@ class LiveSession:
                     "know it",
                 )
             elif startup and self._current(stored.bar_ts, now) and not self.config.dry_run:
-                self._send([self._order_of(stored)], {}, now)
+                resend.append(stored)
             else:
                 self.store.mark_order(
                     cid, "never_sent", "the session stopped before sending it", now
                 )
+        return resend
 
     def _current(self, bar_ts: datetime, now: datetime) -> bool:
         """Whether an order decided on ``bar_ts`` may still be sent at ``now``: before the
@@ -784,18 +829,24 @@ class LiveSession:
             return
         self._check_lease()
         stored = self.store.orders()
+        cancelled: dict[str, list[str]] = {}  # symbol -> the cancels of this batch on it
         for cid in cancels:
             o = stored.get(cid)
-            if o is not None and o.broker_id is not None:
+            if o is None:
+                continue
+            cancelled.setdefault(o.symbol, []).append(cid)
+            if o.broker_id is not None:
                 self.broker.cancel(o.broker_id)
-        confirmed = self._await_final(cancels) if cancels else {}
+        still_open = self._await_final(cancels) if cancels else set()
         ready: list[Order] = []
+        renet: list[Order] = []
         for order in orders:
+            cid = order.client_order_id
             if now >= self.close:
                 # A day order sent after the close waits for the next session's open (Alpaca
                 # queues it): a different trade, at an unknown price, than the one decided.
                 self.store.mark_order(
-                    order.client_order_id,
+                    cid,
                     "not_sent",
                     f"decided at {now.isoformat()}, at or after the close "
                     f"({self.close.isoformat()}): it would execute at the next open",
@@ -803,33 +854,61 @@ class LiveSession:
                 )
                 continue
             if self.switch.tripped() and order.intent != "flatten":
+                self.store.mark_order(cid, "not_sent", "the kill switch was tripped", now)
+                continue
+            follows = set(replaces.get(cid, ())) | set(cancelled.get(order.symbol, ()))
+            if follows & still_open:
+                # The cancelled order may still fill: sending this one as well could double
+                # the exposure. The next bar decides again on what the broker then says.
                 self.store.mark_order(
-                    order.client_order_id, "not_sent", "the kill switch was tripped", now
+                    cid,
+                    "not_sent",
+                    f"the cancel of {', '.join(sorted(follows & still_open))} was not "
+                    f"confirmed within {self.config.cancel_timeout_s:.0f} s",
+                    now,
                 )
                 continue
-            follows = replaces.get(order.client_order_id, [])
-            if any(confirmed.get(c) is not None and confirmed[c].filled_qty for c in follows):
-                order = self._renet(order, now)
-                if order.quantity == 0:
-                    continue
-            ready.append(order)
-        # Sent a few at a time (they are for different symbols and independent); booked once
-        # all are out, so that no order waits on the record of another.
-        sent = []
-        for answer in (
-            self._pool.map(self.broker.submit, ready)
-            if len(ready) > 1
-            else map(self.broker.submit, ready)
-        ):
-            sent.append(answer)
-            self._tick()
-        self.result.orders += len(sent)
-        for answer in sent:
-            self._book(answer, now)
+            (renet if follows else ready).append(order)
+        if renet:
+            # Sized again from the book after the cancels: a fill may have raced them.
+            held, working = self._book_now()
+            for order in renet:
+                resized = self._renet(order, held, working, now)
+                if resized is not None:
+                    ready.append(resized)
+        self._submit(ready, now)
 
-    def _await_final(self, cids: Sequence[str]) -> dict[str, BrokerOrder]:
+    def _submit(self, ready: Sequence[Order], now: datetime) -> None:
+        """Send ``ready`` a few at a time (different symbols, independent) and book every
+        answer; a definite refusal of one order marks it ``rejected`` and the others go on."""
+
+        def one(order: Order) -> BrokerOrder | BaseException:
+            try:
+                return self.broker.submit(order)
+            except OrderRefused as exc:
+                return exc
+            except Exception as exc:  # booked after the others, then raised
+                return exc
+
+        answers = list(self._pool.map(one, ready)) if len(ready) > 1 else [one(o) for o in ready]
+        failure: BaseException | None = None
+        for order, answer in zip(ready, answers, strict=True):
+            self._tick()
+            if isinstance(answer, OrderRefused):
+                log.error("order refused: %s", answer)
+                self.store.mark_order(order.client_order_id, "rejected", str(answer), now)
+            elif isinstance(answer, BaseException):
+                failure = failure or answer
+            else:
+                self.result.orders += 1
+                self._book(answer, now)
+        if failure is not None:
+            raise failure
+
+    def _await_final(self, cids: Sequence[str]) -> set[str]:
+        """Wait up to ``cancel_timeout_s`` for ``cids`` to end at the broker (booking what they
+        filled); the client ids still open then. One the broker does not know is not open."""
         deadline = self._wall() + self.config.cancel_timeout_s
-        out: dict[str, BrokerOrder] = {}
         pending = list(cids)
         while pending:
             self._tick()
@@ -838,7 +917,6 @@ class LiveSession:
                 o = self.broker.order(cid)
                 if o is None or not o.open:
                     if o is not None:
-                        out[cid] = o
                         self._book(o, self.clock())
                 else:
                     still.append(cid)
@@ -846,20 +924,37 @@ class LiveSession:
             if not pending or self._wall() > deadline:
                 break
             time.sleep(0.01)
-        return out
+        return set(pending)
 
-    def _renet(self, order: Order, now: datetime) -> Order:
-        """A fill raced the cancel this order follows: size it again from the position now."""
+    def _book_now(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Positions, then the signed remaining shares of the open orders, by symbol."""
+        held = self.broker.positions()
+        working: dict[str, int] = {}
+        for o in self.broker.open_orders():
+            working[o.symbol] = working.get(o.symbol, 0) + o.remaining
+        return held, working
+
+    def _renet(
+        self, order: Order, held: dict[str, int], working: dict[str, int], now: datetime
+    ) -> Order | None:
+        """``order`` sized from the book now (its goal less the position and what still
+        works); None when nothing is left to do. A change of size is recorded before sending."""
         goal = 0 if order.intent == "flatten" else int(order.intent.removeprefix("target:"))
-        held = self.broker.positions().get(order.symbol, 0)
-        working = sum(o.remaining for o in self.broker.open_orders() if o.symbol == order.symbol)
-        need = goal - held - working
+        need = goal - held.get(order.symbol, 0) - working.get(order.symbol, 0)
         if need == 0:
             self.store.mark_order(
-                order.client_order_id, "not_needed", "a fill before the cancel made it", now
+                order.client_order_id, "not_needed", "the book already holds its goal", now
             )
-            return replace(order, quantity=0)
+            return None
         side: Literal["buy", "sell"] = "buy" if need > 0 else "sell"
+        if side != order.side or abs(need) != order.quantity:
+            self.store.resize_order(
+                order.client_order_id,
+                side,
+                abs(need),
+                f"re-sized from {order.side} {order.quantity}: the book moved before it was sent",
+                now,
+            )
         return replace(order, side=side, quantity=abs(need))
 
     def _on_stop(self) -> None:
@@ -871,23 +966,31 @@ class LiveSession:
         open_ = [o for o in self.broker.open_orders() if o.client_order_id in mine]
         for o in open_:
             self.broker.cancel(o.id)
-        self._await_final([o.client_order_id for o in open_])
-        if self.config.on_stop == "flatten":
-            flatten = [
+        still_open = self._await_final([o.client_order_id for o in open_])
+        if self.config.on_stop != "flatten":
+            return
+        if self.result.halted is not None:
+            log.error("not flattening at the stop: the session failed closed and a person looks")
+            return
+        held, working = self._book_now()
+        flatten = []
+        for s in self.symbols:
+            q = held.get(s, 0)
+            if not q:
+                continue
+            if working.get(s, 0) or any(
+                o.symbol == s for o in open_ if o.client_order_id in still_open
+            ):
+                log.error("not flattening %s: an order on it is still working", s)
+                continue
+            flatten.append(
                 Order.create(
-                    self.strategy.name,
-                    s,
-                    now,
-                    "flatten",
-                    "sell" if q > 0 else "buy",
-                    abs(q),
+                    self.strategy.name, s, now, "flatten", "sell" if q > 0 else "buy", abs(q)
                 )
-                for s, q in sorted(self.broker.positions().items())
-                if q
-            ]
-            for f in flatten:
-                self.store.record_order(self.config.session, f, now)
-            self._send(flatten, {}, now)
+            )
+        for f in flatten:
+            self.store.record_order(self.config.session, f, now)
+        self._send(flatten, {}, now)
 
     def _drain(self) -> None:
         """Book what the broker says of our open orders at the end."""

@@ -302,6 +302,22 @@ class LiveStore:
             known, status=status, filled_qty=filled, broker_id=order.id
         )
 
+    def resize_order(
+        self, client_order_id: str, side: str, qty: int, reason: str, at: datetime
+    ) -> None:
+        """Re-size an order not yet sent (a fill raced the cancel it follows): its side and
+        quantity as they will be sent, so that its fills are signed and counted right."""
+        c = T.live_orders.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(T.live_orders)
+                .where(c.client_order_id == client_order_id)
+                .values(side=side, qty=qty, reason=reason, updated_at=at)
+            )
+        cache = self._orders_cache()
+        if client_order_id in cache:
+            cache[client_order_id] = replace(cache[client_order_id], side=side, qty=qty)
+
     def mark_order(self, client_order_id: str, status: str, reason: str, at: datetime) -> None:
         """Set an order's status without the broker (e.g. ``never_sent`` after a crash)."""
         c = T.live_orders.c
