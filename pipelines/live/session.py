@@ -885,9 +885,7 @@ class LiveSession:
         def one(order: Order) -> BrokerOrder | BaseException:
             try:
                 return self.broker.submit(order)
-            except OrderRefused as exc:
-                return exc
-            except Exception as exc:  # booked after the others, then raised
+            except Exception as exc:  # a refusal is booked; anything else raised after the rest
                 return exc
 
         answers = list(self._pool.map(one, ready)) if len(ready) > 1 else [one(o) for o in ready]

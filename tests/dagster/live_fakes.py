@@ -77,6 +77,13 @@ def broken(project: Any, *, observe: Callable[[LiveBarReport], None], **_: Any) 
     raise ConnectionError("broker unreachable after 3 retries (fake)")
 
 
+def _started(run_id: str) -> Path:
+    """Write ``started`` (this process and run) into ``QUANTDAG_TEST_LIVE_DIR``; that dir."""
+    out = Path(os.environ["QUANTDAG_TEST_LIVE_DIR"])
+    (out / "started").write_text(json.dumps({"pid": os.getpid(), "run_id": run_id}))
+    return out
+
+
 def until_stopped(
     project: Any,
     *,
@@ -88,8 +95,7 @@ def until_stopped(
     log: Callable[[str], None],
 ) -> LiveSummary:
     """A session that decides a bar every 0.2 s until its stop event is set."""
-    out = Path(os.environ["QUANTDAG_TEST_LIVE_DIR"])
-    (out / "started").write_text(json.dumps({"pid": os.getpid(), "run_id": run_id}))
+    out = _started(run_id)
     bars = 0
     while not stop.wait(0.2):
         observe(report(bars % 3))
@@ -113,8 +119,7 @@ def deaf_to_stop(
     log: Callable[[str], None],
 ) -> LiveSummary:
     """A session whose loop hangs: it decides bars but never looks at its stop event."""
-    out = Path(os.environ["QUANTDAG_TEST_LIVE_DIR"])
-    (out / "started").write_text(json.dumps({"pid": os.getpid(), "run_id": run_id}))
+    _started(run_id)
     bars = 0
     while True:
         observe(report(bars % 3))

@@ -112,20 +112,23 @@ def _session(tmp_path: Path, broker: DictBroker) -> tuple[LiveSession, LiveStore
     return live, store, switch
 
 
-def _decide(store: LiveStore, *orders: Order) -> None:
+def _decide(
+    store: LiveStore, *orders: Order, bar_ts: datetime = BAR, cancels: Sequence[str] = ()
+) -> None:
+    """Record a decision of ``bar_ts`` with ``orders`` (pending) and ``cancels``."""
     strategy = ModelStrategy(SizingConfig(), name="model")
     store.record_decision(
         session=SESSION_DAY,
         attempt=1,
-        bar_ts=BAR,
-        decided_at=BAR + timedelta(minutes=15),
+        bar_ts=bar_ts,
+        decided_at=bar_ts + timedelta(minutes=15),
         features_sha256="0" * 64,
         state=PathState.create(("AAA", "BBB"), strategy, PathConfig()),
         equity=1e6,
         predictions={},
         intended={},
         orders=list(orders),
-        cancels=[],
+        cancels=list(cancels),
         positions={},
     )
 

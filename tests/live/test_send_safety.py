@@ -10,32 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipelines.backtest.strategy import ModelStrategy, SizingConfig
 from pipelines.execution.orders import Order
-from pipelines.execution.path import PathConfig, PathState
 from pipelines.live.broker import OrderRefused
-from pipelines.live.store import LiveStore
-from tests.live.test_reconcile import BAR, SESSION_DAY, DictBroker, _session
+from tests.live.test_reconcile import BAR, DictBroker, _decide, _session
 
 B1 = BAR + timedelta(minutes=15)
-
-
-def _record(store: LiveStore, bar_ts: Any, orders: list[Order], cancels: list[str] = []) -> None:  # noqa: B006
-    strategy = ModelStrategy(SizingConfig(), name="model")
-    store.record_decision(
-        session=SESSION_DAY,
-        attempt=1,
-        bar_ts=bar_ts,
-        decided_at=bar_ts + timedelta(minutes=15),
-        features_sha256="0" * 64,
-        state=PathState.create(("AAA", "BBB"), strategy, PathConfig()),
-        equity=1e6,
-        predictions={},
-        intended={},
-        orders=list(orders),
-        cancels=list(cancels),
-        positions={},
-    )
 
 
 def _exposure(broker: DictBroker, symbol: str = "AAA") -> int:
@@ -47,7 +26,7 @@ def _exposure(broker: DictBroker, symbol: str = "AAA") -> int:
 
 def _working(tmp_path: Path, broker: DictBroker, order: Order) -> Any:
     live, store, switch = _session(tmp_path, broker)
-    _record(store, BAR, [order])
+    _decide(store, order, bar_ts=BAR)
     broker.submit(order)
     live._book(broker.orders[order.client_order_id], BAR)
     return live, store, switch
@@ -61,7 +40,7 @@ def test_a_crash_before_sending_resends_sized_from_the_book(tmp_path: Path) -> N
     """Decided at B1: cancel W (buy 100, working), buy 150; killed before either went out."""
     broker = DictBroker(B1 + timedelta(minutes=15, seconds=5))
     _, store, _ = _working(tmp_path, broker, W)
-    _record(store, B1, [NEW], cancels=[W.client_order_id])
+    _decide(store, NEW, bar_ts=B1, cancels=[W.client_order_id])
     relaunch, _, _ = _session(tmp_path, broker)
     relaunch.reconcile(startup=True)
     assert _exposure(broker) == 150  # not 250: W still works, 50 more are sent
@@ -70,7 +49,7 @@ def test_a_crash_before_sending_resends_sized_from_the_book(tmp_path: Path) -> N
 def test_a_crash_after_the_cancel_resends_what_the_fill_left(tmp_path: Path) -> None:
     broker = DictBroker(B1 + timedelta(minutes=15, seconds=5))
     _, store, _ = _working(tmp_path, broker, W)
-    _record(store, B1, [NEW], cancels=[W.client_order_id])
+    _decide(store, NEW, bar_ts=B1, cancels=[W.client_order_id])
     w = broker.orders[W.client_order_id]
     broker.orders[W.client_order_id] = replace(
         w, status="canceled", filled_qty=60, filled_avg_price=Decimal("10")
@@ -92,7 +71,7 @@ def test_an_unconfirmed_cancel_holds_back_its_replacement(tmp_path: Path) -> Non
         broker.orders[cid] = replace(broker.orders[cid], status="pending_cancel")
 
     broker.cancel = pending_cancel  # type: ignore[method-assign]
-    _record(store, B1, [NEW], cancels=[W.client_order_id])
+    _decide(store, NEW, bar_ts=B1, cancels=[W.client_order_id])
     live._send([NEW], {NEW.client_order_id: [W.client_order_id]}, broker.now, [W.client_order_id])
     assert NEW.client_order_id not in broker.sent
     assert store.orders()[NEW.client_order_id].status == "not_sent"
@@ -122,7 +101,7 @@ def test_a_flatten_is_sized_after_the_cancels_of_its_symbol(tmp_path: Path) -> N
 
     broker.cancel = cancel_loses_race  # type: ignore[method-assign]
     flatten = Order.create("model", "AAA", B1, "flatten", "sell", 100)
-    _record(store, B1, [flatten], cancels=[sell.client_order_id])
+    _decide(store, flatten, bar_ts=B1, cancels=[sell.client_order_id])
     live._send([flatten], {}, broker.now, [sell.client_order_id])
     assert broker.orders[flatten.client_order_id].qty == 50
     assert broker.orders[flatten.client_order_id].side == "sell"
@@ -143,7 +122,7 @@ def test_a_renet_that_turns_the_side_is_recorded_so_the_account_still_reconciles
 
     broker.cancel = cancel_loses_race  # type: ignore[method-assign]
     half = Order.create("model", "AAA", B1, "target:50", "buy", 50)
-    _record(store, B1, [half], cancels=[W.client_order_id])
+    _decide(store, half, bar_ts=B1, cancels=[W.client_order_id])
     live._send([half], {half.client_order_id: [W.client_order_id]}, broker.now, [W.client_order_id])
     sent = broker.orders[half.client_order_id]
     assert (sent.side, sent.qty) == ("sell", 50)
@@ -175,7 +154,7 @@ def test_a_refused_order_is_rejected_and_the_others_go_on(tmp_path: Path) -> Non
     broker.submit = refuse_bbb  # type: ignore[method-assign]
     a = Order.create("model", "AAA", BAR, "target:100", "buy", 100)
     b = Order.create("model", "BBB", BAR, "target:-100", "sell", 100)
-    _record(store, BAR, [a, b])
+    _decide(store, a, b, bar_ts=BAR)
     live._send([a, b], {}, B1)
     orders = store.orders()
     assert orders[b.client_order_id].status == "rejected"
@@ -190,7 +169,7 @@ def test_nothing_is_resent_or_flattened_once_the_session_failed_closed(tmp_path:
     live, store, switch = _session(tmp_path, broker)
     live.config = replace(live.config, on_stop="flatten")
     pending = Order.create("model", "AAA", BAR, "target:100", "buy", 100)
-    _record(store, BAR, [pending])  # decided, never sent
+    _decide(store, pending, bar_ts=BAR)  # decided, never sent
     broker.submit(Order.create("someone", "AAA", BAR, "manual", "buy", 500))
     broker.held["ZZZ"] = 7  # a position this strategy never traded
     broker.sent.clear()
@@ -205,7 +184,7 @@ def test_a_late_resend_may_only_cut_exposure(tmp_path: Path) -> None:
     broker = DictBroker(BAR + timedelta(minutes=29))  # 14 minutes after its bar ended
     live, store, _ = _session(tmp_path, broker)
     live.path = replace(live.path, limits=replace(live.path.limits, max_data_age_s=60.0))
-    _record(store, BAR, [W])
+    _decide(store, W, bar_ts=BAR)
     live.reconcile(startup=True)
     assert broker.sent == []
     assert store.orders()[W.client_order_id].status == "never_sent"
