@@ -118,9 +118,12 @@ def simulate(
     short_held: I64,
     flow: F64,
     d_value: F64,
+    split_flips: bool,
 ) -> tuple[int, int, float]:
     """Positions, fills and per-time flows of targets decided at a bar's close and filled at
-    the open of the symbol's next bar.
+    the open of the symbol's next bar (``split_flips``: a target on the other side of zero
+    closes the position at that open and opens the other side at the next, as the trading
+    path sends it).
 
     Per fill ``k`` (in row order): its row ``fills[k]``, ``quantity``, ``price`` (the open,
     ``frac`` against the trade) and ``commission`` (USD: ``max(|q| * micro_per_share,
@@ -138,7 +141,7 @@ def simulate(
         value = 0.0
         for j in range(starts[s], starts[s + 1]):
             before = pos
-            pos = held
+            pos = 0 if split_flips and held * before < 0 else held
             if before < 0:
                 shorts[n_shorts] = j
                 short_held[n_shorts] = -before

@@ -152,7 +152,9 @@ def _borrow(rows: _Rows, shorts: I64, held: I64, costs: CostModel) -> tuple[F64,
     return out, total
 
 
-def _simulate(rows: _Rows, target: I64, has: B, costs: CostModel, cash: float) -> VectorizedResult:
+def _simulate(
+    rows: _Rows, target: I64, has: B, costs: CostModel, cash: float, split_flips: bool = True
+) -> VectorizedResult:
     if costs.impact_k or costs.commission_bps:
         raise ValueError(
             "the vectorized path models fixed slippage, half spread, per-share commissions "
@@ -182,6 +184,7 @@ def _simulate(rows: _Rows, target: I64, has: B, costs: CostModel, cash: float) -
         held,
         flow,
         d_value,
+        split_flips,
     )
     short = shorts[:n_shorts]
     borrowed, borrow = _borrow(rows, short, held[:n_shorts], costs)
@@ -261,13 +264,20 @@ def _place(rows: _Rows, targets: pl.DataFrame) -> tuple[I64, B]:
 
 
 def simulate_targets(
-    bars: pl.DataFrame, targets: pl.DataFrame, *, costs: CostModel, cash: float
+    bars: pl.DataFrame,
+    targets: pl.DataFrame,
+    *,
+    costs: CostModel,
+    cash: float,
+    split_flips: bool = True,
 ) -> VectorizedResult:
     """Fills, cash and equity of ``targets`` (``symbol``, ``ts``, ``target`` shares decided at
-    that bar's close; null or absent keeps the position) on ``bars``, from ``cash`` (USD)."""
+    that bar's close; null or absent keeps the position) on ``bars``, from ``cash`` (USD);
+    ``split_flips`` as :class:`~pipelines.execution.path.PathConfig`'s (a target through zero
+    closes first, and opens the other side one bar later)."""
     rows = _rows(bars)
     target, has = _place(rows, targets)
-    return _simulate(rows, target, has, costs, cash)
+    return _simulate(rows, target, has, costs, cash, split_flips)
 
 
 def _ma_cross(rows: _Rows, fast: int, slow: int, shares: int) -> tuple[I64, B]:

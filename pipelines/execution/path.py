@@ -165,7 +165,10 @@ class PathConfig:
     only data staleness reads it); ``zone`` the exchange's time zone (sessions of the daily
     loss limit); ``capital`` (USD, None: the account's equity) what the strategy sizes on;
     ``flatten_on_trip`` (default) closes every position when the kill switch trips, so a halt
-    stops the losses rather than freezing the book until a person acts."""
+    stops the losses rather than freezing the book until a person acts. ``split_flips``
+    (default) takes a position through zero in two steps, the close at this bar and the
+    opposite side at the next: Alpaca refuses one order that does both ("insufficient qty
+    available"), and the backtest trades as the account can."""
 
     strategy: str = "model"
     bar_minutes: int = 15
@@ -175,6 +178,7 @@ class PathConfig:
     capital: float | None = None
     flatten_on_trip: bool = True
     zone: str = "America/New_York"
+    split_flips: bool = True
 
     @classmethod
     def without_limits(cls, strategy: str = "model", bar_minutes: int = 15) -> PathConfig:
@@ -504,7 +508,10 @@ def decide(
                 events.extend(refused_again)
         taken = {o.client_order_id for o in accepted}
         for order in accepted:
-            fresh[state.ids[order.symbol]] = False
+            i = state.ids[order.symbol]
+            # The close of a split flip leaves its opening to send: still a fresh decision.
+            if not (config.split_flips and _goal(order) == 0 and intended[i] != 0):
+                fresh[i] = False
         for plan in plans.values():
             # A working order is cancelled for a replacement that was accepted, or when the
             # strategy no longer wants what it adds; a refused addition keeps it working.
@@ -689,14 +696,16 @@ def _plan(
         theirs = orders_working.get(symbol, ())
         dropped = [w.client_order_id for w in theirs]
         adding = tuple(w.client_order_id for w in theirs if w.remaining * position >= 0)
-        delta = goal - position
+        flip = config.split_flips and goal * position < 0
+        target = 0 if flip else goal  # a split flip opens the other side at the next bar
+        delta = target - position
         order = None
         if delta:
             side: Side = "buy" if delta > 0 else "sell"
             order = Order.create(
-                config.strategy, symbol, bars.ts, f"target:{goal}", side, abs(delta)
+                config.strategy, symbol, bars.ts, f"target:{target}", side, abs(delta)
             )
-        plans[symbol] = _Plan(order, dropped, False, not adds, adding)
+        plans[symbol] = _Plan(order, dropped, False, flip or not adds, adding)
     return plans, notes
 
 

@@ -323,9 +323,11 @@ def test_reducing_cancels_working_orders_that_add_exposure(pplt: pl.DataFrame) -
 
 
 def test_a_refused_flip_still_closes_what_is_held(pplt: pl.DataFrame) -> None:
-    """Short selling is off: long 133 -> short 132 is refused, but the long is still closed."""
+    """Flips in one order (``split_flips=False``), short selling off: long 133 -> short 132 is
+    refused, but the long is still closed."""
     config = PathConfig(
         strategy="scheduled",
+        split_flips=False,
         risk=RiskConfig(
             max_position=None,
             max_gross=None,
@@ -344,6 +346,32 @@ def test_a_refused_flip_still_closes_what_is_held(pplt: pl.DataFrame) -> None:
     assert [e.rule for e in d.events if e.kind == "refused"] == ["short_sale"]
     (order,) = d.orders
     assert (order.side, order.quantity, order.intent) == ("sell", 133, "target:0")
+
+
+def test_a_flip_closes_first_and_opens_the_other_side_at_the_next_bar(
+    pplt: pl.DataFrame,
+) -> None:
+    """Alpaca refuses one order from long to short: long 133 -> short 132 is a sell of 133
+    at this bar, and a sell of 132 at the next, without a new decision in between."""
+    config = PathConfig.without_limits(strategy="scheduled")
+    targets = {0: {"PPLT": -132}}
+    calls = iter(range(10))
+    strategy = Scheduled(lambda ts: targets.get(next(calls), {}))
+    rows = pplt.head(2).to_dicts()
+    state = PathState.create(["PPLT"], strategy, config)
+    b0 = _batch(rows[0])
+    first = decide(
+        state, b0, Signals.empty(1), _account(b0, positions={"PPLT": 133}), strategy, config
+    )
+    (close,) = first.orders
+    assert (close.side, close.quantity, close.intent) == ("sell", 133, "target:0")
+    b1 = _batch(rows[1])
+    second = decide(
+        first.state, b1, Signals.empty(1), _account(b1, positions={"PPLT": 0}), strategy, config
+    )
+    (open_,) = second.orders
+    assert (open_.side, open_.quantity, open_.intent) == ("sell", 132, "target:-132")
+    assert not second.events
 
 
 def test_an_addition_gone_unfilled_is_not_sent_again(pplt: pl.DataFrame) -> None:
