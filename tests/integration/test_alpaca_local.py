@@ -151,7 +151,9 @@ def test_fills_equal_the_simulated_brokers_with_partials_and_latency(
     send("AAPL", 300, "buy", "a1")  # at 09:30:00: fills on the 09:30 bar's open
     send("MSFT", 1500, "buy", "m1")  # over 0.02% of the bar's volume (1248): partials
     server.advance(OPEN + timedelta(minutes=10))
-    send("AAPL", 100, "sell", "a2")  # at 09:40: too late for 09:30, fills at 09:45's open
+    # (a buy: Alpaca refuses a sell while the buy a1 is open, and here a1 is open until its
+    # bar's end)
+    send("AAPL", 100, "buy", "a2")  # at 09:40: too late for 09:30, fills at 09:45's open
     server.advance(OPEN + timedelta(minutes=15, seconds=20))
     send("SPY", 50, "buy", "s1")  # 20 s after the 09:45 bar's start: still that bar's open
     server.advance(OPEN + timedelta(minutes=15, seconds=31))
@@ -175,7 +177,7 @@ def test_fills_equal_the_simulated_brokers_with_partials_and_latency(
     assert m1.status == OrderStatus.FILLED and float(m1.filled_qty) == 1500
     avg = sum(f.price * f.quantity for f in by_id["m1"]) / 1500
     assert Decimal(m1.filled_avg_price) == avg
-    assert server.positions() == {"AAPL": 200, "MSFT": 1500, "SPY": 50, "QQQ": 40}
+    assert server.positions() == {"AAPL": 400, "MSFT": 1500, "SPY": 50, "QQQ": 40}
     positions = {p.symbol: p for p in client.get_all_positions()}
     assert {s: int(p.qty) for s, p in positions.items()} == server.positions()
     assert Decimal(positions["MSFT"].avg_entry_price) == avg
@@ -559,3 +561,27 @@ def test_replay_plays_at_a_speed_and_pauses(minute_bars: pl.DataFrame) -> None:
         paused = srv.now()
         time.sleep(0.2)
         assert srv.now() == paused and paused > OPEN + timedelta(minutes=5)
+
+
+def test_position_rules_at_submission_are_alpacas(server: LocalAlpaca) -> None:
+    """Alpaca answers 403 (40310000) to an order through zero, to selling shares already
+    committed, and to an order while one on the other side is open; ``qty_available`` is the
+    position less what open orders commit."""
+    client = _trading(server)
+    client.submit_order(_market("AAPL", 100, "long-1"))
+    server.advance(OPEN + timedelta(minutes=15))
+    assert server.positions() == {"AAPL": 100}
+
+    def refused(qty: int, cid: str, side: OrderSide) -> str:
+        with pytest.raises(APIError) as err:
+            client.submit_order(_market("AAPL", qty, cid, side))
+        assert err.value.status_code == 403 and '"code":40310000' in str(err.value).replace(" ", "")
+        return str(err.value)
+
+    assert "insufficient qty available" in refused(150, "flip-1", OrderSide.SELL)
+    client.submit_order(_market("AAPL", 60, "cut-1", OrderSide.SELL))
+    (position,) = client.get_all_positions()
+    assert int(position.qty) == 100 and int(position.qty_available) == 40
+    assert "available: 40" in refused(50, "cut-2", OrderSide.SELL)
+    assert "while a sell order is open" in refused(10, "add-1", OrderSide.BUY)
+    client.submit_order(_market("AAPL", 40, "cut-3", OrderSide.SELL))  # exactly what is left

@@ -838,6 +838,7 @@ class LocalAlpaca:
             raise ApiError(422, 40010001, "client_order_id must be no more than 128 characters")
         if cid in self._by_client_id:
             raise ApiError(422, 40010001, "client_order_id must be unique")
+        self._check_shares(symbol, side, qty)
         order = _Order(
             id=str(uuid.uuid4()),
             client_order_id=cid,
@@ -925,6 +926,35 @@ class LocalAlpaca:
             out.append({"id": o.id, "status": 200, "body": o.json()})
         return web.json_response(out, status=207)
 
+    def _committed(self, symbol: str, side: str) -> int:
+        """Shares of ``symbol`` that open orders on ``side`` still have to trade."""
+        return sum(
+            o.qty - o.filled_qty
+            for o in self._orders.values()
+            if o.is_open and o.symbol == symbol and o.side == side
+        )
+
+    def _check_shares(self, symbol: str, side: str, qty: int) -> None:
+        """Alpaca's position rules at submission (HTTP 403, code 40310000): no order on one side
+        while one on the other is open ("cannot open a long buy while a short sell order is
+        open"), and no order that takes a position through zero: a sell of a long (a buy of a
+        short) may trade the shares held less those open orders already commit."""
+        other = "sell" if side == "buy" else "buy"
+        if self._committed(symbol, other):
+            opening = "long buy" if side == "buy" else "short sell"
+            raise ApiError(403, 40310000, f"cannot open a {opening} while a {other} order is open")
+        held = self.broker.ledger.positions.get(symbol, 0)
+        closing = (held > 0 and side == "sell") or (held < 0 and side == "buy")
+        if closing:
+            available = abs(held) - self._committed(symbol, side)
+            if qty > available:
+                raise ApiError(
+                    403,
+                    40310000,
+                    f"insufficient qty available for order (requested: {qty}, available: "
+                    f"{max(available, 0)})",
+                )
+
     # ----------------------------------------------------------------- REST: positions
     def _position_json(self, symbol: str, qty: int) -> dict[str, Any]:
         last = self.broker.last(symbol)
@@ -941,7 +971,11 @@ class LocalAlpaca:
             "asset_marginable": True,
             "avg_entry_price": str(avg),
             "qty": str(qty),
-            "qty_available": str(qty),
+            "qty_available": str(
+                qty - self._committed(symbol, "sell")
+                if qty > 0
+                else qty + self._committed(symbol, "buy")
+            ),
             "side": "long" if qty > 0 else "short",
             "market_value": repr(market_value),
             "cost_basis": str(cost_basis),
