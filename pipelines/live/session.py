@@ -617,15 +617,19 @@ class LiveSession:
             self.result.fills += 1
         booked = self.store.booked(order.client_order_id)
         if order.filled_qty > booked and order.filled_avg_price is not None:
-            # Fills learnt over REST (the stream missed them): booked once, at the order's
-            # average price, under an id of the order and its cumulative quantity.
+            # Fills learnt over REST (the stream missed them): booked once, under an id of the
+            # order and its cumulative quantity, at the average price of the shares not yet
+            # booked (the order's average covers the fills already booked too).
+            rest = order.filled_qty - booked
+            notional = order.filled_avg_price * order.filled_qty
+            price = (notional - self.store.booked_notional(order.client_order_id)) / rest
             self.store.record_fill(
                 f"{order.id}:{order.filled_qty}",
                 order.client_order_id,
                 order.symbol,
                 order.side,
-                order.filled_qty - booked,
-                order.filled_avg_price,
+                rest,
+                price,
                 now,
                 "rest",
             )
@@ -785,12 +789,9 @@ class LiveSession:
             self._observe(self._outcome(decision, sig.predictions, account, now, compute_ms))
 
     def _account(self, now: datetime) -> Account:
-        # Three independent reads, at once.
         account_read = self._pool.submit(self.broker.account)
-        positions_read = self._pool.submit(self.broker.positions)
-        orders_read = self._pool.submit(self.broker.open_orders)
-        acct, positions = account_read.result(), positions_read.result()
-        open_orders = orders_read.result()
+        positions, open_orders = self._consistent_book()
+        acct = account_read.result()
         stored = self.store.orders()
         working: dict[str, list[WorkingOrder]] = {}
         for o in open_orders:
@@ -817,6 +818,25 @@ class LiveSession:
             gross=float(np.abs(values).sum()),
             net=float(values.sum()),
         )
+
+    def _consistent_book(self) -> tuple[dict[str, int], list[BrokerOrder]]:
+        """Positions and the open orders as of one moment: the open orders are read before
+        and after the positions, and again until no fill came in between. If fills keep
+        coming, the orders read before are kept: a fill then counts both as held and as
+        working, so the decision errs on the side of sending less."""
+
+        def seen(orders: list[BrokerOrder]) -> set[tuple[str, int]]:
+            return {(o.client_order_id, o.filled_qty) for o in orders}
+
+        before = self.broker.open_orders()
+        for _ in range(3):
+            positions = self.broker.positions()
+            after = self.broker.open_orders()
+            if seen(after) == seen(before):
+                return positions, after
+            before = after
+        log.warning("fills kept coming while the book was read: deciding on the earlier orders")
+        return self.broker.positions(), before
 
     def _send(
         self,
@@ -925,10 +945,10 @@ class LiveSession:
         return set(pending)
 
     def _book_now(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Positions, then the signed remaining shares of the open orders, by symbol."""
-        held = self.broker.positions()
+        """Positions and the signed remaining shares of the open orders, by symbol."""
+        held, orders = self._consistent_book()
         working: dict[str, int] = {}
-        for o in self.broker.open_orders():
+        for o in orders:
             working[o.symbol] = working.get(o.symbol, 0) + o.remaining
         return held, working
 

@@ -48,6 +48,7 @@ class StoredOrder:
         return self.filled_qty if self.side == "buy" else -self.filled_qty
 
 
+_BROKER_FINAL = ("filled", "canceled", "expired", "rejected")
 _FINAL = (
     "filled",
     "canceled",
@@ -73,6 +74,7 @@ class LiveStore:
         self.strategy = strategy
         self._cache: dict[str, StoredOrder] | None = None
         self._booked: dict[str, int] = {}
+        self._notional: dict[str, Decimal] = {}
         self._execs: set[str] = set()
 
     def _orders_cache(self) -> dict[str, StoredOrder]:
@@ -92,12 +94,17 @@ class LiveStore:
             ).where(c.strategy == self.strategy)
             with self.engine.connect() as conn:
                 cache = {r[0]: StoredOrder(*r) for r in conn.execute(query).all()}
-                fills = conn.execute(sa.select(f.execution_id, f.client_order_id, f.qty)).all()
-            self._booked = {}
-            self._execs = set()
-            for execution, cid, qty in fills:
+                mine = sa.select(c.client_order_id).where(c.strategy == self.strategy)
+                fills = conn.execute(
+                    sa.select(f.execution_id, f.client_order_id, f.qty, f.price).where(
+                        f.client_order_id.in_(mine)
+                    )
+                ).all()
+            self._booked, self._notional, self._execs = {}, {}, set()
+            for execution, cid, qty, price in fills:
                 self._execs.add(execution)
                 self._booked[cid] = self._booked.get(cid, 0) + int(qty)
+                self._notional[cid] = self._notional.get(cid, Decimal(0)) + Decimal(price) * qty
             self._cache = cache
         return self._cache
 
@@ -275,7 +282,12 @@ class LiveStore:
         if known is None:
             return
         filled = max(known.filled_qty, order.filled_qty)
-        status = order.status if order.filled_qty >= known.filled_qty else known.status
+        # The broker's own end of an order is not undone by an older report of it (a queued
+        # stream event); a local mark (never_sent, not_sent) yields to what the broker says.
+        stale = order.filled_qty < known.filled_qty or (
+            known.status in _BROKER_FINAL and order.status not in _BROKER_FINAL
+        )
+        status = known.status if stale else order.status
         if reason is None and (status, filled, known.broker_id) == (
             known.status,
             known.filled_qty,
@@ -361,6 +373,9 @@ class LiveStore:
             )
         self._execs.add(execution_id)
         self._booked[client_order_id] = self._booked.get(client_order_id, 0) + qty
+        self._notional[client_order_id] = (
+            self._notional.get(client_order_id, Decimal(0)) + price * qty
+        )
         return True
 
     def has_order(self, client_order_id: str) -> bool:
@@ -371,10 +386,18 @@ class LiveStore:
         self._orders_cache()
         return self._booked.get(client_order_id, 0)
 
+    def booked_notional(self, client_order_id: str) -> Decimal:
+        """USD of the order's fills recorded so far (price x shares, exact)."""
+        self._orders_cache()
+        return self._notional.get(client_order_id, Decimal(0))
+
     def fills(self) -> list[dict[str, Any]]:
+        """The strategy's fills, oldest first."""
+        c, f = T.live_orders.c, T.live_fills.c
+        mine = sa.select(c.client_order_id).where(c.strategy == self.strategy)
+        query = sa.select(T.live_fills).where(f.client_order_id.in_(mine)).order_by(f.ts)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(T.live_fills).order_by(T.live_fills.c.ts)).mappings()
-            return [dict(r) for r in rows]
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def expected_positions(self) -> dict[str, int]:
         """Symbol -> signed shares our orders have filled, as far as we know."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.execution.orders import Order
-from pipelines.live.broker import OrderRefused
+from pipelines.live.broker import OrderRefused, TradeUpdate
 from tests.live.test_reconcile import BAR, DictBroker, _decide, _session
 
 B1 = BAR + timedelta(minutes=15)
@@ -188,3 +188,57 @@ def test_a_late_resend_may_only_cut_exposure(tmp_path: Path) -> None:
     live.reconcile(startup=True)
     assert broker.sent == []
     assert store.orders()[W.client_order_id].status == "never_sent"
+
+
+def test_the_book_is_read_as_of_one_moment(tmp_path: Path) -> None:
+    """W fills just after the positions were read: the open orders read next no longer show
+    it. Positions and orders are read again until they agree (held 100, nothing working), not
+    taken torn (held 0, nothing working: 100 shares missing, and bought again)."""
+    broker = DictBroker(B1 + timedelta(minutes=15))
+    live, _, _ = _working(tmp_path, broker, W)
+    positions = broker.positions
+    reads = []
+
+    def positions_then_fill() -> dict[str, int]:
+        held = positions()
+        if not reads:
+            cid = W.client_order_id
+            broker.orders[cid] = replace(
+                broker.orders[cid], status="filled", filled_qty=100, filled_avg_price=Decimal("10")
+            )
+            broker.held["AAA"] = 100
+        reads.append(held)
+        return held
+
+    broker.positions = positions_then_fill  # type: ignore[method-assign]
+    assert live._book_now() == ({"AAA": 100}, {})
+    assert reads[0] == {}  # the first read was taken before the fill
+
+
+def test_a_fill_learnt_partly_from_the_stream_and_partly_over_rest_keeps_its_money(
+    tmp_path: Path,
+) -> None:
+    broker = DictBroker(B1)
+    live, store, _ = _session(tmp_path, broker)
+    order = Order.create("model", "AAA", BAR, "target:100", "buy", 100)
+    _decide(store, order, bar_ts=BAR)
+    sent = broker.submit(order)
+    part = replace(sent, filled_qty=40, filled_avg_price=Decimal("100"), status="partially_filled")
+    live._book(part, B1, TradeUpdate("partial_fill", part, B1, "E1", 40, Decimal("100")))
+    # E2 (60 at 110) is learnt over REST first: the order's average is 106 over all 100.
+    full = replace(sent, filled_qty=100, filled_avg_price=Decimal("106"), status="filled")
+    live._book(full, B1)
+    live._book(full, B1, TradeUpdate("fill", full, B1, "E2", 60, Decimal("110")))  # late: skipped
+    fills = [(int(f["qty"]), Decimal(f["price"])) for f in store.fills()]
+    assert sorted(fills) == [(40, Decimal("100")), (60, Decimal("110"))]
+
+
+def test_a_late_stream_event_does_not_reopen_an_order_the_broker_ended(tmp_path: Path) -> None:
+    broker = DictBroker(B1)
+    live, store, _ = _session(tmp_path, broker)
+    order = Order.create("model", "AAA", BAR, "target:100", "buy", 100)
+    _decide(store, order, bar_ts=BAR)
+    sent = broker.submit(order)
+    live._book(replace(sent, status="canceled"), B1)  # REST: canceled, nothing filled
+    live._book(sent, B1, TradeUpdate("new", sent, BAR, None, None, None))  # the queued "new"
+    assert store.orders()[order.client_order_id].status == "canceled"
