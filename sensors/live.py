@@ -61,6 +61,9 @@ REQUESTED_TAG = "quantdag/live_requested_at"
 """When the sensor requested the run (UTC ISO, by the sensor's clock: the times it compares)."""
 TERMINATED_BY_TAG = "quantdag/live_terminated_by"
 """Set (to :data:`ACTOR`) on a run the sensor terminated: its CANCELED end is relaunched."""
+TERMINATED_AT_TAG = "quantdag/live_terminated_at"
+"""When the sensor asked the run to stop (UTC ISO, the sensor's clock): its stop is timed
+from then."""
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 ACTOR = "live_trading_sensor"
 
@@ -143,6 +146,7 @@ class LiveRun:
     started_at: datetime | None
     ended_at: datetime | None = None
     by_sensor: bool = False
+    terminated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -249,8 +253,12 @@ def _watch_runs(
                 assert age is not None
                 limit, what = config.relaunch_after_s, f"stopped ({own.phase})"
             else:
-                last = own.beat_at if own is not None else (run.started_at or run.created_at)
-                age = (now - last).total_seconds()
+                # Timed from the later of its last sign of life and the request to stop: a run
+                # terminated for a long silence still has its whole stop_timeout_s.
+                signs = [own.beat_at if own is not None else (run.started_at or run.created_at)]
+                if run.terminated_at is not None:
+                    signs.append(run.terminated_at)
+                age = (now - max(signs)).total_seconds()
                 limit, what = config.stop_timeout_s + config.relaunch_after_s, "was stopping"
             if age > limit:
                 reason = (
@@ -402,12 +410,16 @@ def _after_close(
             )
             return LiveDecision(message, session, alerts=(alert,))
         return LiveDecision(message, session)
-    if own is not None and own.ended:
+    if newest.status == "CANCELED" and not newest.by_sensor:
+        return LiveDecision(message, session)  # a person stopped it (a stop that hung trips)
+    if own is not None and (own.phase == "closed" or (own.ended and not newest.by_sensor)):
         return LiveDecision(message, session)
     seen = "no heartbeat" if own is None else f"last heartbeat {own.phase} at {own.beat_at}"
     reason = (
-        f"live session {session}: attempt {newest.attempt} ended {newest.status} without "
-        f"closing the session ({seen}); positions may be held past the close unwatched"
+        f"live session {session}: attempt {newest.attempt} ended {newest.status}"
+        + (" (stopped by the sensor)" if newest.by_sensor else "")
+        + f" without closing the session ({seen}); positions may be held past the close "
+        "unwatched"
     )
     evidence = newest.ended_at or (own.beat_at if own is not None else window.end)
     trip = reason if _may_trip(switch, evidence) else None
@@ -456,6 +468,11 @@ def session_runs(instance: dg.DagsterInstance, job_name: str, session: date) -> 
                 started_at=None if started is None else datetime.fromtimestamp(started, UTC),
                 ended_at=None if ended is None else datetime.fromtimestamp(ended, UTC),
                 by_sensor=run.tags.get(TERMINATED_BY_TAG) == ACTOR,
+                terminated_at=(
+                    datetime.fromisoformat(run.tags[TERMINATED_AT_TAG])
+                    if run.tags.get(TERMINATED_AT_TAG)
+                    else None
+                ),
             )
         )
     return out
@@ -517,8 +534,18 @@ def build_live_trading_sensor(
 
         decision = decide()
         if decision.acts:
-            _act(context, decision)
+            _act(context, decision, now)
             decision = decide()  # on the runs as they are now (a terminate may have failed)
+            if decision.acts:
+                # More to do on the runs than one tick does: no request until it is done.
+                _act(context, decision, now)
+                decision = replace(
+                    decision,
+                    attempt=None,
+                    message=decision.message + " "
+                    "(runs changed status this tick: a relaunch waits for the "
+                    "next)",
+                )
         if decision.trip is not None:
             status = switch.trip(reason=decision.trip, actor=ACTOR, now=now)
             context.log.error(status.describe())
@@ -539,7 +566,7 @@ def build_live_trading_sensor(
     return live_trading_sensor
 
 
-def _act(context: dg.SensorEvaluationContext, decision: LiveDecision) -> None:
+def _act(context: dg.SensorEvaluationContext, decision: LiveDecision, now: datetime) -> None:
     """Terminate, fail or cancel the runs the decision names (each only if still unfinished)."""
     instance = context.instance
     for run_id, reason in decision.terminate:
@@ -547,7 +574,9 @@ def _act(context: dg.SensorEvaluationContext, decision: LiveDecision) -> None:
         if run is None or run.is_finished:
             continue
         context.log.error(f"terminating run {run_id}: {reason}")
-        instance.add_run_tags(run_id, {TERMINATED_BY_TAG: ACTOR})
+        instance.add_run_tags(
+            run_id, {TERMINATED_BY_TAG: ACTOR, TERMINATED_AT_TAG: now.astimezone(UTC).isoformat()}
+        )
         # A worker that only hangs is asked to stop (it then handles its working orders as
         # configured, and a relaunch waits for it); one that cannot be reached is dead or
         # unreachable, and is failed at once: a zombie that wakes finds its lease gone.

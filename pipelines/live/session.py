@@ -82,6 +82,10 @@ class SessionError(RuntimeError):
     """The session cannot run as configured (say what to change)."""
 
 
+class _BookMoving(Exception):
+    """Fills kept coming while positions and open orders were read: no consistent view."""
+
+
 class SessionSuperseded(SessionError):
     """A newer attempt of the session has started: this one stops without touching orders."""
 
@@ -255,6 +259,7 @@ class LiveSession:
         self._unsaved: list[tuple[MinuteBar, str, bool]] = []
         self._pool = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="orders")
         self._heard = wall()  # when the streams last sent anything (wall seconds)
+        self._stop = threading.Event()  # run()'s, once it runs
         self._bars_since_reconcile = 0
 
     # -- the loop ----------------------------------------------------------------------------
@@ -276,6 +281,7 @@ class LiveSession:
             self._pool.shutdown(wait=True)
 
     def _run(self, stop: threading.Event) -> SessionResult:
+        self._stop = stop
         self._restore()
         self.reconcile(startup=True)
         self.result.start_equity = self.broker.account().equity
@@ -500,13 +506,23 @@ class LiveSession:
         """Orders decided before a crash and never sent: once the account checked out, each
         is sized from the book now (the cancels it followed may or may not have gone out, a
         fill may have come); a late one may only cut exposure, as a late bar may."""
+        why = None
         if self.result.halted is not None:
+            why = "the session failed closed"
+        elif self._stop.is_set():
+            why = "the session was stopped before it sent it"
+        elif now >= self.close:
+            why = "the market closed before it could be sent (it would execute at the next open)"
+        else:
+            self._check_lease()
+            try:
+                held, working = self._book_now()
+            except _BookMoving:
+                why = "fills kept coming while the book was read"
+        if why is not None:
             for stored in pending:
-                self.store.mark_order(
-                    stored.client_order_id, "never_sent", "the session failed closed", now
-                )
+                self.store.mark_order(stored.client_order_id, "never_sent", why, now)
             return
-        held, working = self._book_now()
         age_limit = self.path.limits.max_data_age_s
         ready = []
         for stored in pending:
@@ -716,6 +732,7 @@ class LiveSession:
 
     def _on_bars(self, bars: pl.DataFrame, now: datetime) -> None:
         self._tick()
+        self._check_lease()
         self._flush()  # every minute a decision reads is on record before it
         ts: datetime = bars["ts"][0]
         t0 = time.perf_counter()
@@ -739,7 +756,11 @@ class LiveSession:
             bars["volume"].cast(pl.Float64).to_numpy(),
             np.zeros(len(ids)),
         )
-        account = self._account(now)
+        try:
+            account = self._account(now)
+        except _BookMoving as exc:
+            log.warning("bar %s not decided: %s; the next bar decides", ts.isoformat(), exc)
+            return
         if self.result.halted is not None:
             return  # the broker showed an order of unknown origin: fail closed, decide nothing
         t0 = time.perf_counter()
@@ -821,9 +842,8 @@ class LiveSession:
 
     def _consistent_book(self) -> tuple[dict[str, int], list[BrokerOrder]]:
         """Positions and the open orders as of one moment: the open orders are read before
-        and after the positions, and again until no fill came in between. If fills keep
-        coming, the orders read before are kept: a fill then counts both as held and as
-        working, so the decision errs on the side of sending less."""
+        and after the positions, and again until no fill came in between (three tries, then
+        :class:`_BookMoving`: nothing is decided on a torn view)."""
 
         def seen(orders: list[BrokerOrder]) -> set[tuple[str, int]]:
             return {(o.client_order_id, o.filled_qty) for o in orders}
@@ -835,8 +855,7 @@ class LiveSession:
             if seen(after) == seen(before):
                 return positions, after
             before = after
-        log.warning("fills kept coming while the book was read: deciding on the earlier orders")
-        return self.broker.positions(), before
+        raise _BookMoving("fills kept coming while positions and open orders were read")
 
     def _send(
         self,
@@ -891,7 +910,12 @@ class LiveSession:
             (renet if follows else ready).append(order)
         if renet:
             # Sized again from the book after the cancels: a fill may have raced them.
-            held, working = self._book_now()
+            try:
+                held, working = self._book_now()
+            except _BookMoving as exc:
+                for order in renet:
+                    self.store.mark_order(order.client_order_id, "not_sent", str(exc), now)
+                renet = []
             for order in renet:
                 resized = self._renet(order, held, working, now)
                 if resized is not None:
@@ -958,7 +982,10 @@ class LiveSession:
         """``order`` sized from the book now (its goal less the position and what still
         works); None when nothing is left to do. A change of size is recorded before sending."""
         goal = 0 if order.intent == "flatten" else int(order.intent.removeprefix("target:"))
-        need = goal - held.get(order.symbol, 0) - working.get(order.symbol, 0)
+        base = held.get(order.symbol, 0) + working.get(order.symbol, 0)
+        if self.path.split_flips and goal * base < 0:
+            goal = 0  # through zero in one order: the broker refuses it; close only
+        need = goal - base
         if need == 0:
             self.store.mark_order(
                 order.client_order_id, "not_needed", "the book already holds its goal", now

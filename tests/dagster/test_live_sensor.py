@@ -337,9 +337,9 @@ def test_a_run_that_never_finishes_stopping_is_given_up_on(terminable: World) ->
     world.beat(1, ny(DAY, 10, 0))
     world.evaluate(at=ny(DAY, 10, 1, 30))
     assert world.status(run_id) == "CANCELING"
-    # stop_timeout_s + relaunch_after_s = 300 s after its last beat
-    assert not world.evaluate(at=ny(DAY, 10, 4, 50)).run_requests
-    request = _only_request(world.evaluate(at=ny(DAY, 10, 5, 10)))
+    # stop_timeout_s + relaunch_after_s = 300 s after it was asked to stop
+    assert not world.evaluate(at=ny(DAY, 10, 6, 20)).run_requests
+    request = _only_request(world.evaluate(at=ny(DAY, 10, 6, 40)))
     assert request.run_key == "live:2024-07-02:2" and world.status(run_id) == "FAILURE"
 
 
@@ -408,3 +408,36 @@ def test_deploy_instance_loads(tmp_path: Path) -> None:
         assert instance.run_monitoring_cancel_timeout_seconds == 300
     finally:
         instance.dispose()
+
+
+def test_a_run_terminated_in_its_startup_has_its_whole_stop_before_a_relaunch(
+    terminable: World,
+) -> None:
+    world = terminable
+    run_id = world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))  # loading, never beat
+    data = world.evaluate(at=ny(DAY, 9, 35, 10))  # 310 s > startup_s: asked to stop
+    assert not data.run_requests and world.status(run_id) == "CANCELING"
+    data = world.evaluate(at=ny(DAY, 9, 38))  # 170 s into its stop (stop_timeout_s 240)
+    assert not data.run_requests and world.status(run_id) == "CANCELING"
+    request = _only_request(world.evaluate(at=ny(DAY, 9, 40, 20)))  # 310 s: given up on
+    assert request.run_key == "live:2024-07-02:2" and world.status(run_id) == "FAILURE"
+
+
+def test_after_the_close_a_session_the_sensor_stopped_is_not_a_clean_end(
+    terminable: World,
+) -> None:
+    world = terminable
+    run_id = world.add_run(DAY, 1, "STARTED", ny(DAY, 9, 30))
+    world.beat(1, ny(DAY, 15, 56))
+    world.evaluate(at=ny(DAY, 15, 57, 30))  # silent: asked to stop
+    world.beat(1, ny(DAY, 16, 0, 30), phase="stopped")  # it kept its positions
+    world.instance.report_run_canceled(world.instance.get_run_by_id(run_id))  # type: ignore[arg-type]
+    world.evaluate(at=ny(DAY, 16, 2))
+    status = world.switch().status()
+    assert status.tripped and "stopped by the sensor" in status.reason
+
+
+def test_after_the_close_a_persons_cancel_before_any_trading_is_left_alone(world: World) -> None:
+    world.add_run(DAY, 1, "CANCELED", None)  # cancelled while queued: never beat
+    data = world.evaluate(at=ny(DAY, 16, 1))
+    assert "ALERT" not in (data.skip_message or "") and not world.switch().tripped()

@@ -10,8 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pipelines.execution.orders import Order
 from pipelines.live.broker import OrderRefused, TradeUpdate
+from pipelines.live.session import SessionSuperseded, _BookMoving
 from tests.live.test_reconcile import BAR, DictBroker, _decide, _session
 
 B1 = BAR + timedelta(minutes=15)
@@ -242,3 +245,66 @@ def test_a_late_stream_event_does_not_reopen_an_order_the_broker_ended(tmp_path:
     live._book(replace(sent, status="canceled"), B1)  # REST: canceled, nothing filled
     live._book(sent, B1, TradeUpdate("new", sent, BAR, None, None, None))  # the queued "new"
     assert store.orders()[order.client_order_id].status == "canceled"
+
+
+def test_a_resize_never_takes_the_position_through_zero(tmp_path: Path) -> None:
+    """Flat with a buy of 50 working; the bar wants short 100: cancel it, sell 100. The buy
+    fills while its cancel is in flight: the sell is re-sized to close the 50 only (Alpaca
+    refuses one order through zero); the other side waits for the next bar."""
+    broker = DictBroker(B1 + timedelta(minutes=15))
+    buy = Order.create("model", "AAA", BAR, "target:50", "buy", 50)
+    live, store, _ = _working(tmp_path, broker, buy)
+
+    def cancel_loses_race(order_id: str) -> None:
+        cid = buy.client_order_id
+        broker.orders[cid] = replace(
+            broker.orders[cid], status="filled", filled_qty=50, filled_avg_price=Decimal("10")
+        )
+        broker.held["AAA"] = 50
+
+    broker.cancel = cancel_loses_race  # type: ignore[method-assign]
+    short = Order.create("model", "AAA", B1, "target:-100", "sell", 100)
+    _decide(store, short, bar_ts=B1, cancels=[buy.client_order_id])
+    live._send(
+        [short], {short.client_order_id: [buy.client_order_id]}, broker.now, [buy.client_order_id]
+    )
+    sent = broker.orders[short.client_order_id]
+    assert (sent.side, sent.qty) == ("sell", 50)
+
+
+@pytest.mark.parametrize("why", ["lease", "stop", "close"])
+def test_a_startup_resend_honours_the_lease_the_stop_and_the_close(
+    tmp_path: Path, why: str
+) -> None:
+    at = B1 + timedelta(minutes=1) if why != "close" else BAR + timedelta(minutes=26)
+    broker = DictBroker(at)
+    live, store, _ = _session(tmp_path, broker)
+    if why == "close":
+        live.close = BAR + timedelta(minutes=20)  # the session ended before the relaunch
+    if why == "stop":
+        live._stop.set()
+    if why == "lease":
+        live._lease = lambda: False
+    _decide(store, W, bar_ts=BAR)
+    if why == "lease":
+        with pytest.raises(SessionSuperseded):
+            live.reconcile(startup=True)
+    else:
+        live.reconcile(startup=True)
+        assert store.orders()[W.client_order_id].status == "never_sent"
+    assert broker.sent == []
+
+
+def test_the_book_is_not_taken_torn_while_fills_keep_coming(tmp_path: Path) -> None:
+    broker = DictBroker(B1 + timedelta(minutes=15))
+    live, _, _ = _working(tmp_path, broker, W)
+    reads = iter(range(100))
+    open_orders = broker.open_orders
+
+    def ever_changing() -> list[Any]:
+        k = next(reads)
+        return [replace(o, filled_qty=k) for o in open_orders()]
+
+    broker.open_orders = ever_changing  # type: ignore[method-assign]
+    with pytest.raises(_BookMoving):
+        live._book_now()
