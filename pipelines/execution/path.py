@@ -697,6 +697,9 @@ def _plan(
         dropped = [w.client_order_id for w in theirs]
         adding = tuple(w.client_order_id for w in theirs if w.remaining * position >= 0)
         flip = config.split_flips and goal * position < 0
+        if flip and position + working.get(symbol, 0) == 0:
+            plans[symbol] = _Plan(None, [], False, True)  # its close is working: let it
+            continue
         target = 0 if flip else goal  # a split flip opens the other side at the next bar
         delta = target - position
         order = None

@@ -374,6 +374,35 @@ def test_a_flip_closes_first_and_opens_the_other_side_at_the_next_bar(
     assert not second.events
 
 
+def test_a_flip_whose_close_is_still_working_closes_the_rest_before_opening(
+    pplt: pl.DataFrame,
+) -> None:
+    """The close of a flip filled 100 of 133 by the next bar and 33 still work: that bar
+    cancels it and closes the 33 (never one order through zero); the short opens after."""
+    config = PathConfig.without_limits(strategy="scheduled")
+    targets = {0: {"PPLT": -132}}
+    calls = iter(range(10))
+    strategy = Scheduled(lambda ts: targets.get(next(calls), {}))
+    rows = pplt.head(3).to_dicts()
+    state = PathState.create(["PPLT"], strategy, config)
+    b0 = _batch(rows[0])
+    first = decide(
+        state, b0, Signals.empty(1), _account(b0, positions={"PPLT": 133}), strategy, config
+    )
+    (close,) = first.orders
+    b1 = _batch(rows[1])
+    working = {"PPLT": [WorkingOrder(close.client_order_id, "PPLT", "target:0", -33)]}
+    account = _account(b1, positions={"PPLT": 33}, working=working)
+    second = decide(first.state, b1, Signals.empty(1), account, strategy, config)
+    assert not second.orders and not second.cancels  # the close is working as meant
+    b2 = _batch(rows[2])
+    third = decide(
+        second.state, b2, Signals.empty(1), _account(b2, positions={"PPLT": 0}), strategy, config
+    )
+    (open_,) = third.orders
+    assert (open_.side, open_.quantity, open_.intent) == ("sell", 132, "target:-132")
+
+
 def test_an_addition_gone_unfilled_is_not_sent_again(pplt: pl.DataFrame) -> None:
     """The model strategy enters once; the broker rejects the order at the fill: the next bar
     does not send the stale entry again, it says so."""
