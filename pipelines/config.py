@@ -483,7 +483,9 @@ class LiveSettings(_Frozen):
     that warm the features; ``heartbeat_s``: seconds between heartbeats; ``hang_s``: seconds
     without progress of the session's loop after which its heartbeats stop (it then reads as
     dead and is relaunched); ``stop_timeout_s``: how long a terminated session may take to handle
-    its working orders before its run ends anyway (the kill switch is then tripped). The sensor:
+    its working orders before its run ends anyway (the kill switch is then tripped);
+    ``metrics_port``: where the session serves its Prometheus metrics (``/metrics`` on
+    ``metrics_addr``; 0: not served). The sensor:
     ``staleness_s`` (a running session's heartbeat older than this alerts and trips the kill
     switch; longer than a relaunch takes, or a crash would halt the relaunch),
     ``relaunch_after_s`` (a STARTED run silent this long is reported failed so it can be
@@ -501,6 +503,8 @@ class LiveSettings(_Frozen):
     heartbeat_s: Annotated[float, Field(gt=0)] = 5.0
     hang_s: Annotated[float, Field(gt=0)] = 120.0
     stop_timeout_s: Annotated[float, Field(gt=0)] = 240.0
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    metrics_addr: str = "127.0.0.1"
     staleness_s: Annotated[float, Field(gt=0)] = 600.0
     relaunch_after_s: Annotated[float, Field(gt=0)] = 60.0
     startup_s: Annotated[float, Field(gt=0)] = 300.0

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from pipelines.labels.partition import barrier_config
 from pipelines.live.alpaca import AlpacaBroker, AlpacaConnection, AlpacaFeed, check_endpoints
 from pipelines.live.broker import BrokerPort, FeedPort
 from pipelines.live.heartbeat import newest_attempt, record_heartbeat
+from pipelines.live.metrics import LiveMetrics
 from pipelines.live.session import BarOutcome, LiveSession, SessionConfig
 from pipelines.live.signals import ModelSignals
 from pipelines.live.store import LiveStore
@@ -279,6 +281,34 @@ class BrokerClock:
         return self._last[1]
 
 
+@contextmanager
+def serve_metrics(metrics: LiveMetrics, settings: Any, log: Callable[[str], None]) -> Iterator[int]:
+    """Serve ``metrics`` on ``settings.metrics_addr:metrics_port`` (0: not served) while the
+    block runs; yields the port (0 when not served)."""
+    if not settings.metrics_port:
+        yield 0
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(
+            settings.metrics_port, addr=settings.metrics_addr, registry=metrics.registry
+        )
+    except OSError as exc:
+        raise LiveConfigError(
+            f"cannot serve the metrics on {settings.metrics_addr}:{settings.metrics_port} "
+            f"({exc}): choose a free live.metrics_port (0: not served)"
+        ) from exc
+    port = int(server.server_port)
+    log(f"metrics on http://{settings.metrics_addr}:{port}/metrics")
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 def run_live_session(
     project: Project,
     *,
@@ -316,6 +346,8 @@ def run_live_session(
         log(f"model version {version} loaded and verified; trained through {fit.trained_through}")
 
         def report(o: BarOutcome) -> None:
+            metrics.on_bar(o, live.config.minutes)
+            metrics.on_result(live.result)
             observe(LiveBarReport(o.bar_ts, o.signals, o.orders, o.positions, o.equity, o.state))
 
         live = build_session(
@@ -336,7 +368,12 @@ def run_live_session(
             f"{live.config.minutes}-minute bars, {project.environment} broker"
             + (" (dry run: nothing is sent)" if live.config.dry_run else "")
         )
-        result = live.run(stop)
+        metrics = LiveMetrics(minute_ages=live.minute_ages)
+        with serve_metrics(metrics, project.settings.live, log):
+            try:
+                result = live.run(stop)
+            finally:
+                metrics.on_result(live.result)
     if result.halted:
         log(f"HALTED: {result.halted}")
     log(

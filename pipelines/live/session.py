@@ -144,6 +144,10 @@ class BarOutcome:
     state: str
     events: list[RiskEvent]
     compute_ms: float
+    sent_at: datetime | None = None  # when its orders were out (session clock); None: none
+    gross: float = 0.0  # USD, the positions at the last closes when decided
+    net: float = 0.0
+    kill_switch: bool = False
 
 
 @dataclass
@@ -250,6 +254,7 @@ class LiveSession:
         self._last_close = np.zeros(len(self.symbols))
         self._last_bar: datetime | None = None  # the newest decided bar
         self._last_minute: datetime | None = None  # the newest minute received (its start)
+        self._newest: dict[str, datetime] = {}  # the newest minute received, by symbol
         self._phase: Phase = "reconciling"
         self._beat_lock = threading.Lock()
         self._progress_at = wall()
@@ -397,7 +402,7 @@ class LiveSession:
         recorded = self.store.minutes(self.config.session)
         for bar in recorded:
             self.agg.add(bar)
-            self._seen_minute(bar.ts)
+            self._seen_minute(bar)
         now = self.clock()
         # Every minute of the buckets not yet decided is asked for again (the crash may have
         # come in the middle of a minute's symbols); those already held are duplicates.
@@ -462,7 +467,7 @@ class LiveSession:
                 continue
             rows.append((bar, "backfill", outcome == "late"))
             if outcome in ("added", "updated"):
-                self._seen_minute(bar.ts)
+                self._seen_minute(bar)
                 self.result.backfilled += 1
         self.store.record_minutes(self.config.session, rows, self.clock())
 
@@ -654,9 +659,18 @@ class LiveSession:
 
     # -- streaming ---------------------------------------------------------------------------
 
-    def _seen_minute(self, ts: datetime) -> None:
-        if self._last_minute is None or ts > self._last_minute:
-            self._last_minute = ts
+    def _seen_minute(self, bar: MinuteBar) -> None:
+        if self._last_minute is None or bar.ts > self._last_minute:
+            self._last_minute = bar.ts
+        newest = self._newest.get(bar.symbol)
+        if newest is None or bar.ts > newest:
+            self._newest[bar.symbol] = bar.ts
+
+    def minute_ages(self) -> dict[str, float]:
+        """Symbol -> seconds from the end of its newest minute received to now (session
+        clock); for the metrics, read from another thread."""
+        now = self.clock()
+        return {s: (now - ts - MINUTE).total_seconds() for s, ts in list(self._newest.items())}
 
     def _on_event(self, event: FeedEvent) -> None:
         now = self.clock()
@@ -683,7 +697,7 @@ class LiveSession:
                 return
             late = outcome == "late"
             self.result.late += late
-            self._seen_minute(event.bar.ts)
+            self._seen_minute(event.bar)
             self._keep(bar, "stream" if event.kind == "bar" else "updated", late)
         elif event.kind == "trade" and event.trade is not None:
             self._book(event.trade.order, now, event.trade)
@@ -798,8 +812,10 @@ class LiveSession:
         compute_ms = in_process * 1e3  # features, model and decision: no I/O
         self.result.compute_ms.append(compute_ms)
         self.result.bars += 1
+        sent_at = None
         if not self.config.dry_run:
             self._send(decision.orders, decision.replaces, now, cancels=decision.cancels)
+            sent_at = self.clock() if decision.orders else None
         else:
             for o in decision.orders:
                 self.store.mark_order(o.client_order_id, "dry_run", "dry run: not sent", now)
@@ -807,7 +823,16 @@ class LiveSession:
         if self._bars_since_reconcile >= self.config.reconcile_every:
             self.reconcile()
         if self._observe is not None:
-            self._observe(self._outcome(decision, sig.predictions, account, now, compute_ms))
+            outcome = self._outcome(decision, sig.predictions, account, now, compute_ms)
+            self._observe(
+                replace(
+                    outcome,
+                    sent_at=sent_at,
+                    gross=account.gross or 0.0,
+                    net=account.net or 0.0,
+                    kill_switch=bool(account.kill_switch),
+                )
+            )
 
     def _account(self, now: datetime) -> Account:
         account_read = self._pool.submit(self.broker.account)

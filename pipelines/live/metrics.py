@@ -1,0 +1,198 @@
+"""The live session's metrics, in one Prometheus registry (:class:`LiveMetrics`).
+
+Names carry their unit (``_seconds``, ``_usd``, ``_ratio``; counters end ``_total``); every
+series is labelled by nothing but what its help text names. The session feeds them from each
+decided bar (:meth:`LiveMetrics.on_bar`, a :class:`~pipelines.live.session.BarOutcome`) and its
+running :class:`~pipelines.live.session.SessionResult` (:meth:`LiveMetrics.on_result`); the
+age of each symbol's newest minute is read at scrape time from the session (``minute_ages``),
+so a stalled stream shows without a bar being decided.
+
+=========================================== ========= =============================================
+name                                        type      what
+=========================================== ========= =============================================
+quantdag_live_bar_age_seconds{symbol}       gauge     session clock minus the end of the newest
+                                                      minute received of ``symbol``
+quantdag_live_bar_to_order_seconds          histogram a bar's end to its orders being out (session
+                                                      clock; bars with orders only)
+quantdag_live_decide_compute_seconds        histogram features, model and decision of one bar
+                                                      (in process, no I/O)
+quantdag_live_bars_decided_total            counter   bars decided
+quantdag_live_orders_total{intent}          counter   orders decided, by intent kind (target,
+                                                      flatten)
+quantdag_live_refusals_total{rule}          counter   orders the risk checks refused, by rule
+quantdag_live_fills_total                   counter   executions booked
+quantdag_live_reconnects_total              counter   data-stream reconnects after a stall
+quantdag_live_backfilled_minutes_total      counter   minutes fetched over REST (gaps, stalls)
+quantdag_live_quarantined_minutes_total     counter   minutes refused by the validation rules
+quantdag_live_late_minutes_total            counter   minutes after their bar was decided
+quantdag_live_equity_usd                    gauge     the account's equity at the last decision
+quantdag_live_pnl_usd                       gauge     equity minus the session's start equity
+quantdag_live_drawdown_ratio                gauge     1 - equity / the session's peak equity
+quantdag_live_gross_exposure_usd            gauge     sum of abs(position x last close)
+quantdag_live_net_exposure_usd              gauge     sum of position x last close
+quantdag_live_trading_state                 gauge     0 ACTIVE, 1 REDUCING, 2 HALTED
+quantdag_live_kill_switch                   gauge     1 while the kill switch is tripped
+quantdag_live_halted                        gauge     1 once the session failed closed
+                                                      (reconciliation found what it cannot explain)
+=========================================== ========= =============================================
+
+Example::
+
+    metrics = LiveMetrics(minute_ages=session.minute_ages)
+    metrics.on_bar(outcome, bar_minutes=15)
+    metrics.on_result(session.result)
+    text = metrics.exposition()  # the Prometheus text format
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+STATES = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_RESULT_COUNTERS = {
+    "fills": "fills",
+    "reconnects": "reconnects",
+    "backfilled": "backfilled",
+    "quarantined": "quarantined",
+    "late": "late",
+}
+
+
+class _MinuteAges(Collector):
+    """``quantdag_live_bar_age_seconds``, read from the session when scraped."""
+
+    def __init__(self, ages: Callable[[], Mapping[str, float]]) -> None:
+        self.ages = ages
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "quantdag_live_bar_age_seconds",
+            "Session clock minus the end of the newest minute received, by symbol (s)",
+            labels=["symbol"],
+        )
+        for symbol, age in sorted(self.ages().items()):
+            family.add_metric([symbol], age)
+        yield family
+
+
+class LiveMetrics:
+    """The live session's metrics in their own registry (``registry``), fed by the session
+    (see the module docstring). ``minute_ages()``: symbol -> seconds since its newest minute
+    ended, on the session clock (None: the gauge is not exported)."""
+
+    def __init__(self, minute_ages: Callable[[], Mapping[str, float]] | None = None) -> None:
+        r = self.registry = CollectorRegistry()
+        if minute_ages is not None:
+            r.register(_MinuteAges(minute_ages))
+        self.bar_to_order = Histogram(
+            "quantdag_live_bar_to_order_seconds",
+            "A bar's end to its orders being out, session clock (s)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "quantdag_live_decide_compute_seconds",
+            "Features, model and decision of one bar, in process (s)",
+            buckets=_COMPUTE_BUCKETS,
+            registry=r,
+        )
+        self.bars = Counter("quantdag_live_bars_decided", "Bars decided", registry=r)
+        self.orders = Counter(
+            "quantdag_live_orders", "Orders decided, by intent kind", ["intent"], registry=r
+        )
+        self.refusals = Counter(
+            "quantdag_live_refusals",
+            "Orders the risk checks refused, by rule",
+            ["rule"],
+            registry=r,
+        )
+        self._counters = {
+            "fills": Counter("quantdag_live_fills", "Executions booked", registry=r),
+            "reconnects": Counter(
+                "quantdag_live_reconnects", "Data-stream reconnects after a stall", registry=r
+            ),
+            "backfilled": Counter(
+                "quantdag_live_backfilled_minutes",
+                "Minutes fetched over REST (gaps, stalls)",
+                registry=r,
+            ),
+            "quarantined": Counter(
+                "quantdag_live_quarantined_minutes",
+                "Minutes refused by the validation rules",
+                registry=r,
+            ),
+            "late": Counter(
+                "quantdag_live_late_minutes", "Minutes after their bar was decided", registry=r
+            ),
+        }
+        self._seen = dict.fromkeys(_RESULT_COUNTERS, 0)
+        self.equity = Gauge(
+            "quantdag_live_equity_usd", "Equity at the last decision (USD)", registry=r
+        )
+        self.pnl = Gauge("quantdag_live_pnl_usd", "Equity minus the start equity (USD)", registry=r)
+        self.drawdown = Gauge(
+            "quantdag_live_drawdown_ratio", "1 - equity / the session's peak equity", registry=r
+        )
+        self.gross = Gauge(
+            "quantdag_live_gross_exposure_usd",
+            "Sum of abs(position x last close) (USD)",
+            registry=r,
+        )
+        self.net = Gauge(
+            "quantdag_live_net_exposure_usd", "Sum of position x last close (USD)", registry=r
+        )
+        self.state = Gauge(
+            "quantdag_live_trading_state", "0 ACTIVE, 1 REDUCING, 2 HALTED", registry=r
+        )
+        self.kill_switch = Gauge(
+            "quantdag_live_kill_switch", "1 while the kill switch is tripped", registry=r
+        )
+        self.halted = Gauge("quantdag_live_halted", "1 once the session failed closed", registry=r)
+        self._peak = 0.0
+        self._equity: float | None = None
+
+    def on_bar(self, outcome: Any, bar_minutes: int) -> None:
+        """One decided bar (a :class:`~pipelines.live.session.BarOutcome`)."""
+        self.bars.inc()
+        self.compute.observe(outcome.compute_ms / 1e3)
+        if outcome.sent_at is not None:
+            end = outcome.bar_ts + timedelta(minutes=bar_minutes)
+            self.bar_to_order.observe(max((outcome.sent_at - end).total_seconds(), 0.0))
+        for order in outcome.orders:
+            self.orders.labels(str(order["intent"]).split(":", 1)[0]).inc()
+        for event in outcome.events:
+            if event.kind == "refused":
+                self.refusals.labels(event.rule).inc()
+        self.equity.set(outcome.equity)
+        self._equity = outcome.equity
+        self._peak = max(self._peak, outcome.equity)
+        self.drawdown.set(1.0 - outcome.equity / self._peak if self._peak > 0 else 0.0)
+        self.gross.set(outcome.gross)
+        self.net.set(outcome.net)
+        self.state.set(STATES.get(outcome.state, -1))
+        self.kill_switch.set(1.0 if outcome.kill_switch else 0.0)
+
+    def on_result(self, result: Any) -> None:
+        """The session's running totals (a :class:`~pipelines.live.session.SessionResult`):
+        counters move by what changed since the last call."""
+        for key, attr in _RESULT_COUNTERS.items():
+            now = int(getattr(result, attr))
+            if now > self._seen[key]:
+                self._counters[key].inc(now - self._seen[key])
+                self._seen[key] = now
+        start = result.start_equity
+        if self._equity is not None and start == start:  # start equity known (not NaN)
+            self.pnl.set(self._equity - start)
+        self.halted.set(1.0 if result.halted else 0.0)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
