@@ -21,6 +21,7 @@ from pipelines.models.holdout import HoldoutConfig
 from pipelines.models.training import embargo_for
 from quantdag.project import PROJECT_ROOT, Project, load_project
 from quantdag.resources import build_resources
+from sensors.alerts import build_kill_switch_alert_sensor, build_run_failure_alert_sensor
 from sensors.live import LiveSensorConfig, build_live_trading_sensor
 from sensors.nightly import build_nightly_sensors
 
@@ -53,6 +54,8 @@ def build_definitions(project: Project) -> dg.Definitions:
                 calendar=universe.calendar,
                 session_kind=universe.session,
             ),
+            build_kill_switch_alert_sensor(),
+            build_run_failure_alert_sensor(),
         ],
         resources=build_resources(project),
     )

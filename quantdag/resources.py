@@ -18,6 +18,29 @@ from resources import (
     PolarsParquetIOManager,
     TradingDatabaseResource,
 )
+from resources.alerts import AlertsResource
+
+
+def alerts_resource(environ: dict[str, str] | None = None) -> AlertsResource:
+    """Where alerts go, from the environment only (a webhook URL carries a token):
+    ``QUANTDAG_ALERT_WEBHOOK_URL``; ``QUANTDAG_ALERT_SMTP_HOST``, ``_PORT`` (25), ``_FROM``,
+    ``_TO`` (comma-separated), ``_USER``, ``_PASSWORD``, ``_STARTTLS`` (1). Nothing set: alerts
+    go to the error log and the ``alert_log`` table."""
+    env = dict(os.environ) if environ is None else environ
+
+    def secret(name: str) -> Any:
+        return dg.EnvVar(name) if env.get(name) else ""
+
+    return AlertsResource(
+        webhook_url=secret("QUANTDAG_ALERT_WEBHOOK_URL"),
+        smtp_host=env.get("QUANTDAG_ALERT_SMTP_HOST", ""),
+        smtp_port=int(env.get("QUANTDAG_ALERT_SMTP_PORT", "25")),
+        smtp_sender=env.get("QUANTDAG_ALERT_SMTP_FROM", "quantdag@localhost"),
+        smtp_recipients=[a.strip() for a in env.get("QUANTDAG_ALERT_SMTP_TO", "").split(",") if a],
+        smtp_username=env.get("QUANTDAG_ALERT_SMTP_USER", ""),
+        smtp_password=secret("QUANTDAG_ALERT_SMTP_PASSWORD"),
+        smtp_starttls=env.get("QUANTDAG_ALERT_SMTP_STARTTLS", "") == "1",
+    )
 
 
 def build_resources(project: Project) -> dict[str, Any]:
@@ -44,6 +67,7 @@ def build_resources(project: Project) -> dict[str, Any]:
     return {
         "market_data": market_data,
         "trading_db": TradingDatabaseResource(url=url),
+        "alerts": alerts_resource(),
         "parquet_io_manager": PolarsParquetIOManager(
             base_dir=str(Path(project.settings.data_dir) / "parquet")
         ),

@@ -38,6 +38,7 @@ opt-in, switched on in the UI or with ``dagster sensor start live_trading_sensor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -48,8 +49,10 @@ import dagster as dg
 
 from pipelines.bars.calendar import NEW_YORK, sessions_between
 from pipelines.live.heartbeat import STARTUP_PHASES, Heartbeat, read_heartbeats
+from pipelines.ops.alerts import Alert
 from pipelines.risk.killswitch import KillSwitch, KillSwitchStatus
 from resources import TradingDatabaseResource
+from resources.alerts import AlertsResource
 
 SESSION_TAG = "quantdag/live_session"
 """The session (New York date, ISO) a live run trades."""
@@ -426,6 +429,14 @@ def _after_close(
     return LiveDecision(message, session, trip=trip, alerts=(reason,))
 
 
+def live_alert(text: str) -> Alert:
+    """One of the sensor's alert lines as an :class:`Alert`. Its key is the text with every
+    number blanked: the same condition, raised at every tick with its seconds counting up, is
+    one alert (sent again only after the alerts' ``dedup_s``)."""
+    key = "live_sensor:" + re.sub(r"\d+(\.\d+)?", "#", text)
+    return Alert("live_session", key[:500], text.split(":", 1)[-1].strip()[:200], text)
+
+
 def live_run_key(session: date, attempt: int) -> str:
     return f"live:{session.isoformat()}:{attempt}"
 
@@ -503,7 +514,9 @@ def build_live_trading_sensor(
         "switch. Off by default: turning it on starts trading.",
     )
     def live_trading_sensor(
-        context: dg.SensorEvaluationContext, trading_db: TradingDatabaseResource
+        context: dg.SensorEvaluationContext,
+        trading_db: TradingDatabaseResource,
+        alerts: AlertsResource,
     ) -> dg.RunRequest | dg.SkipReason:
         now = clock()
         if now.tzinfo is None:
@@ -549,8 +562,10 @@ def build_live_trading_sensor(
         if decision.trip is not None:
             status = switch.trip(reason=decision.trip, actor=ACTOR, now=now)
             context.log.error(status.describe())
+        alerter = alerts.alerter(engine)
         for alert in decision.alerts:
             context.log.error(f"ALERT {alert}")
+            alerter.raise_alert(live_alert(alert), now)
         if decision.attempt is None:
             text = decision.message
             if decision.alerts:

@@ -130,6 +130,21 @@ kill_switch = Table(
     Column("since", UtcInstant()),
 )
 
+# Alerts sent (outcome ``sent``, with the sinks that took them) and held back by the rate
+# limit (``rate_limited``); duplicates within the de-duplication window are not logged.
+alert_log = Table(
+    "alert_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("at", UtcInstant(), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("sinks", Text, nullable=False),
+)
+
 # What the risk layer did, one row per pipelines.risk.events.RiskEvent: refusals, changes of
 # trading state, kill-switch trips and resets, cancels. ``values_json`` holds its numbers.
 risk_events = Table(

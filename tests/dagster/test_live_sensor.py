@@ -5,20 +5,23 @@ times around real XNYS sessions (2024-07-02 a full day, 2024-07-03 an early clos
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from jobs.live import build_live_session_job
+from pipelines.data.tables import alert_log
 from pipelines.live.heartbeat import record_heartbeat
 from pipelines.risk.killswitch import KillSwitch
 from quantdag.project import load_project
 from resources import TradingDatabaseResource
+from resources.alerts import RecordingAlertsResource
 from sensors.live import (
     ATTEMPT_TAG,
     LIVE_TAG,
@@ -45,6 +48,7 @@ class World:
     job: dg.JobDefinition
     db: TradingDatabaseResource
     now: datetime
+    alerts: RecordingAlertsResource = field(default_factory=RecordingAlertsResource)
 
     def evaluate(
         self, config: LiveSensorConfig | None = None, at: datetime | None = None
@@ -52,7 +56,9 @@ class World:
         if at is not None:
             self.now = at
         sensor = build_live_trading_sensor(self.job, config, clock=lambda: self.now)
-        context = dg.build_sensor_context(instance=self.instance, resources={"trading_db": self.db})
+        context = dg.build_sensor_context(
+            instance=self.instance, resources={"trading_db": self.db, "alerts": self.alerts}
+        )
         return sensor.evaluate_tick(context)
 
     def add_run(
@@ -241,6 +247,18 @@ def test_stale_heartbeat_trips_the_kill_switch_and_relaunches(world: World) -> N
     status = world.switch().status()
     assert status.tripped and status.actor == "live_trading_sensor"
     assert "not managed for 630 s" in status.reason
+
+    # People are told, once: the next tick's same condition (its seconds counted up) is not
+    # sent again.
+    def told() -> list[tuple[str, str]]:
+        with world.db.store().engine.connect() as conn:
+            rows = conn.execute(sa.select(alert_log.c.summary, alert_log.c.outcome))
+            return [(r.summary, r.outcome) for r in rows if "not managed for" in r.summary]
+
+    (sent,) = told()
+    assert sent[1] == "sent"
+    world.evaluate(at=ny(DAY, 10, 11))
+    assert len(told()) == 1
     # Read back by anyone from the database, as the relaunched session will.
     assert KillSwitch.from_url(world.db.url).tripped()
 
