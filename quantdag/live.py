@@ -42,6 +42,7 @@ from pipelines.live.session import BarOutcome, LiveSession, SessionConfig
 from pipelines.live.signals import ModelSignals
 from pipelines.live.store import LiveStore
 from pipelines.models.walk_forward import FoldFit
+from pipelines.ops.logs import configure_json_logging, log_context
 from pipelines.risk.killswitch import KillSwitch
 from quantdag.project import Project, load_project
 from quantdag.resources import _anchored, _per_environment
@@ -320,6 +321,35 @@ def run_live_session(
     log: Callable[[str], None],
 ) -> LiveSummary:
     """Reconcile, warm, stream and trade ``session`` until its close or ``stop``."""
+    with log_context(run_id=run_id, session=session.isoformat(), attempt=attempt):
+        handler = None
+        if project.environment != "local" or os.environ.get("QUANTDAG_LOG_JSON") == "1":
+            handler = configure_json_logging(sys.stderr)
+        try:
+            return _run_live_session(
+                project,
+                session=session,
+                attempt=attempt,
+                run_id=run_id,
+                stop=stop,
+                observe=observe,
+                log=log,
+            )
+        finally:
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+
+
+def _run_live_session(
+    project: Project,
+    *,
+    session: date,
+    attempt: int,
+    run_id: str,
+    stop: threading.Event,
+    observe: Callable[[LiveBarReport], None],
+    log: Callable[[str], None],
+) -> LiveSummary:
     conn = connection(project)
     url = database_url(project)
     db = BarStore(url)

@@ -962,12 +962,25 @@ class LiveSession:
         for order, answer in zip(ready, answers, strict=True):
             self._tick()
             if isinstance(answer, OrderRefused):
-                log.error("order refused: %s", answer)
+                log.error(
+                    "order refused: %s",
+                    answer,
+                    extra={"client_order_id": order.client_order_id, "symbol": order.symbol},
+                )
                 self.store.mark_order(order.client_order_id, "rejected", str(answer), now)
             elif isinstance(answer, BaseException):
                 failure = failure or answer
             else:
                 self.result.orders += 1
+                log.info(
+                    "order sent: %s %d %s (%s), broker status %s",
+                    order.side,
+                    order.quantity,
+                    order.symbol,
+                    order.intent,
+                    answer.status,
+                    extra={"client_order_id": order.client_order_id, "symbol": order.symbol},
+                )
                 self._book(answer, now)
         if failure is not None:
             raise failure

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -332,7 +333,10 @@ def start_session(
         except BaseException as exc:
             running.error.append(exc)
 
-    running.thread = threading.Thread(target=work, daemon=True)
+    # The caller's log context (run, session ids) follows the session into its thread.
+    running.thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(work,), daemon=True
+    )
     running.thread.start()
     return running
 
