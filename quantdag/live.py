@@ -284,24 +284,25 @@ class BrokerClock:
 
 @contextmanager
 def serve_metrics(metrics: LiveMetrics, settings: Any, log: Callable[[str], None]) -> Iterator[int]:
-    """Serve ``metrics`` on ``settings.metrics_addr:metrics_port`` (0: not served) while the
-    block runs; yields the port (0 when not served)."""
-    if not settings.metrics_port:
-        yield 0
-        return
+    """Serve ``metrics`` on ``settings.metrics_addr:metrics_port`` (0: not served; the
+    environment's ``QUANTDAG_METRICS_ADDR`` / ``QUANTDAG_METRICS_PORT`` override them, e.g. in
+    a container) while the block runs; yields the port (0 when not served)."""
     from prometheus_client import start_http_server
 
+    wanted = int(os.environ.get("QUANTDAG_METRICS_PORT") or settings.metrics_port)
+    addr = os.environ.get("QUANTDAG_METRICS_ADDR") or settings.metrics_addr
+    if not wanted:
+        yield 0
+        return
     try:
-        server, thread = start_http_server(
-            settings.metrics_port, addr=settings.metrics_addr, registry=metrics.registry
-        )
+        server, thread = start_http_server(wanted, addr=addr, registry=metrics.registry)
     except OSError as exc:
         raise LiveConfigError(
-            f"cannot serve the metrics on {settings.metrics_addr}:{settings.metrics_port} "
-            f"({exc}): choose a free live.metrics_port (0: not served)"
+            f"cannot serve the metrics on {addr}:{wanted} ({exc}): choose a free "
+            "live.metrics_port (0: not served)"
         ) from exc
     port = int(server.server_port)
-    log(f"metrics on http://{settings.metrics_addr}:{port}/metrics")
+    log(f"metrics on http://{addr}:{port}/metrics")
     try:
         yield port
     finally:
