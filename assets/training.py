@@ -16,7 +16,9 @@ from pipelines.models.promotion import GateConfig, PromotionRule
 from pipelines.models.registry import score_holdout
 from pipelines.models.training import TrainingRequest, build_training_set, run_training
 from pipelines.months import rows_in_windows, select_training_months
-from resources import MlflowResource, OptunaResource
+from pipelines.ops.alerts import Alert
+from resources import MlflowResource, OptunaResource, TradingDatabaseResource
+from resources.alerts import AlertsResource
 
 GROUP = "training"
 
@@ -179,6 +181,20 @@ def build_walk_forward_models_asset(embargo: timedelta | None = None) -> dg.Asse
             ),
         },
         ins={"training_set": dg.AssetIn()},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "skill_gate",
+                asset="oos_predictions",
+                description="The out-of-sample predictions beat the base rate by the gate's "
+                "z-scores (log loss and within-fold AUC); a model that fails it never trades.",
+            ),
+            dg.AssetCheckSpec(
+                "not_one_sided",
+                asset="oos_predictions",
+                description="At most 95% of the out-of-sample predictions on one side of the "
+                "base rate (a model calling 'up' nearly always has learnt the base rate only).",
+            ),
+        ],
         can_subset=False,
     )
     def walk_forward_models(  # type: ignore[no-untyped-def]
@@ -186,11 +202,15 @@ def build_walk_forward_models_asset(embargo: timedelta | None = None) -> dg.Asse
         config: TrainingConfig,
         mlflow: MlflowResource,
         optuna: OptunaResource,
+        trading_db: TradingDatabaseResource,
+        alerts: AlertsResource,
         training_set: pl.DataFrame,
     ):
         """Purged walk-forward training (nested tuning in full mode), the skill gate and the
         champion decision, tracked in MLflow."""
-        yield from _train_walk_forward(context, config, mlflow, optuna, training_set, embargo)
+        yield from _train_walk_forward(
+            context, config, mlflow, optuna, training_set, embargo, trading_db, alerts
+        )
 
     return walk_forward_models
 
@@ -206,7 +226,9 @@ def _train_walk_forward(
     optuna: OptunaResource,
     training_set: pl.DataFrame,
     embargo: timedelta | None,
-) -> Iterator[dg.Output[pl.DataFrame]]:
+    trading_db: TradingDatabaseResource,
+    alerts: AlertsResource,
+) -> Iterator[dg.Output[pl.DataFrame] | dg.AssetCheckResult]:
     end = str(training_set["ts"].max())[:10]
     request = TrainingRequest(
         mode=config.mode,
@@ -264,6 +286,30 @@ def _train_walk_forward(
             "per_fold": markdown_table(folds.join(per_fold, on="fold", how="left")),
         },
     )
+    above = float((predictions["prob"] > predictions["base_rate"]).mean() or 0.0)
+    yield dg.AssetCheckResult(
+        check_name="skill_gate",
+        asset_key="oos_predictions",
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"reason": verdict.reason, **{k: float(v) for k, v in verdict.figures.items()}},
+    )
+    yield dg.AssetCheckResult(
+        check_name="not_one_sided",
+        asset_key="oos_predictions",
+        passed=0.05 <= above <= 0.95,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"share_above_base_rate": round(above, 4), "limits": "0.05 .. 0.95"},
+    )
+    if not verdict.passed:
+        alert = Alert(
+            "gate_refused",
+            f"gate_refused:{decision.run_id}",
+            f"training run {decision.run_id[:8]} failed the skill gate: not deployable",
+            f"{verdict.reason}\n{decision.reason}",
+            "warn",
+        )
+        alerts.alerter(trading_db.store().engine).raise_alert(alert, datetime.now(UTC))
     yield dg.Output(
         pl.DataFrame(
             {

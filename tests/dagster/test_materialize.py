@@ -8,8 +8,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+import sqlalchemy as sa
 
 from assets.bars import build_bar_assets
+from pipelines.data.tables import alert_log
 from quantdag.project import load_project
 from resources import FileBarSourceResource, TradingDatabaseResource
 
@@ -98,6 +100,7 @@ def _sample_setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     """The 15-minute sample's bar and research assets, every resource in ``tmp_path``."""
     from assets.research import build_research_assets
     from resources import MlflowResource, OptunaResource, PolarsParquetIOManager
+    from resources.alerts import RecordingAlertsResource
 
     project = load_project({})
     bar_assets = build_bar_assets(project.universe, project.settings.validation)
@@ -109,6 +112,7 @@ def _sample_setup(tmp_path: Path):  # type: ignore[no-untyped-def]
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="t"
         ),
         "optuna": OptunaResource(storage=f"sqlite:///{tmp_path / 'optuna.db'}"),
+        "alerts": RecordingAlertsResource(),
     }
     return bar_assets, research, resources, dg.DagsterInstance.ephemeral()
 
@@ -204,6 +208,15 @@ def test_training_gate_holdout_and_backtest_through_dagster(february) -> None:  
     # Five weeks of bars cannot show skill: the model is registered, not deployable, and says why.
     assert decision["deployable"].value is False and decision["promoted"].value is False
     assert "skill gate refused" in decision["reason"].value
+    # The UI says so on the predictions' checks (a warning: nothing downstream is blocked),
+    # and people are told once.
+    checks = {e.check_name: e for e in trained.get_asset_check_evaluations()}
+    assert checks["skill_gate"].passed is False
+    assert checks["skill_gate"].severity is dg.AssetCheckSeverity.WARN
+    assert "not_one_sided" in checks
+    with sa.create_engine(f"sqlite:///{tmp_path / 'trading.db'}").connect() as conn:
+        kinds = [r.kind for r in conn.execute(sa.select(alert_log.c.kind))]
+    assert kinds == ["gate_refused"]
     quality = meta["oos_predictions"]
     assert {"gate_auc_within_fold", "gate_auc_within_fold_se", "gate_log_loss_skill_z"} <= set(
         quality
