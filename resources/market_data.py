@@ -1,7 +1,7 @@
 """Market-data sources: files (also the snapshot fake of every vendor) and Alpaca."""
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 
@@ -12,10 +12,13 @@ from pipelines.config import (
     FileSourceConfig,
     UniverseConfig,
 )
-from pipelines.data.alpaca import AlpacaBarSource
 from pipelines.data.sources import BarSource, FileBarSource
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+if TYPE_CHECKING:
+    from pipelines.data.alpaca import AlpacaBarSource
 
 
 class BarSourceResource(dg.ConfigurableResource):  # type: ignore[misc]
@@ -133,7 +136,10 @@ class AlpacaBarSourceResource(BarSourceResource):
             feed_delay_minutes=self.feed_delay_minutes,
         )
 
-    def source(self, universe: UniverseConfig) -> AlpacaBarSource:
+    def source(self, universe: UniverseConfig) -> "AlpacaBarSource":
+        # alpaca-py (a second to import) only where the Alpaca source is used.
+        from pipelines.data.alpaca import AlpacaBarSource
+
         return AlpacaBarSource(
             self.config(),
             universe.base_timeframe,

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import kurtosis, norm, skew
+
+# scipy.stats is imported where it is used: it is a second of every process's start-up (the
+# code server, each run worker) that most never need.
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -41,6 +43,8 @@ def probabilistic_sharpe_ratio(
         raise ValueError(
             f"skewness {skewness} and kurtosis {kurt} give no valid variance at SR {sr}"
         )
+    from scipy.stats import norm
+
     return float(norm.cdf((sr - benchmark) * math.sqrt(n - 1) / math.sqrt(denom)))
 
 
@@ -49,6 +53,8 @@ def expected_max_sharpe(n_trials: int, sr_variance: float) -> float:
     reach, given the variance of the trials' Sharpe ratios (same period as the result)."""
     if n_trials < 2:
         return 0.0
+    from scipy.stats import norm
+
     a = norm.ppf(1.0 - 1.0 / n_trials)
     b = norm.ppf(1.0 - 1.0 / (n_trials * math.e))
     return float(math.sqrt(sr_variance) * ((1.0 - EULER_GAMMA) * a + EULER_GAMMA * b))
@@ -79,6 +85,8 @@ def deflated_sharpe_of_returns(
 ) -> DeflatedSharpe:
     """:func:`deflated_sharpe_ratio` of a per-period return series (sample skewness and
     non-excess kurtosis)."""
+    from scipy.stats import kurtosis, skew
+
     return deflated_sharpe_ratio(
         sharpe_ratio(returns),
         len(returns),

@@ -27,7 +27,6 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-from scipy.stats import kurtosis, skew
 
 from pipelines.backtest.analytics import probability_of_backtest_overfitting
 from pipelines.backtest.statistics import expected_max_sharpe, probabilistic_sharpe_ratio
@@ -222,6 +221,8 @@ def deflate(selected: Trial, family_sharpes: Sequence[float], tried: Sequence[Tr
     psr: float | None = None
     dsr: float | None = None
     if np.std(r) > 0:
+        from scipy.stats import kurtosis, skew  # a second of start-up, for the few who need it
+
         sk, ku = float(skew(r)), float(kurtosis(r, fisher=False))
         psr = probabilistic_sharpe_ratio(sr, r.size, skewness=sk, kurt=ku)
         dsr = probabilistic_sharpe_ratio(sr, r.size, skewness=sk, kurt=ku, benchmark=sr0)
