@@ -46,7 +46,13 @@ run: env
 test: env bench/.venv/.synced
 	$(PY) -m pytest
 
+# The Dagster UI (http://127.0.0.1:3000) and, beside it, the MLflow UI (http://127.0.0.1:5000)
+# that the backtest report's link opens; both stop with Ctrl-C.
 dev: env
+	@mkdir -p .quantdag
+	@.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.quantdag/mlflow.db \
+		-h 127.0.0.1 -p 5000 --workers 1 >.quantdag/mlflow-ui.log 2>&1 & \
+	trap 'kill $$! 2>/dev/null' EXIT INT TERM; \
 	.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # Peers we benchmark against live in their own environment, never in the project's.

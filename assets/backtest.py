@@ -186,11 +186,18 @@ def build_backtest_report_asset(
             for k in ("total_return", "sharpe", "trades_trades")
             if k in r.metrics
         }
+        # The report travels with the model's MLflow run, and opens from here in one click.
+        artifact = mlflow.attach(str(decision["run_id"]), str(html_path), "backtest")
+        url = mlflow.run_url(str(decision["run_id"]), artifact)
+        link = {"report_url": dg.MetadataValue.url(url)} if url else {}
+        opened = f"[open the report]({url})" if url else f"`{html_path}`"
         return dg.MaterializeResult(
             metadata={
+                **link,
                 "report": dg.MetadataValue.path(str(html_path)),
                 "summary": dg.MetadataValue.md(
-                    f"| metric | value |\n|---|---|\n{summary}\n\nReport: `{html_path}`"
+                    f"| metric | value |\n|---|---|\n{summary}\n\nReport: {opened} (also the "
+                    f"MLflow run's artifact `{artifact}`)"
                 ),
                 "deployable": bool(decision["deployable"]),
                 "configuration": selected,

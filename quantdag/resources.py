@@ -79,6 +79,10 @@ def build_resources(project: Project) -> dict[str, Any]:
             # a model trained and judged on the sample is never the paper account's champion.
             experiment=_per_environment(project),
             model_name=_per_environment(project),
+            ui_url=os.environ.get(
+                "QUANTDAG_MLFLOW_UI_URL",
+                "http://127.0.0.1:5000" if project.environment == "local" else "",
+            ),
         ),
         "optuna": OptunaResource(
             storage=dg.EnvVar("QUANTDAG_OPTUNA_URI")

@@ -109,7 +109,10 @@ def _sample_setup(tmp_path: Path):  # type: ignore[no-untyped-def]
         **_resources(project, f"sqlite:///{tmp_path / 'trading.db'}"),
         "parquet_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "parquet")),
         "mlflow": MlflowResource(
-            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="t"
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            experiment="t",
+            model_name="t",
+            ui_url="http://mlflow.test",
         ),
         "optuna": OptunaResource(storage=f"sqlite:///{tmp_path / 'optuna.db'}"),
         "alerts": RecordingAlertsResource(),
@@ -245,6 +248,20 @@ def test_training_gate_holdout_and_backtest_through_dagster(february) -> None:  
     assert "Holdout (never used" in page
     assert rmeta["n_trials"].value == 5  # 2 thresholds x 2 exits, and the configured pair
     assert rmeta["deployable"].value is False and rmeta["max_drawdown"].value <= 0.0
+    # The report is an artifact of the model's MLflow run, linked from the asset.
+    run_id = str(decision["run_id"].value) if "run_id" in decision else None
+    client = resources["mlflow"].client()
+    runs_with_report = [
+        r.info.run_id
+        for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])
+        if any(a.path == "backtest" for a in client.list_artifacts(r.info.run_id))
+    ]
+    assert len(runs_with_report) == 1 and (run_id is None or runs_with_report == [run_id])
+    (report,) = client.list_artifacts(runs_with_report[0], "backtest")
+    assert report.path.endswith(".html")
+    url = rmeta["report_url"].value
+    assert url.startswith("http://mlflow.test/#/experiments/")
+    assert url.endswith(f"/runs/{runs_with_report[0]}/artifactPath/{report.path}")
     # make run's summary reads this metadata: every figure it names is there, none "undefined".
     from quantdag.run import research_summary
 
