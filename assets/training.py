@@ -16,7 +16,7 @@ from pipelines.models.promotion import GateConfig, PromotionRule
 from pipelines.models.registry import score_holdout
 from pipelines.models.training import TrainingRequest, build_training_set, run_training
 from pipelines.months import rows_in_windows, select_training_months
-from pipelines.ops.alerts import Alert
+from pipelines.ops.alerts import Alert, AlertError
 from resources import MlflowResource, OptunaResource, TradingDatabaseResource
 from resources.alerts import AlertsResource
 
@@ -309,7 +309,10 @@ def _train_walk_forward(
             f"{verdict.reason}\n{decision.reason}",
             "warn",
         )
-        alerts.alerter(trading_db.store().engine).raise_alert(alert, datetime.now(UTC))
+        try:
+            alerts.alerter(trading_db.store().engine).raise_alert(alert, datetime.now(UTC))
+        except AlertError as exc:  # the model and its decision stand; only the telling failed
+            context.log.warning(f"the gate_refused alert could not be delivered: {exc}")
     yield dg.Output(
         pl.DataFrame(
             {

@@ -1,6 +1,7 @@
 """``python -m quantdag.backup dump FILE`` / ``restore FILE``: the trading database, whole.
 
-PostgreSQL goes through ``pg_dump --format=custom`` and ``pg_restore --clean --if-exists
+PostgreSQL goes through ``pg_dump --format=custom``, and a restore empties the database's
+``public`` schema (also of tables created after the backup) before ``pg_restore
 --single-transaction`` (the client tools of the server's major version); SQLite through its
 online backup API (a consistent copy while the session writes). The database is
 ``QUANTDAG_DATABASE_URL``, else the selected environment's ``database_url``; a password in the
@@ -84,13 +85,20 @@ def restore(url: str, source: Path) -> None:
     u = sa.make_url(url)
     if u.get_backend_name() == "postgresql":
         args, env = _pg(u)
+        # Everything goes, also what was created after the backup (a newer migration's table
+        # that pg_restore --clean would leave behind), then the backup comes back whole.
+        wipe = "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
+        _run(
+            [_tool("psql"), *args, "-v", "ON_ERROR_STOP=1", "-q", "-c", wipe, u.database or ""],
+            env,
+            "emptying the database before the restore",
+        )
         cmd = [
             _tool("pg_restore"),
             *args,
-            "--clean",
-            "--if-exists",
             "--single-transaction",
             "--no-owner",
+            "--exit-on-error",
             f"--dbname={u.database}",
             str(source),
         ]

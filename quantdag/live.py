@@ -297,10 +297,13 @@ def serve_metrics(metrics: LiveMetrics, settings: Any, log: Callable[[str], None
     try:
         server, thread = start_http_server(wanted, addr=addr, registry=metrics.registry)
     except OSError as exc:
-        raise LiveConfigError(
-            f"cannot serve the metrics on {addr}:{wanted} ({exc}): choose a free "
-            "live.metrics_port (0: not served)"
-        ) from exc
+        # Metrics must not stop trading (a predecessor that has not yet let go of the port).
+        log(
+            f"METRICS NOT SERVED: cannot serve them on {addr}:{wanted} ({exc}); the session "
+            "trades without them: free the port or choose another live.metrics_port"
+        )
+        yield 0
+        return
     port = int(server.server_port)
     log(f"metrics on http://{addr}:{port}/metrics")
     try:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from pipelines.ops.alerts import Alert
+from pipelines.ops.alerts import Alert, AlertError
 from pipelines.risk.killswitch import KillSwitch, KillSwitchStatus
 from resources import TradingDatabaseResource
 from resources.alerts import AlertsResource
@@ -54,7 +54,11 @@ def build_kill_switch_alert_sensor(
         alert = kill_switch_alert(status)
         if alert is None:
             return dg.SkipReason(status.describe())
-        result = alerts.alerter(engine).raise_alert(alert, clock())
+        try:
+            result = alerts.alerter(engine).raise_alert(alert, clock())
+        except AlertError as exc:  # logged as failed: the next tick tries again
+            context.log.error(f"the kill-switch alert could not be delivered: {exc}")
+            return dg.SkipReason(f"{status.describe()} (alert NOT delivered: {exc})")
         return dg.SkipReason(f"{status.describe()} (alert {result.outcome})")
 
     return kill_switch_alert_sensor
@@ -85,6 +89,11 @@ def build_run_failure_alert_sensor(
             f"{why}\nTags: {dict(run.tags)}",
             "page" if run.job_name == "live_session_job" else "warn",
         )
-        alerts.alerter(trading_db.store().engine).raise_alert(alert, clock())
+        try:
+            alerts.alerter(trading_db.store().engine).raise_alert(alert, clock())
+        except AlertError as exc:
+            # The cursor moves past this run: the failure is in alert_log (outcome failed)
+            # and in this error, not lost silently.
+            context.log.error(f"the alert for run {run.run_id} could not be delivered: {exc}")
 
     return run_failure_alert_sensor

@@ -49,7 +49,7 @@ import dagster as dg
 
 from pipelines.bars.calendar import NEW_YORK, sessions_between
 from pipelines.live.heartbeat import STARTUP_PHASES, Heartbeat, read_heartbeats
-from pipelines.ops.alerts import Alert
+from pipelines.ops.alerts import Alert, AlertError
 from pipelines.risk.killswitch import KillSwitch, KillSwitchStatus
 from resources import TradingDatabaseResource
 from resources.alerts import AlertsResource
@@ -430,10 +430,11 @@ def _after_close(
 
 
 def live_alert(text: str) -> Alert:
-    """One of the sensor's alert lines as an :class:`Alert`. Its key is the text with every
-    number blanked: the same condition, raised at every tick with its seconds counting up, is
-    one alert (sent again only after the alerts' ``dedup_s``)."""
-    key = "live_sensor:" + re.sub(r"\d+(\.\d+)?", "#", text)
+    """One of the sensor's alert lines as an :class:`Alert`. Its key is the text before its
+    first parenthesis (the details: statuses, times) with every number blanked: the same
+    condition, raised at every tick with its seconds counting up, is one alert (sent again
+    only after the alerts' ``dedup_s``)."""
+    key = "live_sensor:" + re.sub(r"\d+(\.\d+)?", "#", text.split(" (", 1)[0])
     return Alert("live_session", key[:500], text.split(":", 1)[-1].strip()[:200], text)
 
 
@@ -546,9 +547,11 @@ def build_live_trading_sensor(
             )
 
         decision = decide()
+        told = list(decision.alerts)
         if decision.acts:
             _act(context, decision, now)
             decision = decide()  # on the runs as they are now (a terminate may have failed)
+            told += [a for a in decision.alerts if a not in told]
             if decision.acts:
                 # More to do on the runs than one tick does: no request until it is done.
                 _act(context, decision, now)
@@ -563,9 +566,12 @@ def build_live_trading_sensor(
             status = switch.trip(reason=decision.trip, actor=ACTOR, now=now)
             context.log.error(status.describe())
         alerter = alerts.alerter(engine)
-        for alert in decision.alerts:
+        for alert in told:
             context.log.error(f"ALERT {alert}")
-            alerter.raise_alert(live_alert(alert), now)
+            try:
+                alerter.raise_alert(live_alert(alert), now)
+            except AlertError as exc:  # telling people must not stop the relaunch
+                context.log.error(f"the alert could not be delivered: {exc}")
         if decision.attempt is None:
             text = decision.message
             if decision.alerts:

@@ -189,8 +189,11 @@ class LiveMetrics:
                 self._counters[key].inc(now - self._seen[key])
                 self._seen[key] = now
         start = result.start_equity
-        if self._equity is not None and start == start:  # start equity known (not NaN)
-            self.pnl.set(self._equity - start)
+        if start == start:  # known (not NaN): the day's peak starts there
+            self._peak = max(self._peak, start)
+            if self._equity is not None:
+                self.pnl.set(self._equity - start)
+                self.drawdown.set(1.0 - self._equity / self._peak if self._peak > 0 else 0.0)
         self.halted.set(1.0 if result.halted else 0.0)
 
     def exposition(self) -> bytes:

@@ -3,8 +3,9 @@
 An :class:`Alert` names its ``key``: the condition it reports (e.g. ``kill_switch:2024-07-02T
 14:02:00+00:00``); the same key is sent once per ``dedup_s`` however often it is raised (the
 live sensor raises its alerts at every tick). Across all keys at most ``max_per_hour`` alerts
-are sent an hour; beyond that they are logged ``rate_limited`` (and in the error log), and
-each alert sent while some of the last hour's were held back says how many. The log is the
+are sent an hour (pages, which ask someone to act now, are never held back); beyond that
+warnings are logged ``rate_limited`` once a condition (and in the error log), and each alert
+sent while some of the last hour's were held back says how many conditions were. The log is the
 trading database's ``alert_log`` table, so the de-duplication holds across processes (the
 sensor daemon, the run workers). ``now`` is a parameter; nothing here reads the clock.
 
@@ -203,25 +204,36 @@ class Alerter:
             ).scalar_one()
             if recent:
                 return AlertResult("duplicate")
-            sent_hour, held_hour = (
-                conn.execute(
-                    sa.select(sa.func.count()).where(
-                        c.outcome == outcome, c.at > now - timedelta(hours=1)
-                    )
-                ).scalar_one()
-                for outcome in ("sent", "rate_limited")
-            )
-        if sent_hour >= self.policy.max_per_hour:
-            self._log(alert, now, "rate_limited", ())
-            log.error("alert held back by the rate limit: %s", alert.summary)
+            hour = c.at > now - timedelta(hours=1)
+            sent_hour = conn.execute(
+                sa.select(sa.func.count()).where(c.outcome == "sent", hour)
+            ).scalar_one()
+            held_keys = conn.execute(
+                sa.select(sa.func.count(sa.distinct(c.key))).where(
+                    c.outcome == "rate_limited", hour
+                )
+            ).scalar_one()
+            held_before = conn.execute(
+                sa.select(sa.func.count()).where(
+                    c.key == alert.key,
+                    c.outcome == "rate_limited",
+                    c.at > now - timedelta(seconds=self.policy.dedup_s),
+                )
+            ).scalar_one()
+        # A page (act now) is never held back: the limit is for the warnings' floods.
+        if alert.severity != "page" and sent_hour >= self.policy.max_per_hour:
+            if not held_before:  # one row a condition, not one a tick
+                self._log(alert, now, "rate_limited", ())
+                log.error("alert held back by the rate limit: %s", alert.summary)
             return AlertResult("rate_limited")
-        if held_hour:
+        if held_keys:
             alert = Alert(
                 alert.kind,
                 alert.key,
                 alert.summary,
-                f"{alert.details}\n({held_hour} alerts in the last hour were held back by the "
-                f"limit of {self.policy.max_per_hour} an hour: see the alert_log table)",
+                f"{alert.details}\n({held_keys} conditions in the last hour were held back by "
+                f"the limit of {self.policy.max_per_hour} alerts an hour: see the alert_log "
+                "table)",
                 alert.severity,
             )
         if not self.sinks:

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from pipelines.secrets import MASK, redact_uri
 
@@ -50,6 +51,7 @@ _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.Context
     "quantdag_log_context", default=None
 )
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+_KEYWORD_SECRET = re.compile(r"\b((?:password|passwd|pwd|secret|token)\s*=\s*)[^\s&;]+", re.I)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -75,20 +77,27 @@ class SecretsFilter(logging.Filter):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         env = os.environ if environ is None else environ
-        self.secrets = sorted(
-            {v for k in SECRET_VARIABLES if (v := env.get(k, "")) and len(v) >= 4},
-            key=len,
-            reverse=True,
-        )
+        values = {v for k in SECRET_VARIABLES if (v := env.get(k, "")) and len(v) >= 4}
+        # A secret URL's path (a webhook's token) shows alone in some errors ("url: /x/T0/..").
+        paths = {p for v in values if len(p := urlsplit(v).path) >= 8}
+        self.secrets = sorted(values | paths, key=len, reverse=True)
 
     def mask(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, MASK)
+        text = _KEYWORD_SECRET.sub(lambda m: f"{m.group(1)}{MASK}", text)
         return _URI.sub(lambda m: redact_uri(m.group(0)), text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.mask(record.getMessage())
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed call must not raise at its call site
+            message = f"{record.msg} (unformatted; args {record.args!r})"
+        record.msg = self.mask(message)
         record.args = None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, self.mask(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

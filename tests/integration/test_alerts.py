@@ -132,23 +132,29 @@ def test_an_alert_reaches_the_webhook_and_the_mailbox_once(
     assert _outcomes(engine) == [(TRIP.key, "sent"), (TRIP.key, "sent")]
 
 
-def test_the_rate_limit_holds_back_a_flood_and_the_next_alert_says_so(
+def test_the_rate_limit_holds_back_a_flood_of_warnings_never_a_page(
     hook: Hook, engine: sa.Engine
 ) -> None:
     alerter = Alerter([WebhookSink(hook.url)], engine, AlertPolicy(max_per_hour=2))
-    results = [
-        alerter.raise_alert(
-            Alert("run_failed", f"run:{i}", f"run {i} failed"), T0 + timedelta(seconds=i)
-        )
-        for i in range(4)
+
+    def warn(i: int, at: datetime) -> str:
+        alert = Alert("run_failed", f"run:{i}", f"run {i} failed", severity="warn")
+        return alerter.raise_alert(alert, at).outcome
+
+    assert [warn(i, T0 + timedelta(seconds=i)) for i in range(4)] == [
+        "sent",
+        "sent",
+        "rate_limited",
+        "rate_limited",
     ]
-    assert [r.outcome for r in results] == ["sent", "sent", "rate_limited", "rate_limited"]
+    assert warn(3, T0 + timedelta(seconds=30)) == "rate_limited"  # the same condition, a tick on
     assert len(hook.bodies) == 2
-    later = alerter.raise_alert(
-        Alert("run_failed", "run:9", "run 9 failed"), T0 + timedelta(hours=1, seconds=1)
-    )
-    assert later.outcome == "sent"
-    assert "2 alerts in the last hour were held back" in hook.bodies[-1]["text"]
+    # A page is sent whatever the budget says, and says what was held back.
+    assert alerter.raise_alert(TRIP, T0 + timedelta(seconds=40)).outcome == "sent"
+    assert "2 conditions in the last hour were held back" in hook.bodies[-1]["text"]
+    assert _outcomes(engine).count(("run:3", "rate_limited")) == 1  # one row a condition
+    later = warn(9, T0 + timedelta(hours=1, seconds=41))
+    assert later == "sent" and len(hook.bodies) == 4
 
 
 def test_a_failing_sink_is_retried_named_without_its_secret_and_the_others_deliver(

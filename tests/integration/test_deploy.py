@@ -52,6 +52,9 @@ def test_secrets_come_from_the_env_file_only() -> None:
         for key, value in (service.get("environment") or {}).items():
             if SECRET_NAME.search(key):
                 assert str(value).startswith("${"), f"{name}.{key} holds a literal"
+        command = service.get("command", "")
+        command = " ".join(command) if isinstance(command, list) else str(command)
+        assert "PASSWORD" not in command, f"{name}'s command line holds a secret (ps shows it)"
     text = (ROOT / "docker-compose.yml").read_text()
     for url in re.findall(r"postgresql://[^\s]+", text):
         assert ":${POSTGRES_PASSWORD" in url, url

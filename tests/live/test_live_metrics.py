@@ -13,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.live.metrics import LiveMetrics
-from quantdag.live import LiveConfigError, serve_metrics
+from quantdag.live import serve_metrics
 from quantdag.testing.alpaca_server import LocalAlpaca
 from quantdag.testing.live import Day, start_session, step_buckets, wait_subscribed
 
@@ -84,13 +84,47 @@ def test_a_replayed_session_is_scraped_with_its_metrics(
         requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
-def test_a_taken_metrics_port_is_refused_saying_what_to_do() -> None:
+def test_a_taken_metrics_port_does_not_stop_the_session_and_says_so() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with (
-            pytest.raises(LiveConfigError, match=r"choose a free live\.metrics_port"),
-            serve_metrics(LiveMetrics(), _Serve(port), print),
-        ):
-            pass
+        logged: list[str] = []
+        with serve_metrics(LiveMetrics(), _Serve(port), logged.append) as served:
+            assert served == 0
+    assert (
+        logged and logged[0].startswith("METRICS NOT SERVED") and "live.metrics_port" in logged[0]
+    )
+
+
+def test_drawdown_counts_from_the_start_equity() -> None:
+    """A session that opens at 1,000,000 and is at 994,000 at its first bar is 0.6% down."""
+    from types import SimpleNamespace
+
+    metrics = LiveMetrics()
+    outcome = SimpleNamespace(
+        compute_ms=1.0,
+        sent_at=None,
+        bar_ts=None,
+        orders=[],
+        events=[],
+        equity=994_000.0,
+        gross=0.0,
+        net=0.0,
+        state="ACTIVE",
+        kill_switch=False,
+    )
+    metrics.on_bar(outcome, 15)
+    metrics.on_result(
+        SimpleNamespace(
+            start_equity=1_000_000.0,
+            halted=None,
+            fills=0,
+            reconnects=0,
+            backfilled=0,
+            quarantined=0,
+            late=0,
+        )
+    )
+    text = metrics.exposition().decode()
+    assert "quantdag_live_drawdown_ratio 0.006" in text and "quantdag_live_pnl_usd -6000.0" in text

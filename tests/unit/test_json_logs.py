@@ -61,3 +61,20 @@ def test_no_secret_reaches_a_line(lines: io.StringIO) -> None:
     records = _records(lines)
     assert "***" in str(records[0]["msg"]) and "db.internal:5432" in str(records[2]["msg"])
     assert "RuntimeError" in str(records[3]["exc"])
+
+
+def test_extras_token_paths_and_keyword_passwords_are_masked_too(lines: io.StringIO) -> None:
+    log = logging.getLogger("quantdag.test")
+    log.error("hook failed", extra={"url": SECRETS["QUANTDAG_ALERT_WEBHOOK_URL"]})
+    log.error("requests said: Max retries exceeded with url: /services/T0/B0/tokenABC")
+    log.error("dsn host=db user=quantdag password=pw0rd-xyz dbname=quantdag")
+    text = lines.getvalue()
+    for secret in ("tokenABC", "pw0rd-xyz"):
+        assert secret not in text, secret
+    assert "host=db" in text
+
+
+def test_a_malformed_log_call_does_not_raise_where_it_is_made(lines: io.StringIO) -> None:
+    logging.getLogger("quantdag.test").error("%d orders", "three")  # a bug in a log call
+    (record,) = _records(lines)
+    assert "unformatted" in str(record["msg"])
