@@ -149,6 +149,11 @@ class SmtpSink:
     name: str = "smtp"
 
     def send(self, alert: Alert) -> None:
+        if self.username and not self.starttls and self.host not in ("127.0.0.1", "localhost"):
+            raise AlertError(
+                f"SMTP {self.host}:{self.port}: refusing to send the login in clear: set "
+                "QUANTDAG_ALERT_SMTP_STARTTLS=1"
+            )
         message = EmailMessage()
         message["Subject"] = f"[QuantDAG {alert.severity.upper()}] {alert.summary}"
         message["From"] = self.sender

@@ -182,3 +182,9 @@ def test_when_no_sink_delivers_the_alert_raises_and_is_logged_failed(engine: sa.
     with pytest.raises(AlertError, match="no sink delivered"):
         Alerter([closed], engine).raise_alert(TRIP, T0)
     assert _outcomes(engine) == [(TRIP.key, "failed")]
+
+
+def test_an_smtp_login_is_never_sent_in_clear(engine: sa.Engine) -> None:
+    sink = SmtpSink("mail.example.com", 25, "q@x", ["o@x"], "user", "pw", starttls=False)
+    with pytest.raises(AlertError, match="refusing to send the login in clear"):
+        sink.send(TRIP)
