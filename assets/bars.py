@@ -145,6 +145,7 @@ def build_source_bars_asset(
                 "as_of": as_of.isoformat(),
                 "rows_in": report.rows_in,
                 "rows_stored": report.rows_stored,
+                "dagster/row_count": report.rows_stored,
                 "rows_quarantined": report.rows_quarantined,
                 "quarantined_by_reason": dict(report.by_reason),
                 "bars_deleted_at_source": report.bars_deleted,
@@ -216,6 +217,7 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
         return dg.MaterializeResult(
             metadata={
                 "bars": bars.height,
+                "dagster/row_count": bars.height,
                 "bars_changed": changed,
                 "source_bars": source.height,
                 "symbols": bars["symbol"].n_unique(),

@@ -70,6 +70,7 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
             value=part.matrix,
             metadata={
                 "rows": part.matrix.height,
+                "dagster/row_count": part.matrix.height,
                 "features": len(registry),
                 "feature_set_version": FEATURE_SET_VERSION,
                 "symbols": part.matrix["symbol"].n_unique(),
@@ -109,6 +110,7 @@ def build_labels_asset(universe: UniverseConfig, settings: Settings) -> dg.Asset
             value=part.labels,
             metadata={
                 "rows": part.labels.height,
+                "dagster/row_count": part.labels.height,
                 "unlabelled": part.unlabelled,
                 "label_distribution": part.distribution,
                 "max_bars_held": part.max_bars_held,

@@ -135,6 +135,7 @@ def build_training_set_asset(
             output_name="training_set",
             metadata={
                 "rows": data.height,
+                "dagster/row_count": data.height,
                 "symbols": data["symbol"].n_unique(),
                 "start": str(data["ts"].min()),
                 "end": str(data["ts"].max()),
@@ -152,6 +153,7 @@ def build_training_set_asset(
             metadata={
                 "holdout": holdout.describe(),
                 "rows": split.holdout.height,
+                "dagster/row_count": split.holdout.height,
                 "rows_by_segment": dict(counts.iter_rows()),
             },
         )
@@ -277,6 +279,7 @@ def _train_walk_forward(
         output_name="oos_predictions",
         metadata={
             "rows": predictions.height,
+            "dagster/row_count": predictions.height,
             "folds": len(result.records),
             "skipped_folds": result.skipped or "none",
             "tuning_trials": outcome.trials,

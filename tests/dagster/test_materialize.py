@@ -67,6 +67,7 @@ def test_graph_materializes_and_rematerializing_changes_nothing(project_1m, tmp_
     meta = first.asset_materializations_for_node("bars_1m")[0].metadata
     assert meta["rows_in"].value == 43_164
     assert meta["rows_in"].value == meta["rows_stored"].value + meta["rows_quarantined"].value
+    assert meta["dagster/row_count"].value == meta["rows_stored"].value
     counts = {
         n: first.asset_materializations_for_node(n)[0].metadata["bars"].value
         for n in ("bars_5m", "bars_15m", "bars_60m", "bars_1d")
@@ -202,6 +203,9 @@ def test_training_gate_holdout_and_backtest_through_dagster(february) -> None:  
         for m in trained.asset_materializations_for_node(node)
     }
     assert meta["training_set"]["months"].value == ["2019-01-01", "2019-02-01"]
+    # The UI's row counts (dagster/row_count) are the rows written.
+    for key in ("training_set", "holdout_set", "oos_predictions"):
+        assert meta[key]["dagster/row_count"].value == meta[key]["rows"].value, key
     assert "JPM" in meta["training_set"]["holdout"].value
     assert set(meta["holdout_set"]["rows_by_segment"].value) == {"time", "symbol", "both"}
     train = pl.read_parquet(tmp_path / "parquet" / "training_set" / "all.parquet")
