@@ -24,6 +24,7 @@ from quantdag.resources import build_resources
 from sensors.alerts import build_kill_switch_alert_sensor, build_run_failure_alert_sensor
 from sensors.live import LiveSensorConfig, build_live_trading_sensor
 from sensors.nightly import build_nightly_sensors
+from sensors.pipeline_metrics import build_pipeline_metrics_sensors
 
 
 def build_definitions(project: Project) -> dg.Definitions:
@@ -56,6 +57,7 @@ def build_definitions(project: Project) -> dg.Definitions:
             ),
             build_kill_switch_alert_sensor(),
             build_run_failure_alert_sensor(),
+            *build_pipeline_metrics_sensors(),
         ],
         resources=build_resources(project),
     )

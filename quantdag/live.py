@@ -402,7 +402,7 @@ def _run_live_session(
             f"{live.config.minutes}-minute bars, {project.environment} broker"
             + (" (dry run: nothing is sent)" if live.config.dry_run else "")
         )
-        metrics = LiveMetrics(minute_ages=live.minute_ages)
+        metrics = LiveMetrics(minute_ages=live.minute_ages, result=lambda: live.result)
         with serve_metrics(metrics, project.settings.live, log):
             try:
                 result = live.run(stop)

@@ -19,6 +19,7 @@ from resources import (
     TradingDatabaseResource,
 )
 from resources.alerts import AlertsResource
+from resources.pipeline_metrics import PipelineMetricsResource
 
 
 def alerts_resource(environ: dict[str, str] | None = None) -> AlertsResource:
@@ -68,6 +69,12 @@ def build_resources(project: Project) -> dict[str, Any]:
         "market_data": market_data,
         "trading_db": TradingDatabaseResource(url=url),
         "alerts": alerts_resource(),
+        # Batch runs' metrics to a Pushgateway (its URL may carry credentials: env only).
+        "pipeline_metrics": PipelineMetricsResource(
+            gateway_url=dg.EnvVar("QUANTDAG_PUSHGATEWAY_URL")
+            if os.environ.get("QUANTDAG_PUSHGATEWAY_URL")
+            else ""
+        ),
         "parquet_io_manager": PolarsParquetIOManager(
             base_dir=str(Path(project.settings.data_dir) / "parquet")
         ),

@@ -213,6 +213,24 @@ def printed_progress() -> Iterator[None]:
         PROGRESS.setLevel(level)
 
 
+def push_metrics(instance: dg.DagsterInstance, run_id: str) -> None:
+    """The run's metrics to the Pushgateway in ``QUANTDAG_PUSHGATEWAY_URL``, if set (the daemon's
+    pipeline_metrics sensors do the same for the runs it launches). A gateway that cannot be
+    reached is said, and the run goes on: its figures are in its assets' metadata."""
+    url = os.environ.get("QUANTDAG_PUSHGATEWAY_URL")
+    if not url:
+        return
+    from urllib.error import URLError
+
+    from pipelines.ops.pipeline_metrics import push_run_metrics
+    from resources.pipeline_metrics import pipeline_run
+
+    try:
+        push_run_metrics(pipeline_run(instance, run_id), url)
+    except (URLError, OSError) as exc:
+        print(f"  metrics of run {run_id} NOT pushed to the Pushgateway: {exc}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -298,6 +316,7 @@ def run(project: Project, args: argparse.Namespace) -> int:
         result = defs.resolve_job_def(job).execute_in_process(
             instance=instance, raise_on_error=False, **kw
         )
+        push_metrics(instance, result.run_id)
         if not result.success:
             raise RunFailed(failure(result, what, args.debug))
         for e in result.get_asset_check_evaluations():

@@ -190,11 +190,16 @@ class AlpacaBroker:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._local = threading.local()
+        self.requests = 0
+        self.errors: dict[str, int] = {}
+        """Failed broker calls (each attempt), by HTTP status or exception type."""
+        self.rate_limit_remaining: int | None = None
+        """The trading API's ``X-RateLimit-Remaining`` of the latest answer that had one."""
+        self._errors_lock = threading.Lock()
         self.data = StockHistoricalDataClient(
             conn.api_key, conn.secret_key, url_override=conn.data_url
         )
         _configure(self.data, conn)
-        self.requests = 0
 
     @property
     def trading(self) -> Any:
@@ -208,17 +213,21 @@ class AlpacaBroker:
             client = TradingClient(
                 c.api_key, c.secret_key, paper=c.paper, url_override=c.trading_url
             )
-            _configure(client, c)
+            _configure(client, c, on_response=self._read_rate_limit)
             self._local.client = client
         return client
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, fn: Callable[[], T], answers: tuple[int, ...] = ()) -> T:
+        """``fn()``, retried on transient errors; ``answers``: HTTP statuses that answer the
+        question (a lookup's 404) rather than fail it: raised, not counted as errors."""
         attempt = 0
         while True:
             self.requests += 1
             try:
                 return fn()
             except Exception as exc:
+                if _status(exc) not in answers:
+                    self._count_error(exc)
                 if not _transient(exc) or attempt >= self.conn.retries:
                     raise BrokerError(f"Alpaca {what} failed: {_describe(exc)}") from exc
                 wait = _retry_after(exc)
@@ -227,6 +236,17 @@ class AlpacaBroker:
                 log.warning("Alpaca %s: %s; retrying in %.2f s", what, _describe(exc), wait)
                 self._sleep(wait)
                 attempt += 1
+
+    def _count_error(self, exc: BaseException) -> None:
+        status = _status(exc)
+        cause = str(status) if status is not None else type(exc).__name__
+        with self._errors_lock:
+            self.errors[cause] = self.errors.get(cause, 0) + 1
+
+    def _read_rate_limit(self, response: requests.Response) -> None:
+        remaining = response.headers.get("X-RateLimit-Remaining")
+        if remaining is not None and remaining.strip().isdigit():
+            self.rate_limit_remaining = int(remaining)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -269,6 +289,7 @@ class AlpacaBroker:
             o = self._call(
                 "GET /v2/orders:by_client_order_id",
                 lambda: self.trading.get_order_by_client_id(client_order_id),
+                answers=(404,),
             )
         except BrokerError as exc:
             if exc.__cause__ is not None and _status(exc.__cause__) == 404:
@@ -340,7 +361,10 @@ class AlpacaBroker:
                 return _order(self.trading.submit_order(req))
             except Exception as exc:
                 status = _status(exc)
-                if status == 422 and "client_order_id" in str(exc):
+                taken = status == 422 and "client_order_id" in str(exc)
+                if not taken:
+                    self._count_error(exc)
+                if taken:
                     # Taken before (a retried POST, or a resend after a crash): the broker's
                     # order is the answer.
                     found = self.order(order.client_order_id)
@@ -369,7 +393,9 @@ class AlpacaBroker:
     def cancel(self, order_id: str) -> None:
         try:
             self._call(
-                f"DELETE /v2/orders/{order_id}", lambda: self.trading.cancel_order_by_id(order_id)
+                f"DELETE /v2/orders/{order_id}",
+                lambda: self.trading.cancel_order_by_id(order_id),
+                answers=(404, 422),
             )
         except BrokerError as exc:
             if exc.__cause__ is not None and _status(exc.__cause__) in (404, 422):
@@ -377,7 +403,11 @@ class AlpacaBroker:
             raise
 
 
-def _configure(client: Any, conn: AlpacaConnection) -> None:
+def _configure(
+    client: Any,
+    conn: AlpacaConnection,
+    on_response: Callable[[requests.Response], None] | None = None,
+) -> None:
     # alpaca-py's own retry of 429/504 waits 3 s each time; ours backs off with jitter and
     # honours Retry-After, so its own is cut to one. Its session has no timeout: give every
     # request one.
@@ -385,6 +415,8 @@ def _configure(client: Any, conn: AlpacaConnection) -> None:
     client._retry_wait = 1
     session = client._session
     session.request = partial(session.request, timeout=conn.timeout_s)
+    if on_response is not None:
+        session.hooks["response"].append(lambda r, *args, **kwargs: on_response(r))
 
 
 def _describe(exc: BaseException) -> str:

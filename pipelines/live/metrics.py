@@ -34,6 +34,22 @@ quantdag_live_trading_state                 gauge     0 ACTIVE, 1 REDUCING, 2 HA
 quantdag_live_kill_switch                   gauge     1 while the kill switch is tripped
 quantdag_live_halted                        gauge     1 once the session failed closed
                                                       (reconciliation found what it cannot explain)
+quantdag_live_reconciliation_mismatches     counter   positions or open orders a reconciliation
+_total                                                found the record does not explain
+quantdag_live_order_status_total{status}    counter   orders reaching each status (pending,
+                                                      new, accepted, partially_filled, filled,
+                                                      canceled, rejected, not_sent, never_sent...)
+quantdag_live_shares_sent_total             counter   shares of the orders the broker took
+quantdag_live_shares_filled_total           counter   shares of the fills booked
+quantdag_live_fill_ratio                    gauge     shares filled / shares sent this session
+quantdag_live_slippage_bps                  histogram each fill's price against its bar's close
+                                                      when decided, in basis points, signed so
+                                                      that + is a cost (buy above, sell below);
+                                                      no _sum (its buckets go below zero)
+quantdag_live_slippage_mean_bps             gauge     the session's share-weighted mean of the same
+quantdag_live_broker_errors_total{cause}    counter   broker calls that failed (each attempt), by
+                                                      HTTP status or exception type
+quantdag_live_broker_rate_limit_remaining   gauge     the broker's latest X-RateLimit-Remaining
 =========================================== ========= =============================================
 
 Example::
@@ -42,10 +58,15 @@ Example::
     metrics.on_bar(outcome, bar_minutes=15)
     metrics.on_result(session.result)
     text = metrics.exposition()  # the Prometheus text format
+
+``LiveMetrics(result=lambda: session.result)`` also reads the running result at every scrape, so
+what happens between decided bars (a reconciliation at start-up that fails closed, fills of
+the last bar) shows without waiting for the next bar.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -57,12 +78,16 @@ from prometheus_client.registry import Collector
 STATES = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_SLIPPAGE_BUCKETS = (-50.0, -20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 _RESULT_COUNTERS = {
     "fills": "fills",
     "reconnects": "reconnects",
     "backfilled": "backfilled",
     "quarantined": "quarantined",
     "late": "late",
+    "mismatches": "mismatches",
+    "shares_sent": "shares_sent",
+    "shares_filled": "shares_filled",
 }
 
 
@@ -83,13 +108,34 @@ class _MinuteAges(Collector):
         yield family
 
 
+class _Refresh(Collector):
+    """Registered first, so collected first: brings the metrics up to the session's running
+    result before the others are read."""
+
+    def __init__(self, refresh: Callable[[], None]) -> None:
+        self.refresh = refresh
+
+    def collect(self) -> Any:
+        self.refresh()
+        return iter(())
+
+
 class LiveMetrics:
     """The live session's metrics in their own registry (``registry``), fed by the session
     (see the module docstring). ``minute_ages()``: symbol -> seconds since its newest minute
-    ended, on the session clock (None: the gauge is not exported)."""
+    ended, on the session clock (None: the gauge is not exported); ``result()``: the session's
+    running :class:`~pipelines.live.session.SessionResult`, read at every scrape (None: only
+    what :meth:`on_result` is given)."""
 
-    def __init__(self, minute_ages: Callable[[], Mapping[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        minute_ages: Callable[[], Mapping[str, float]] | None = None,
+        result: Callable[[], Any] | None = None,
+    ) -> None:
         r = self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        if result is not None:
+            r.register(_Refresh(lambda: self.on_result(result())))
         if minute_ages is not None:
             r.register(_MinuteAges(minute_ages))
         self.bar_to_order = Histogram(
@@ -132,8 +178,49 @@ class LiveMetrics:
             "late": Counter(
                 "quantdag_live_late_minutes", "Minutes after their bar was decided", registry=r
             ),
+            "mismatches": Counter(
+                "quantdag_live_reconciliation_mismatches",
+                "Positions or open orders a reconciliation found the record does not explain",
+                registry=r,
+            ),
+            "shares_sent": Counter(
+                "quantdag_live_shares_sent", "Shares of the orders the broker took", registry=r
+            ),
+            "shares_filled": Counter(
+                "quantdag_live_shares_filled", "Shares of the fills booked", registry=r
+            ),
         }
         self._seen = dict.fromkeys(_RESULT_COUNTERS, 0)
+        self.order_status = Counter(
+            "quantdag_live_order_status", "Orders reaching each status", ["status"], registry=r
+        )
+        self.broker_errors = Counter(
+            "quantdag_live_broker_errors",
+            "Broker calls that failed (each attempt), by HTTP status or exception type",
+            ["cause"],
+            registry=r,
+        )
+        self._seen_labelled: dict[tuple[str, str], int] = {}
+        self.fill_ratio = Gauge(
+            "quantdag_live_fill_ratio", "Shares filled / shares sent this session", registry=r
+        )
+        self.slippage = Histogram(
+            "quantdag_live_slippage_bps",
+            "Fill price against its bar's close when decided, bps, + is a cost",
+            buckets=_SLIPPAGE_BUCKETS,
+            registry=r,
+        )
+        self._slippage_seen = 0
+        self.slippage_mean = Gauge(
+            "quantdag_live_slippage_mean_bps",
+            "Share-weighted mean fill slippage this session, bps, + is a cost",
+            registry=r,
+        )
+        self.rate_limit_remaining = Gauge(
+            "quantdag_live_broker_rate_limit_remaining",
+            "The broker's latest X-RateLimit-Remaining",
+            registry=r,
+        )
         self.equity = Gauge(
             "quantdag_live_equity_usd", "Equity at the last decision (USD)", registry=r
         )
@@ -161,6 +248,10 @@ class LiveMetrics:
 
     def on_bar(self, outcome: Any, bar_minutes: int) -> None:
         """One decided bar (a :class:`~pipelines.live.session.BarOutcome`)."""
+        with self._lock:
+            self._on_bar(outcome, bar_minutes)
+
+    def _on_bar(self, outcome: Any, bar_minutes: int) -> None:
         self.bars.inc()
         self.compute.observe(outcome.compute_ms / 1e3)
         if outcome.sent_at is not None:
@@ -183,11 +274,35 @@ class LiveMetrics:
     def on_result(self, result: Any) -> None:
         """The session's running totals (a :class:`~pipelines.live.session.SessionResult`):
         counters move by what changed since the last call."""
+        with self._lock:  # the session's thread and a scrape may both call it
+            self._on_result(result)
+
+    def _on_result(self, result: Any) -> None:
         for key, attr in _RESULT_COUNTERS.items():
             now = int(getattr(result, attr))
             if now > self._seen[key]:
                 self._counters[key].inc(now - self._seen[key])
                 self._seen[key] = now
+        for name, family, counts in (
+            ("status", self.order_status, result.order_statuses),
+            ("cause", self.broker_errors, result.broker_errors),
+        ):
+            for label, count in dict(counts).items():
+                seen = self._seen_labelled.get((name, label), 0)
+                if count > seen:
+                    family.labels(label).inc(count - seen)
+                    self._seen_labelled[(name, label)] = count
+        slippage = list(result.slippage_bps)
+        for bps, _ in slippage[self._slippage_seen :]:
+            self.slippage.observe(bps)
+        self._slippage_seen = max(self._slippage_seen, len(slippage))
+        shares = sum(q for _, q in slippage)
+        if shares > 0:
+            self.slippage_mean.set(sum(b * q for b, q in slippage) / shares)
+        if result.shares_sent > 0:
+            self.fill_ratio.set(result.shares_filled / result.shares_sent)
+        if result.rate_limit_remaining is not None:
+            self.rate_limit_remaining.set(result.rate_limit_remaining)
         start = result.start_equity
         if start == start:  # known (not NaN): the day's peak starts there
             self._peak = max(self._peak, start)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 import numpy as np
@@ -173,6 +174,14 @@ class SessionResult:
     gaps: int = 0
     stalls: list[tuple[float, datetime]] = field(default_factory=list)  # (silent s, at)
     compute_ms: list[float] = field(default_factory=list)
+    mismatches: int = 0  # what reconciliations found the record does not explain
+    shares_sent: int = 0  # shares of the orders the broker took
+    shares_filled: int = 0  # shares of the fills booked
+    # per fill: (bps against its bar's close when decided, signed so that + is a cost; shares)
+    slippage_bps: list[tuple[float, int]] = field(default_factory=list)
+    order_statuses: dict[str, int] = field(default_factory=dict)  # orders reaching each status
+    broker_errors: dict[str, int] = field(default_factory=dict)  # broker calls failed, by cause
+    rate_limit_remaining: int | None = None  # the broker's last X-RateLimit-Remaining
 
     @property
     def pnl(self) -> float:
@@ -252,6 +261,7 @@ class LiveSession:
         self.state = PathState.create(self.symbols, strategy, path)
         self.result = SessionResult(config.session, config.attempt)
         self._last_close = np.zeros(len(self.symbols))
+        self._decided_at_close: dict[str, float] = {}  # client_order_id -> its bar's close
         self._last_bar: datetime | None = None  # the newest decided bar
         self._last_minute: datetime | None = None  # the newest minute received (its start)
         self._newest: dict[str, datetime] = {}  # the newest minute received, by symbol
@@ -322,6 +332,7 @@ class LiveSession:
         self._drain()
         self.result.end_equity = self.broker.account().equity
         self.result.state = self.state.risk.state.value
+        self._sync_counts()
         self._beat("stopped" if stopped else "closed")
         return self.result
 
@@ -480,6 +491,7 @@ class LiveSession:
         known = self.store.orders()
         for o in self.broker.open_orders():
             if o.client_order_id not in known:
+                self.result.mismatches += 1
                 self._fail_closed(
                     now,
                     f"the broker holds an open order {o.client_order_id} ({o.side} {o.qty} "
@@ -501,6 +513,7 @@ class LiveSession:
             self._sync_orders(self.clock(), startup=False)
         self.store.record_positions(self.config.session, now, held, expected)
         if wrong:
+            self.result.mismatches += len(wrong)
             text = ", ".join(f"{s}: broker {h}, record {e}" for s, (h, e) in sorted(wrong.items()))
             self._fail_closed(now, f"positions the record does not explain: {text}")
         if resend:
@@ -635,7 +648,7 @@ class LiveSession:
                 "stream",
             )
         ):
-            self.result.fills += 1
+            self._count_fill(order, update.qty, price)
         booked = self.store.booked(order.client_order_id)
         if order.filled_qty > booked and order.filled_avg_price is not None:
             # Fills learnt over REST (the stream missed them): booked once, under an id of the
@@ -654,8 +667,22 @@ class LiveSession:
                 now,
                 "rest",
             )
-            self.result.fills += 1
+            self._count_fill(order, rest, price)
         self.store.update_order(order, now)
+
+    def _count_fill(self, order: BrokerOrder, qty: int, price: Decimal | float) -> None:
+        self.result.fills += 1
+        self.result.shares_filled += qty
+        ref = self._decided_at_close.get(order.client_order_id)
+        if ref:
+            sign = 1.0 if order.side == "buy" else -1.0
+            self.result.slippage_bps.append((sign * (float(price) / ref - 1.0) * 1e4, qty))
+
+    def _sync_counts(self) -> None:
+        """The store's and the broker's counts into the result (for metrics)."""
+        self.result.order_statuses = dict(self.store.status_changes)
+        self.result.broker_errors = dict(getattr(self.broker, "errors", {}))
+        self.result.rate_limit_remaining = getattr(self.broker, "rate_limit_remaining", None)
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -809,6 +836,8 @@ class LiveSession:
             positions=dict(account.positions),
         )
         self.state = decision.state
+        for o in decision.orders:
+            self._decided_at_close[o.client_order_id] = float(self._last_close[self.ids[o.symbol]])
         compute_ms = in_process * 1e3  # features, model and decision: no I/O
         self.result.compute_ms.append(compute_ms)
         self.result.bars += 1
@@ -822,6 +851,7 @@ class LiveSession:
         self._bars_since_reconcile += 1
         if self._bars_since_reconcile >= self.config.reconcile_every:
             self.reconcile()
+        self._sync_counts()
         if self._observe is not None:
             outcome = self._outcome(decision, sig.predictions, account, now, compute_ms)
             self._observe(
@@ -972,6 +1002,7 @@ class LiveSession:
                 failure = failure or answer
             else:
                 self.result.orders += 1
+                self.result.shares_sent += order.quantity
                 log.info(
                     "order sent: %s %d %s (%s), broker status %s",
                     order.side,

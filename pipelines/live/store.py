@@ -8,6 +8,7 @@ written with the path's state after them, so a restart resumes from the last dec
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -76,6 +77,8 @@ class LiveStore:
         self._booked: dict[str, int] = {}
         self._notional: dict[str, Decimal] = {}
         self._execs: set[str] = set()
+        self.status_changes: Counter[str] = Counter()
+        """Orders that reached each status through this store (this process), for metrics."""
 
     def _orders_cache(self) -> dict[str, StoredOrder]:
         if self._cache is None:
@@ -221,6 +224,7 @@ class LiveStore:
         cache[o.client_order_id] = StoredOrder(
             o.client_order_id, o.symbol, o.bar_ts, o.intent, o.side, o.quantity, "pending", 0, None
         )
+        self.status_changes["pending"] += 1
 
     def record_order(self, session: date, order: Order, at: datetime) -> None:
         """An order sent outside a decision (a close at a stop, a flatten)."""
@@ -313,6 +317,8 @@ class LiveStore:
         self._orders_cache()[order.client_order_id] = replace(
             known, status=status, filled_qty=filled, broker_id=order.id
         )
+        if status != known.status:
+            self.status_changes[status] += 1
 
     def resize_order(
         self, client_order_id: str, side: str, qty: int, reason: str, at: datetime
@@ -341,6 +347,8 @@ class LiveStore:
             )
         cache = self._orders_cache()
         if client_order_id in cache:
+            if cache[client_order_id].status != status:
+                self.status_changes[status] += 1
             cache[client_order_id] = replace(cache[client_order_id], status=status)
 
     def record_fill(

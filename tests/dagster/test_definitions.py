@@ -118,6 +118,8 @@ def test_nightly_retraining_follows_the_exchange_calendar(tmp_path: Path) -> Non
         "live_trading_sensor",
         "kill_switch_alert_sensor",
         "run_failure_alert_sensor",
+        "pipeline_metrics_sensor",
+        "pipeline_metrics_failure_sensor",
     }
     ny = ZoneInfo("America/New_York")
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:

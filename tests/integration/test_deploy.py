@@ -11,13 +11,22 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import date
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from pipelines.live.metrics import LiveMetrics
+from pipelines.live.session import SessionResult
+from pipelines.ops.pipeline_metrics import (
+    CheckVerdict,
+    Materialization,
+    PipelineRun,
+    metric_groups,
+)
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -88,19 +97,43 @@ def test_the_containers_prometheus_config_checks() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def _names(text: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+
+
 def _exported() -> set[str]:
     metrics = LiveMetrics(minute_ages=lambda: {"AAPL": 1.0})
     metrics.orders.labels("target").inc()
     metrics.refusals.labels("short_sale").inc()
-    text = metrics.exposition().decode()
-    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    result = SessionResult(date(2019, 2, 15), 1, shares_sent=2, shares_filled=1)
+    result.order_statuses, result.broker_errors = {"filled": 1}, {"503": 1}
+    result.slippage_bps, result.rate_limit_remaining = [(1.0, 1)], 199
+    metrics.on_result(result)
+    names = _names(metrics.exposition().decode())
+    run = PipelineRun(
+        "r",
+        "j",
+        "SUCCESS",
+        0.0,
+        1.0,
+        [
+            Materialization(
+                "a", "p", {"rows_in": 2, "rows_stored": 1, "quarantined_by_reason": {"x": 1}}, 1, 1
+            ),
+            Materialization("oos_predictions", None, {"oos_auc": 0.5}, 1, 1),
+        ],
+        [CheckVerdict("a", "p", "c", False, "ERROR")],
+    )
+    for _, registry in metric_groups(run):
+        names |= _names(generate_latest(registry).decode())
+    return names
 
 
 def _queries(dashboard: dict[str, Any]) -> list[str]:
     return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
 
 
-@pytest.mark.parametrize("name", ["live_session.json", "risk.json"])
+@pytest.mark.parametrize("name", ["live_session.json", "risk.json", "pipeline_health.json"])
 def test_every_metric_a_dashboard_queries_is_exported(name: str) -> None:
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / name).read_text())
     names = {m for e in _queries(dashboard) for m in re.findall(r"quantdag_[a-z_]+", e)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import polars as pl
 import pytest
@@ -75,14 +76,21 @@ def day(sample_bars: pl.DataFrame) -> Day:
     )
 
 
-@pytest.fixture
-def server(day: Day) -> Iterator[LocalAlpaca]:
-    """The local Alpaca replaying the session, filling with the day's fill model."""
-    with LocalAlpaca(
+def replay_server(day: Day, **options: Any) -> LocalAlpaca:
+    """The local Alpaca replaying ``day``, filling with its fill model (``options``: more of
+    :class:`LocalAlpaca`'s, e.g. ``rate_limit_per_min``); use it as a context manager."""
+    return LocalAlpaca(
         day.minutes.select("symbol", "ts", "open", "high", "low", "close", "volume"),
         cash=CASH,
         fill=day.fills,
         fill_minutes=15,
         fill_latency_s=30.0,
-    ) as srv:
+        **options,
+    )
+
+
+@pytest.fixture
+def server(day: Day) -> Iterator[LocalAlpaca]:
+    """The local Alpaca replaying the session, filling with the day's fill model."""
+    with replay_server(day) as srv:
         yield srv

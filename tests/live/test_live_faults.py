@@ -88,6 +88,10 @@ def test_rest_errors_timeouts_and_a_post_taken_then_failed(
     running = _run(day, server, tmp_path)
     assert server.faults == []  # every fault was met
     _assert_as_backtested(day, running, server)
+    # Every failed attempt is counted (quantdag_live_broker_errors_total{cause}).
+    errors = running.session.result.broker_errors
+    # A lookup's 404 (not taken) and a resend's 422 (taken before) are answers, not errors.
+    assert errors == {"503": 1, "502": 1, "ChunkedEncodingError": 1}, errors
 
 
 def test_dropped_and_stalled_data_stream_is_detected_and_backfilled(

@@ -4,7 +4,9 @@ and scraped over HTTP as Prometheus would, parsed with the reference client's pa
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.live.metrics import LiveMetrics
+from pipelines.live.session import SessionResult
 from quantdag.live import serve_metrics
 from quantdag.testing.alpaca_server import LocalAlpaca
 from quantdag.testing.live import Day, start_session, step_buckets, wait_subscribed
+from tests.live.conftest import replay_server
 
 pytestmark = pytest.mark.integration
 
@@ -42,11 +46,21 @@ def _value(samples: list[Any], name: str, **labels: str) -> float:
     return float(value)
 
 
+@pytest.fixture
+def limited_server(day: Day) -> Iterator[LocalAlpaca]:
+    """The day's local Alpaca, answering with Alpaca's rate-limit headers."""
+    with replay_server(day, rate_limit_per_min=100_000) as srv:
+        yield srv
+
+
 def test_a_replayed_session_is_scraped_with_its_metrics(
-    day: Day, server: LocalAlpaca, tmp_path: Path
+    day: Day, limited_server: LocalAlpaca, tmp_path: Path
 ) -> None:
+    server = limited_server
     running = start_session(day, server, tmp_path / "live.db")
-    metrics = LiveMetrics(minute_ages=running.session.minute_ages)
+    metrics = LiveMetrics(
+        minute_ages=running.session.minute_ages, result=lambda: running.session.result
+    )
     keep = running.session._observe
 
     def observe(outcome: Any) -> None:
@@ -80,6 +94,39 @@ def test_a_replayed_session_is_scraped_with_its_metrics(
     assert _value(got["quantdag_live_kill_switch"], "quantdag_live_kill_switch") == 0
     orders = sum(s.value for s in got["quantdag_live_orders"] if s.name.endswith("_total"))
     assert orders > 0
+    # Read at the scrape from the running result, whatever bar the session was at.
+    status = {
+        s.labels["status"]: s.value
+        for s in got["quantdag_live_order_status"]
+        if s.name.endswith("_total")
+    }
+    assert status["pending"] >= orders  # every order is written before it is sent
+    assert status.get("filled", 0) > 0
+    sent = _value(got["quantdag_live_shares_sent"], "quantdag_live_shares_sent_total")
+    filled = _value(got["quantdag_live_shares_filled"], "quantdag_live_shares_filled_total")
+    assert 0 < filled <= sent
+    assert _value(got["quantdag_live_fill_ratio"], "quantdag_live_fill_ratio") == pytest.approx(
+        filled / sent
+    )
+    slippage = got["quantdag_live_slippage_bps"]
+    fills = _value(got["quantdag_live_fills"], "quantdag_live_fills_total")
+    assert _value(slippage, "quantdag_live_slippage_bps_count") == fills > 0
+    # The fill model charges 1 bp slippage and a 1 bp half spread; fills land on later minutes
+    # than the decided close, so single fills differ, but the mean is a plausible cost.
+    mean = _value(got["quantdag_live_slippage_mean_bps"], "quantdag_live_slippage_mean_bps")
+    assert -100 < mean < 100 and mean != 0
+    remaining = _value(
+        got["quantdag_live_broker_rate_limit_remaining"],
+        "quantdag_live_broker_rate_limit_remaining",
+    )
+    assert 0 < remaining < 100_000
+    assert (
+        _value(
+            got["quantdag_live_reconciliation_mismatches"],
+            "quantdag_live_reconciliation_mismatches_total",
+        )
+        == 0
+    )
     with pytest.raises(requests.ConnectionError):  # no longer served
         requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
@@ -115,16 +162,47 @@ def test_drawdown_counts_from_the_start_equity() -> None:
         kill_switch=False,
     )
     metrics.on_bar(outcome, 15)
-    metrics.on_result(
-        SimpleNamespace(
-            start_equity=1_000_000.0,
-            halted=None,
-            fills=0,
-            reconnects=0,
-            backfilled=0,
-            quarantined=0,
-            late=0,
-        )
-    )
+    metrics.on_result(SessionResult(date(2019, 2, 15), 1, start_equity=1_000_000.0))
     text = metrics.exposition().decode()
     assert "quantdag_live_drawdown_ratio 0.006" in text and "quantdag_live_pnl_usd -6000.0" in text
+
+
+def test_counters_move_by_what_changed_and_a_scrape_reads_the_running_result() -> None:
+    """Counts the session keeps (statuses, broker errors, slippage, mismatches) become counters
+    that move by the change since the last read, whether the session or a scrape reads."""
+    result = SessionResult(date(2019, 2, 15), 1, start_equity=1_000_000.0)
+    metrics = LiveMetrics(result=lambda: result)
+
+    def scrape() -> dict[str, list[Any]]:
+        text = metrics.exposition().decode()
+        return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+    result.order_statuses = {"pending": 3, "filled": 1}
+    result.broker_errors = {"503": 2}
+    result.slippage_bps = [(4.0, 100), (-2.0, 50)]
+    result.shares_sent, result.shares_filled = 300, 150
+    result.mismatches = 1
+    result.halted = "positions the record does not explain"
+    first = scrape()
+    result.order_statuses = {"pending": 4, "filled": 3, "canceled": 1}
+    result.slippage_bps = [(4.0, 100), (-2.0, 50), (10.0, 150)]
+    result.shares_filled = 300
+    second = scrape()
+    status = first["quantdag_live_order_status"]
+    assert _value(status, "quantdag_live_order_status_total", status="pending") == 3
+    status = second["quantdag_live_order_status"]
+    assert _value(status, "quantdag_live_order_status_total", status="pending") == 4
+    assert _value(status, "quantdag_live_order_status_total", status="filled") == 3
+    assert _value(status, "quantdag_live_order_status_total", status="canceled") == 1
+    errors = second["quantdag_live_broker_errors"]
+    assert _value(errors, "quantdag_live_broker_errors_total", cause="503") == 2
+    assert _value(first["quantdag_live_fill_ratio"], "quantdag_live_fill_ratio") == 0.5
+    assert _value(second["quantdag_live_fill_ratio"], "quantdag_live_fill_ratio") == 1.0
+    slip = second["quantdag_live_slippage_bps"]
+    assert _value(slip, "quantdag_live_slippage_bps_count") == 3
+    mean = second["quantdag_live_slippage_mean_bps"]
+    assert _value(mean, "quantdag_live_slippage_mean_bps") == (400 - 100 + 1500) / 300
+    assert _value(slip, "quantdag_live_slippage_bps_bucket", le="5.0") == 2
+    assert _value(first["quantdag_live_halted"], "quantdag_live_halted") == 1
+    mismatches = second["quantdag_live_reconciliation_mismatches"]
+    assert _value(mismatches, "quantdag_live_reconciliation_mismatches_total") == 1

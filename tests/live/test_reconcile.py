@@ -188,6 +188,7 @@ def test_what_the_record_does_not_explain_fails_closed(tmp_path: Path, what: str
     live.reconcile(startup=True)
     assert switch.tripped()
     assert live.result.halted is not None and "BBB" in live.result.halted
+    assert live.result.mismatches == 1  # quantdag_live_reconciliation_mismatches_total
     assert switch.status().reason.startswith("reconciliation:")
     assert broker.sent == []  # nothing guessed: the unknown is not closed or cancelled
     assert any(e.rule == "reconciliation" and e.kind == "kill_switch" for e in switch.events())

@@ -674,20 +674,33 @@ class LocalAlpaca:
             return _error(401, 40110000, "request is not authorized")
         if key != self.api_key or secret != self.secret_key:
             return _error(403, 40310000, "forbidden")
+        limits: dict[str, str] = {}
         if self.rate_limit_per_min is not None:
             now = time.time()
             minute = int(now // 60)
             start, count = self._rate.get(key, (minute, 0))
             count = count + 1 if start == minute else 1
             self._rate[key] = (minute, count)
+            # Alpaca's rate-limit headers, on every answer of a limited API.
+            limits = {
+                "X-RateLimit-Limit": str(self.rate_limit_per_min),
+                "X-RateLimit-Remaining": str(max(self.rate_limit_per_min - count, 0)),
+                "X-RateLimit-Reset": str((minute + 1) * 60),
+            }
             if count > self.rate_limit_per_min:
                 retry = str(max(1, int(60 - now % 60)))
-                return _error(429, 42910000, "rate limit exceeded", **{"Retry-After": retry})
+                return _error(
+                    429, 42910000, "rate limit exceeded", **{"Retry-After": retry, **limits}
+                )
         fault = next((f for f in self.faults if f.matches(request.method, path)), None)
         if fault is not None:
             self.faults.remove(fault)
-            return await self._faulty(fault, request, handler)
-        return await self._answer(request, handler)
+            response = await self._faulty(fault, request, handler)
+        else:
+            response = await self._answer(request, handler)
+        if not response.prepared:
+            response.headers.update(limits)
+        return response
 
     async def _answer(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
