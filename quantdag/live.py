@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -325,23 +325,20 @@ def run_live_session(
     log: Callable[[str], None],
 ) -> LiveSummary:
     """Reconcile, warm, stream and trade ``session`` until its close or ``stop``."""
-    with log_context(run_id=run_id, session=session.isoformat(), attempt=attempt):
-        handler = None
-        if project.environment != "local" or os.environ.get("QUANTDAG_LOG_JSON") == "1":
-            handler = configure_json_logging(sys.stderr)
-        try:
-            return _run_live_session(
-                project,
-                session=session,
-                attempt=attempt,
-                run_id=run_id,
-                stop=stop,
-                observe=observe,
-                log=log,
-            )
-        finally:
-            if handler is not None:
-                logging.getLogger().removeHandler(handler)
+    json_logs = project.environment != "local" or os.environ.get("QUANTDAG_LOG_JSON") == "1"
+    with (
+        log_context(run_id=run_id, session=session.isoformat(), attempt=attempt),
+        configure_json_logging(sys.stderr) if json_logs else nullcontext(),
+    ):
+        return _run_live_session(
+            project,
+            session=session,
+            attempt=attempt,
+            run_id=run_id,
+            stop=stop,
+            observe=observe,
+            log=log,
+        )
 
 
 def _run_live_session(

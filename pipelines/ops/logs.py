@@ -10,8 +10,7 @@ in a message by ``***`` before anything is written.
 
 Example::
 
-    configure_json_logging(sys.stderr)
-    with log_context(run_id=run_id, session="2024-07-02", attempt=1):
+    with configure_json_logging(sys.stderr), log_context(run_id=run_id, attempt=1):
         log.info("order sent", extra={"client_order_id": cid})
     # {"ts": "2024-07-02T14:00:00.123456+00:00", "level": "INFO", "logger": "...",
     #  "msg": "order sent", "run_id": "...", "session": "2024-07-02", "attempt": 1,
@@ -127,15 +126,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+@contextmanager
 def configure_json_logging(
     stream: IO[str], level: int = logging.INFO, environ: Mapping[str, str] | None = None
-) -> logging.Handler:
-    """Send the root logger's records to ``stream`` as JSON lines, secrets masked; returns the
-    handler (remove it from the root logger to stop)."""
+) -> Iterator[logging.Handler]:
+    """While the context lasts, the root logger's records (``level`` and above) also go to
+    ``stream`` as JSON lines, secrets masked; on leaving, the handler is removed and the root
+    logger's level is what it was."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(SecretsFilter(environ))
+    handler.setLevel(level)
     root = logging.getLogger()
+    before = root.level
     root.addHandler(handler)
-    root.setLevel(min(root.level or level, level))
-    return handler
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)

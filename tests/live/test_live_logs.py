@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,7 @@ def test_a_replay_logs_json_lines_with_its_ids(
 ) -> None:
     stream = io.StringIO()
     keys = {"APCA_API_KEY_ID": "test-key", "APCA_API_SECRET_KEY": "test-secret"}
-    handler = configure_json_logging(stream, environ=keys)
-    try:
+    with configure_json_logging(stream, environ=keys):
         with log_context(run_id="run-42", session=day.session.isoformat(), attempt=1):
             running = start_session(day, server, tmp_path / "live.db")
         wait_subscribed(server, 0)
@@ -31,8 +29,6 @@ def test_a_replay_logs_json_lines_with_its_ids(
         step_buckets(server, running.engine, day.minutes, buckets[:4], alive=running.alive)
         running.stop.set()
         running.thread.join(30)
-    finally:
-        logging.getLogger().removeHandler(handler)
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     orders = [r for r in records if str(r["msg"]).startswith("order sent")]
     assert orders and len(orders) == running.session.result.orders

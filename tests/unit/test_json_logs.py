@@ -21,11 +21,8 @@ SECRETS = {
 @pytest.fixture
 def lines() -> Iterator[io.StringIO]:
     stream = io.StringIO()
-    handler = configure_json_logging(stream, environ=SECRETS)
-    try:
+    with configure_json_logging(stream, environ=SECRETS):
         yield stream
-    finally:
-        logging.getLogger().removeHandler(handler)
 
 
 def _records(stream: io.StringIO) -> list[dict[str, object]]:
@@ -78,3 +75,15 @@ def test_a_malformed_log_call_does_not_raise_where_it_is_made(lines: io.StringIO
     logging.getLogger("quantdag.test").error("%d orders", "three")  # a bug in a log call
     (record,) = _records(lines)
     assert "unformatted" in str(record["msg"])
+
+
+def test_leaving_restores_the_root_logger() -> None:
+    root = logging.getLogger()
+    before, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.WARNING)
+    try:
+        with configure_json_logging(io.StringIO(), level=logging.INFO, environ=SECRETS):
+            assert root.level == logging.INFO
+        assert root.level == logging.WARNING and root.handlers == handlers
+    finally:
+        root.setLevel(before)
