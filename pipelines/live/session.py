@@ -175,8 +175,8 @@ class SessionResult:
     stalls: list[tuple[float, datetime]] = field(default_factory=list)  # (silent s, at)
     compute_ms: list[float] = field(default_factory=list)
     mismatches: int = 0  # what reconciliations found the record does not explain
-    shares_sent: int = 0  # shares of the orders the broker took
-    shares_filled: int = 0  # shares of the fills booked
+    shares_sent: int = 0  # shares of the orders the broker took from this attempt
+    shares_filled: int = 0  # shares of those orders' fills booked
     # per fill: (bps against its bar's close when decided, signed so that + is a cost; shares)
     slippage_bps: list[tuple[float, int]] = field(default_factory=list)
     order_statuses: dict[str, int] = field(default_factory=dict)  # orders reaching each status
@@ -262,6 +262,7 @@ class LiveSession:
         self.result = SessionResult(config.session, config.attempt)
         self._last_close = np.zeros(len(self.symbols))
         self._decided_at_close: dict[str, float] = {}  # client_order_id -> its bar's close
+        self._sent_here: set[str] = set()  # client_order_ids this attempt sent
         self._last_bar: datetime | None = None  # the newest decided bar
         self._last_minute: datetime | None = None  # the newest minute received (its start)
         self._newest: dict[str, datetime] = {}  # the newest minute received, by symbol
@@ -672,7 +673,8 @@ class LiveSession:
 
     def _count_fill(self, order: BrokerOrder, qty: int, price: Decimal | float) -> None:
         self.result.fills += 1
-        self.result.shares_filled += qty
+        if order.client_order_id in self._sent_here:
+            self.result.shares_filled += qty
         ref = self._decided_at_close.get(order.client_order_id)
         if ref:
             sign = 1.0 if order.side == "buy" else -1.0
@@ -1003,6 +1005,7 @@ class LiveSession:
             else:
                 self.result.orders += 1
                 self.result.shares_sent += order.quantity
+                self._sent_here.add(order.client_order_id)
                 log.info(
                     "order sent: %s %d %s (%s), broker status %s",
                     order.side,
