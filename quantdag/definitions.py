@@ -21,7 +21,11 @@ from pipelines.models.holdout import HoldoutConfig
 from pipelines.models.training import embargo_for
 from quantdag.project import PROJECT_ROOT, Project, load_project
 from quantdag.resources import build_resources
-from sensors.alerts import build_kill_switch_alert_sensor, build_run_failure_alert_sensor
+from sensors.alerts import (
+    build_alert_retry_sensor,
+    build_kill_switch_alert_sensor,
+    build_run_failure_alert_sensor,
+)
 from sensors.live import LiveSensorConfig, build_live_trading_sensor
 from sensors.nightly import build_nightly_sensors
 from sensors.pipeline_metrics import build_pipeline_metrics_sensors
@@ -57,6 +61,7 @@ def build_definitions(project: Project) -> dg.Definitions:
             ),
             build_kill_switch_alert_sensor(),
             build_run_failure_alert_sensor(),
+            build_alert_retry_sensor(),
             *build_pipeline_metrics_sensors(),
         ],
         resources=build_resources(project),

@@ -1,8 +1,9 @@
 """Alerts from Dagster: ``kill_switch_alert_sensor`` (the trading database's kill switch,
 whoever tripped it: a person, the live session, a limit, the live sensor) and
 ``run_failure_alert_sensor`` (any run of this code location that fails, blocking checks and
-live sessions included). Both are on by default: they only tell people. Where alerts go is
-the ``alerts`` resource (:class:`resources.alerts.AlertsResource`)."""
+live sessions included), and ``alert_retry_sensor`` (sends again what no sink delivered). All
+are on by default: they only tell people. Where alerts go is the ``alerts`` resource
+(:class:`resources.alerts.AlertsResource`)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,29 @@ def build_run_failure_alert_sensor(
             context.log.error(f"the alert for run {run.run_id} could not be delivered: {exc}")
 
     return run_failure_alert_sensor
+
+
+def build_alert_retry_sensor(
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> dg.SensorDefinition:
+    """``alert_retry_sensor``: every minute, alerts that no sink delivered (a webhook down, a
+    mail server refusing) are sent again, up to 5 attempts within 6 hours."""
+
+    @dg.sensor(
+        name="alert_retry_sensor",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Sends again the alerts no sink delivered (up to 5 attempts in 6 hours).",
+    )
+    def alert_retry_sensor(
+        context: dg.SensorEvaluationContext,
+        trading_db: TradingDatabaseResource,
+        alerts: AlertsResource,
+    ) -> dg.SkipReason:
+        results = alerts.alerter(trading_db.store().engine).retry_failed(clock())
+        if not results:
+            return dg.SkipReason("no undelivered alert to send again")
+        outcomes = ", ".join(sorted({r.outcome for r in results}))
+        return dg.SkipReason(f"{len(results)} undelivered alerts sent again: {outcomes}")
+
+    return alert_retry_sensor

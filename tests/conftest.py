@@ -18,7 +18,7 @@ from pipelines.data.sources import FileBarSource
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SETTINGS = ROOT / "config" / "settings.yaml"
 SHARED = Path(os.environ.get("QUANTDAG_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SCHEMA_HEAD = "0005"  # the newest migration of the trading database (a new one moves this)
+SCHEMA_HEAD = "0006"  # the newest migration of the trading database (a new one moves this)
 PG_ADMIN_URL = os.environ.get(
     "QUANTDAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

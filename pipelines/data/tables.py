@@ -143,6 +143,7 @@ alert_log = Table(
     Column("summary", Text, nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("sinks", Text, nullable=False),
+    Column("details", Text, nullable=True),  # kept to send again what no sink delivered
 )
 
 # What the risk layer did, one row per pipelines.risk.events.RiskEvent: refusals, changes of

@@ -261,6 +261,38 @@ class Alerter:
         self._log(alert, now, "sent", sent)
         return AlertResult("sent", tuple(sent), tuple(failed))
 
+    def retry_failed(
+        self, now: datetime, within: timedelta = timedelta(hours=6), attempts: int = 5
+    ) -> list[AlertResult]:
+        """Send again each alert no sink delivered (outcome ``failed``) in the last ``within``,
+        while it has failed fewer than ``attempts`` times and nothing delivered it since; one
+        result per alert tried. An alert that fails again is logged ``failed`` again (and
+        counts as an attempt); after ``attempts`` it is left in the log and the error log."""
+        c = alert_log.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.key, c.kind, c.severity, c.summary, c.details, c.outcome, c.at)
+                .where(c.at > now - within)
+                .order_by(c.id)
+            ).all()
+        pending: dict[str, tuple[Alert, int]] = {}
+        for key, kind, severity, summary, details, outcome, _ in rows:
+            if outcome == "failed":
+                tries = pending.get(key, (None, 0))[1] + 1
+                pending[key] = (Alert(kind, key, summary, details or "", severity), tries)
+            elif outcome in ("sent", "logged"):
+                pending.pop(key, None)
+        results = []
+        for alert, tries in pending.values():
+            if tries >= attempts:
+                continue
+            try:
+                results.append(self.raise_alert(alert, now))
+            except AlertError as exc:
+                log.error("alert %s not delivered on attempt %d: %s", alert.key, tries + 1, exc)
+                results.append(AlertResult("failed"))
+        return results
+
     def _log(self, alert: Alert, now: datetime, outcome: Outcome, sinks: Sequence[str]) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -272,5 +304,6 @@ class Alerter:
                     summary=alert.summary,
                     outcome=outcome,
                     sinks=",".join(sinks),
+                    details=alert.details,
                 )
             )

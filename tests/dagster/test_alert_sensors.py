@@ -17,7 +17,11 @@ from pipelines.risk.killswitch import KillSwitch
 from quantdag.resources import alerts_resource
 from resources import TradingDatabaseResource
 from resources.alerts import RecordingAlertsResource
-from sensors.alerts import build_kill_switch_alert_sensor, build_run_failure_alert_sensor
+from sensors.alerts import (
+    build_alert_retry_sensor,
+    build_kill_switch_alert_sensor,
+    build_run_failure_alert_sensor,
+)
 
 T0 = datetime(2024, 7, 2, 14, 0, tzinfo=UTC)
 
@@ -121,3 +125,26 @@ def test_alert_settings_come_from_the_environment_only() -> None:
     assert alerts_resource({}).sinks() == []
     with pytest.raises(ValueError, match="smtp_recipients is empty"):
         alerts_resource({"QUANTDAG_ALERT_SMTP_HOST": "mail.example.com"}).sinks()
+
+
+def test_the_retry_sensor_sends_again_what_no_sink_delivered(
+    db: TradingDatabaseResource, instance: dg.DagsterInstance
+) -> None:
+    from pipelines.ops.alerts import Alert, Alerter, AlertError, WebhookSink
+
+    closed = WebhookSink("http://127.0.0.1:9/hook", retries=1, sleep=lambda s: None)
+    alert = Alert("run_failed", "run_failed:r1", "training_job run r1 failed", "why")
+    with pytest.raises(AlertError):
+        Alerter([closed], db.store().engine).raise_alert(alert, T0)
+    sensor = build_alert_retry_sensor(clock=lambda: T0 + timedelta(minutes=1))
+    alerts = RecordingAlertsResource()
+
+    def tick() -> str:
+        context = dg.build_sensor_context(
+            instance=instance, resources={"trading_db": db, "alerts": alerts}
+        )
+        return sensor.evaluate_tick(context).skip_message or ""
+
+    assert tick() == "1 undelivered alerts sent again: sent"
+    assert tick() == "no undelivered alert to send again"
+    assert [(k, o) for k, _, o in _log(db)] == [("run_failed", "failed"), ("run_failed", "sent")]

@@ -118,6 +118,7 @@ def test_nightly_retraining_follows_the_exchange_calendar(tmp_path: Path) -> Non
         "live_trading_sensor",
         "kill_switch_alert_sensor",
         "run_failure_alert_sensor",
+        "alert_retry_sensor",
         "pipeline_metrics_sensor",
         "pipeline_metrics_failure_sensor",
     }

@@ -21,7 +21,15 @@ from aiosmtpd.controller import Controller
 
 from pipelines.data.store import BarStore
 from pipelines.data.tables import alert_log
-from pipelines.ops.alerts import Alert, Alerter, AlertError, AlertPolicy, SmtpSink, WebhookSink
+from pipelines.ops.alerts import (
+    Alert,
+    Alerter,
+    AlertError,
+    AlertPolicy,
+    AlertResult,
+    SmtpSink,
+    WebhookSink,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +196,30 @@ def test_an_smtp_login_is_never_sent_in_clear(engine: sa.Engine) -> None:
     sink = SmtpSink("mail.example.com", 25, "q@x", ["o@x"], "user", "pw", starttls=False)
     with pytest.raises(AlertError, match="refusing to send the login in clear"):
         sink.send(TRIP)
+
+
+def test_an_undelivered_alert_is_sent_again_until_delivered_and_not_after(
+    hook: Hook, engine: sa.Engine
+) -> None:
+    webhook = WebhookSink(hook.url, retries=1, sleep=lambda s: None)
+    alerter = Alerter([webhook], engine)
+    hook.statuses = [403]  # the receiver refuses once
+    with pytest.raises(AlertError):
+        alerter.raise_alert(TRIP, T0)
+    assert alerter.retry_failed(T0 + timedelta(minutes=1)) == [AlertResult("sent", ("webhook",))]
+    (body,) = hook.bodies
+    assert TRIP.details in json.dumps(body)  # the same alert, details included
+    assert alerter.retry_failed(T0 + timedelta(minutes=2)) == []  # delivered: not again
+    assert _outcomes(engine) == [(TRIP.key, "failed"), (TRIP.key, "sent")]
+
+
+def test_an_alert_no_sink_takes_is_tried_a_bounded_number_of_times(engine: sa.Engine) -> None:
+    closed = WebhookSink("http://127.0.0.1:9/hook", retries=1, sleep=lambda s: None)
+    alerter = Alerter([closed], engine)
+    with pytest.raises(AlertError):
+        alerter.raise_alert(TRIP, T0)
+    tried = [alerter.retry_failed(T0 + timedelta(minutes=m), attempts=3) for m in range(1, 5)]
+    assert tried == [[AlertResult("failed")], [AlertResult("failed")], [], []]
+    assert _outcomes(engine) == [(TRIP.key, "failed")] * 3
+    # Outside the window it is not tried again either.
+    assert alerter.retry_failed(T0 + timedelta(hours=7)) == []
