@@ -39,9 +39,10 @@ _total                                                found the record does not 
 quantdag_live_order_status_total{status}    counter   orders reaching each status (pending,
                                                       new, accepted, partially_filled, filled,
                                                       canceled, rejected, not_sent, never_sent...)
-quantdag_live_shares_sent_total             counter   shares of the orders the broker took
-quantdag_live_shares_filled_total           counter   shares of the fills booked
-quantdag_live_fill_ratio                    gauge     shares filled / shares sent this session
+quantdag_live_shares_sent_total             counter   shares of the orders the broker took from
+                                                      this attempt (run)
+quantdag_live_shares_filled_total           counter   shares of the fills of those orders
+quantdag_live_fill_ratio                    gauge     shares filled / shares sent, this attempt
 quantdag_live_slippage_bps                  histogram each fill's price against its bar's close
                                                       when decided, in basis points, signed so
                                                       that + is a cost (buy above, sell below);
@@ -184,10 +185,12 @@ class LiveMetrics:
                 registry=r,
             ),
             "shares_sent": Counter(
-                "quantdag_live_shares_sent", "Shares of the orders the broker took", registry=r
+                "quantdag_live_shares_sent",
+                "Shares of the orders the broker took from this attempt",
+                registry=r,
             ),
             "shares_filled": Counter(
-                "quantdag_live_shares_filled", "Shares of the fills booked", registry=r
+                "quantdag_live_shares_filled", "Shares of the fills of those orders", registry=r
             ),
         }
         self._seen = dict.fromkeys(_RESULT_COUNTERS, 0)
@@ -202,7 +205,7 @@ class LiveMetrics:
         )
         self._seen_labelled: dict[tuple[str, str], int] = {}
         self.fill_ratio = Gauge(
-            "quantdag_live_fill_ratio", "Shares filled / shares sent this session", registry=r
+            "quantdag_live_fill_ratio", "Shares filled / shares sent by this attempt", registry=r
         )
         self.slippage = Histogram(
             "quantdag_live_slippage_bps",

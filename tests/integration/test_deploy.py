@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import date
 from typing import Any
 
 import jsonschema
@@ -19,14 +18,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from pipelines.live.metrics import LiveMetrics
-from pipelines.live.session import SessionResult
-from pipelines.ops.pipeline_metrics import (
-    CheckVerdict,
-    Materialization,
-    PipelineRun,
-    metric_groups,
-)
+from quantdag.metrics import live_registry, pipeline_registries
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -102,29 +94,8 @@ def _names(text: str) -> set[str]:
 
 
 def _exported() -> set[str]:
-    metrics = LiveMetrics(minute_ages=lambda: {"AAPL": 1.0})
-    metrics.orders.labels("target").inc()
-    metrics.refusals.labels("short_sale").inc()
-    result = SessionResult(date(2019, 2, 15), 1, shares_sent=2, shares_filled=1)
-    result.order_statuses, result.broker_errors = {"filled": 1}, {"503": 1}
-    result.slippage_bps, result.rate_limit_remaining = [(1.0, 1)], 199
-    metrics.on_result(result)
-    names = _names(metrics.exposition().decode())
-    run = PipelineRun(
-        "r",
-        "j",
-        "SUCCESS",
-        0.0,
-        1.0,
-        [
-            Materialization(
-                "a", "p", {"rows_in": 2, "rows_stored": 1, "quarantined_by_reason": {"x": 1}}, 1, 1
-            ),
-            Materialization("oos_predictions", None, {"oos_auc": 0.5}, 1, 1),
-        ],
-        [CheckVerdict("a", "p", "c", False, "ERROR")],
-    )
-    for _, registry in metric_groups(run):
+    names = _names(generate_latest(live_registry()).decode())
+    for _, registry in pipeline_registries():
         names |= _names(generate_latest(registry).decode())
     return names
 
