@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 
 from pipelines.config import AlpacaSourceConfig, FileSourceConfig
+from pipelines.data.object_store import LocationError, check_location
 from quantdag.project import PROJECT_ROOT, Project
 from resources import (
     AlpacaBarSourceResource,
@@ -44,6 +45,27 @@ def alerts_resource(environ: dict[str, str] | None = None) -> AlertsResource:
     )
 
 
+def parquet_io_manager(
+    project: Project, environ: dict[str, str] | None = None
+) -> PolarsParquetIOManager:
+    """Where the large frames go: ``QUANTDAG_PARQUET_URL`` when set (``s3://bucket/prefix`` on
+    any S3-compatible server, or a directory every run worker shares), else
+    ``<data_dir>/parquet`` on this host. The URL names the place only: the credentials and the
+    endpoint are read from the environment when a frame is stored or loaded
+    (``QUANTDAG_S3_ACCESS_KEY_ID``, ``QUANTDAG_S3_SECRET_ACCESS_KEY``,
+    ``QUANTDAG_S3_ENDPOINT_URL`` or the ``AWS_`` ones), and a URL holding a credential is
+    refused here, when the definitions load."""
+    env = dict(os.environ) if environ is None else environ
+    url = env.get("QUANTDAG_PARQUET_URL", "").strip()
+    if url:
+        try:
+            check_location(url)
+        except LocationError as exc:
+            raise LocationError(f"QUANTDAG_PARQUET_URL: {exc}") from None
+        return PolarsParquetIOManager(base_dir=url)
+    return PolarsParquetIOManager(base_dir=str(Path(project.settings.data_dir) / "parquet"))
+
+
 def build_resources(project: Project) -> dict[str, Any]:
     """Resources of the selected environment. A database URL in ``QUANTDAG_DATABASE_URL``
     overrides the settings file and is read through ``dg.EnvVar`` (never shown in the UI)."""
@@ -75,9 +97,7 @@ def build_resources(project: Project) -> dict[str, Any]:
             if os.environ.get("QUANTDAG_PUSHGATEWAY_URL")
             else ""
         ),
-        "parquet_io_manager": PolarsParquetIOManager(
-            base_dir=str(Path(project.settings.data_dir) / "parquet")
-        ),
+        "parquet_io_manager": parquet_io_manager(project),
         "mlflow": MlflowResource(
             tracking_uri=dg.EnvVar("QUANTDAG_MLFLOW_URI")
             if os.environ.get("QUANTDAG_MLFLOW_URI")

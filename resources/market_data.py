@@ -1,5 +1,6 @@
 """Market-data sources: files (also the snapshot fake of every vendor) and Alpaca."""
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -12,6 +13,8 @@ from pipelines.config import (
     FileSourceConfig,
     UniverseConfig,
 )
+from pipelines.data.normalise import SourceError
+from pipelines.data.object_store import LocationError, storage_options
 from pipelines.data.sources import BarSource, FileBarSource
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +33,10 @@ class BarSourceResource(dg.ConfigurableResource):  # type: ignore[misc]
 
 class FileBarSourceResource(BarSourceResource):
     """Bars from CSV or Parquet files (see :class:`pipelines.config.FileSourceConfig`); a
-    relative ``path`` is taken from the project directory."""
+    relative ``path`` is taken from the project directory. ``path`` may be an
+    ``s3://bucket/prefix`` URL: the credentials and endpoint are then read from the environment
+    when the source is opened (``QUANTDAG_S3_ACCESS_KEY_ID`` ... or ``AWS_...``, see
+    :mod:`pipelines.data.object_store`), never from this config."""
 
     path: str
     pattern: str = "*.parquet"
@@ -67,12 +73,17 @@ class FileBarSourceResource(BarSourceResource):
         )
 
     def source(self, universe: UniverseConfig) -> FileBarSource:
+        try:
+            options = storage_options(self.path, os.environ)
+        except LocationError as exc:
+            raise SourceError(f"source path: {exc}") from None
         return FileBarSource(
             self.config(),
             universe.base_timeframe,
             root=PROJECT_ROOT,
             history=(universe.history_start, universe.history_end),
             calendar=universe.calendar,
+            storage_options=options,
         )
 
 

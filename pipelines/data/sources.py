@@ -9,20 +9,26 @@ them.
 from __future__ import annotations
 
 import difflib
+import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import polars as pl
+from upath import UPath
 
 from pipelines.bars.calendar import NEW_YORK, sessions_between
 from pipelines.config import FileSourceConfig
 from pipelines.data.normalise import SourceError, normalise_frame
+from pipelines.data.object_store import LocationError, check_location, is_remote, local_path
 from pipelines.data.schema import RAW_SCHEMA
 from pipelines.timeframes import Timeframe
+
+type SourcePath = Path | UPath
+"""A source file: a local path, or an object in a bucket (``s3://bucket/prefix/AAPL.csv``)."""
 
 
 class BarSource(Protocol):
@@ -79,6 +85,10 @@ def in_window(
     return frame.filter((anchor >= start) & (anchor < end))
 
 
+def _parts(path: SourcePath) -> tuple[str, ...]:
+    return tuple(path.parts)
+
+
 def history_bounds(first: date, last: date | None) -> tuple[datetime, datetime | None]:
     """The instants a universe's ``history_start`` .. ``history_end`` (New York dates,
     inclusive) span: from midnight of the first to midnight after the last."""
@@ -94,6 +104,10 @@ class FileBarSource:
 
     Example: a directory with ``AAPL_15min.csv`` and ``MSFT_15min.csv``, ``pattern:
     "{symbol}_15min.csv"``, ``format: csv``, ``timezone: America/New_York``, ``label: end``.
+
+    The directory may be a prefix in a bucket, ``path: s3://bucket/prefix``: its files are
+    listed and read through fsspec with ``storage_options`` (the credentials and endpoint,
+    from the environment: :func:`pipelines.data.object_store.storage_options`).
     """
 
     def __init__(
@@ -104,13 +118,21 @@ class FileBarSource:
         root: Path | None = None,
         history: tuple[date, date | None] | None = None,
         calendar: str = "XNYS",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.timeframe = timeframe
         self.history = None if history is None else history_bounds(*history)
         self.calendar = calendar
-        path = Path(config.path)
-        self.directory = path if path.is_absolute() or root is None else root / path
+        try:
+            check_location(config.path)
+        except LocationError as exc:
+            raise SourceError(f"source path: {exc}") from None
+        self.directory: SourcePath = (
+            UPath(config.path.rstrip("/"), **dict(storage_options or {}))
+            if is_remote(config.path)
+            else local_path(config.path, root)
+        )
         if not self.directory.is_dir():
             raise SourceError(f"source directory {self.directory} does not exist")
 
@@ -123,7 +145,7 @@ class FileBarSource:
         """How the files' prices are adjusted, as declared in the source config."""
         return self.config.adjustment
 
-    def files(self, symbols: Sequence[str] | None = None) -> list[tuple[Path, str | None]]:
+    def files(self, symbols: Sequence[str] | None = None) -> list[tuple[SourcePath, str | None]]:
         """The files to read, with the symbol each holds (None for multi-symbol files)."""
         pattern = self.config.pattern
         if "{symbol}" in pattern:
@@ -131,19 +153,31 @@ class FileBarSource:
             rx = re.compile(
                 "^" + re.escape(head) + r"(?P<s>[A-Za-z0-9.\-]+)" + re.escape(tail) + "$"
             )
-            found = []
-            for p in sorted(self.directory.iterdir()):
+            found: list[tuple[SourcePath, str | None]] = []
+            for p in sorted(self.directory.iterdir(), key=_parts):
                 m = rx.match(p.name)
                 if m and (symbols is None or m["s"] in symbols):
                     found.append((p, m["s"]))
             return found
-        return [(p, None) for p in sorted(self.directory.glob(pattern))]
+        return [(p, None) for p in sorted(self.directory.glob(pattern), key=_parts)]
 
-    def read_file(self, path: Path, symbol: str | None) -> pl.DataFrame:
+    def read_file(self, path: SourcePath, symbol: str | None) -> pl.DataFrame:
         """One file as a raw batch (all rows)."""
         fmt = self.config.file_format
+        data: Path | io.BytesIO
+        if isinstance(path, Path):
+            data = path
+        else:
+            try:
+                data = io.BytesIO(path.read_bytes())
+            except OSError as exc:
+                raise SourceError(
+                    f"{path}: cannot be fetched ({str(exc).splitlines()[0][:160]}); check that "
+                    "it exists, the endpoint (QUANTDAG_S3_ENDPOINT_URL) and the credentials "
+                    "(QUANTDAG_S3_ACCESS_KEY_ID / QUANTDAG_S3_SECRET_ACCESS_KEY or AWS_...)"
+                ) from None
         try:
-            df = pl.read_csv(path, infer_schema=False) if fmt == "csv" else pl.read_parquet(path)
+            df = pl.read_csv(data, infer_schema=False) if fmt == "csv" else pl.read_parquet(data)
         except pl.exceptions.NoDataError:
             raise SourceError(f"{path}: the file is empty") from None
         except (OSError, pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
@@ -191,7 +225,9 @@ class FileBarSource:
             return as_of
         return midnight
 
-    def _require_files(self, files: list[tuple[Path, str | None]], symbols: Sequence[str]) -> None:
+    def _require_files(
+        self, files: list[tuple[SourcePath, str | None]], symbols: Sequence[str]
+    ) -> None:
         """Raise unless every symbol has its file (per-symbol patterns only): a missing file
         would otherwise count as a symbol with no bars and be recorded as covered."""
         if "{symbol}" not in self.config.pattern:
