@@ -220,14 +220,12 @@ def push_metrics(instance: dg.DagsterInstance, run_id: str) -> None:
     url = os.environ.get("QUANTDAG_PUSHGATEWAY_URL")
     if not url:
         return
-    from urllib.error import URLError
-
-    from pipelines.ops.pipeline_metrics import push_run_metrics
+    from pipelines.ops.pipeline_metrics import PushError, push_run_metrics
     from resources.pipeline_metrics import pipeline_run
 
     try:
         push_run_metrics(pipeline_run(instance, run_id), url)
-    except (URLError, OSError) as exc:
+    except PushError as exc:
         print(f"  metrics of run {run_id} NOT pushed to the Pushgateway: {exc}", flush=True)
 
 

@@ -6,10 +6,9 @@ configured (no ``QUANTDAG_PUSHGATEWAY_URL``): the ticks skip, saying so."""
 
 from __future__ import annotations
 
-from urllib.error import URLError
-
 import dagster as dg
 
+from pipelines.ops.pipeline_metrics import PushError
 from resources.pipeline_metrics import PipelineMetricsResource, pipeline_run
 
 LIVE_JOBS = frozenset({"live_session_job"})
@@ -25,7 +24,7 @@ def _push(
         return dg.SkipReason("no Pushgateway configured (QUANTDAG_PUSHGATEWAY_URL)")
     try:
         groups = pipeline_metrics.push(pipeline_run(context.instance, run.run_id))
-    except (URLError, OSError) as exc:
+    except PushError as exc:
         # The cursor moves past this run: its figures stay in its assets' metadata.
         context.log.error(f"metrics of run {run.run_id} not pushed: {exc}")
         return dg.SkipReason(f"metrics of run {run.run_id} NOT pushed: {exc}")

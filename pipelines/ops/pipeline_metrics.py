@@ -40,8 +40,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
+
+from pipelines.secrets import redact_uri
 
 JOB = "quantdag_pipeline"
 RUNS_JOB = "quantdag_pipeline_runs"
@@ -194,12 +198,47 @@ def metric_groups(run: PipelineRun) -> list[tuple[dict[str, str], CollectorRegis
 Pusher = Callable[..., None]
 
 
+class PushError(RuntimeError):
+    """The Pushgateway could not be reached or refused the push (the message holds no
+    credential)."""
+
+
 def push_run_metrics(run: PipelineRun, gateway: str, *, push: Pusher = push_to_gateway) -> int:
-    """Push ``run``'s groups to the Pushgateway at ``gateway`` (``http://host:9091``); each
-    replaces the group of the same key. Returns the number of groups pushed. Raises what the
-    HTTP client raises (``URLError``, ``OSError``) when the gateway cannot be reached."""
+    """Push ``run``'s groups to the Pushgateway at ``gateway`` (``http://host:9091``, or
+    ``https://user:password@host`` for one behind basic authentication: the credentials go
+    in the Authorization header, never in a message); each replaces the group of the same key.
+    Returns the number of groups pushed. Raises :class:`PushError` when the gateway cannot be
+    reached or refuses."""
+    parts = urlsplit(gateway)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PushError(
+            f"Pushgateway URL {redact_uri(gateway)!r}: give http(s)://host:port "
+            "(QUANTDAG_PUSHGATEWAY_URL)"
+        )
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    handler: Callable[..., Callable[[], None]] = default_handler
+    if parts.username is not None:
+        user, password = unquote(parts.username), unquote(parts.password or "")
+
+        def handler(**kw: Any) -> Callable[[], None]:
+            return basic_auth_handler(username=user, password=password, **kw)
+
     groups = metric_groups(run)
     for grouping_key, registry in groups:
         job = RUNS_JOB if "dagster_job" in grouping_key else JOB
-        push(gateway, job=job, registry=registry, grouping_key=grouping_key, timeout=10)
+        try:
+            push(
+                url,
+                job=job,
+                registry=registry,
+                grouping_key=grouping_key,
+                timeout=10,
+                handler=handler,
+            )
+        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+            raise PushError(
+                f"metrics not pushed to {redact_uri(gateway)}: {type(exc).__name__}: "
+                f"{redact_uri(str(exc))}"
+            ) from None
     return len(groups)

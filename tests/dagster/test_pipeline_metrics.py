@@ -23,6 +23,7 @@ from pipelines.ops.pipeline_metrics import (
     CheckVerdict,
     Materialization,
     PipelineRun,
+    PushError,
     metric_groups,
     push_run_metrics,
 )
@@ -265,3 +266,41 @@ def test_make_run_pushes_where_configured_and_says_so_where_it_cannot(
     monkeypatch.setenv("QUANTDAG_PUSHGATEWAY_URL", f"http://127.0.0.1:{_free_port()}")
     push_metrics(instance, run_id)  # the run goes on
     assert f"metrics of run {run_id} NOT pushed" in capsys.readouterr().out
+
+
+def test_credentials_in_the_gateway_url_go_in_a_header_never_in_a_message() -> None:
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    run = PipelineRun("r", "market_data_job", "SUCCESS", 0.0, 1.0)
+    try:
+        url = f"http://pusher:s3cr%40t@127.0.0.1:{server.server_port}"
+        assert push_run_metrics(run, url) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((path, auth),) = seen
+    assert path == "/metrics/job/quantdag_pipeline_runs/dagster_job/market_data_job"
+    assert auth == "Basic " + base64.b64encode(b"pusher:s3cr@t").decode()
+    closed = f"http://pusher:s3cr%40t@127.0.0.1:{_free_port()}"
+    with pytest.raises(PushError) as refused:
+        push_run_metrics(run, closed)
+    assert "s3cr" not in str(refused.value) and "127.0.0.1" in str(refused.value)
+    with pytest.raises(PushError, match="give http"):
+        push_run_metrics(run, "pushgateway:9091")

@@ -282,6 +282,17 @@ SECRET_FIELDS = {
     ("optuna", "storage"): "QUANTDAG_OPTUNA_URI",
     ("market_data", "api_key"): "APCA_API_KEY_ID",
     ("market_data", "secret_key"): "APCA_API_SECRET_KEY",
+    ("pipeline_metrics", "gateway_url"): "QUANTDAG_PUSHGATEWAY_URL",
+    ("alerts", "webhook_url"): "QUANTDAG_ALERT_WEBHOOK_URL",
+    ("alerts", "smtp_password"): "QUANTDAG_ALERT_SMTP_PASSWORD",
+}
+# Secrets the definitions' resources read besides VARIABLES, and how each is written.
+UI_SECRETS = {
+    "QUANTDAG_PUSHGATEWAY_URL": "http://pusher:{}@127.0.0.1:9091",
+    "QUANTDAG_ALERT_WEBHOOK_URL": "https://hooks.example.com/services/{}",
+    "QUANTDAG_ALERT_SMTP_PASSWORD": "{}",
+    "QUANTDAG_S3_ACCESS_KEY_ID": "{}",
+    "QUANTDAG_S3_SECRET_ACCESS_KEY": "{}",
 }
 
 
@@ -299,11 +310,15 @@ def test_the_ui_shows_variable_names_not_values(
         infer_repository_selector,
     )
 
+    planted = {**planted, **{v: f"S3cr3t-ui-{uuid.uuid4().hex}" for v in UI_SECRETS}}
     for variable, secret in planted.items():
         value = (
-            f"postgresql://postgres:{secret}@127.0.0.1:5432/x" if variable in DATABASES else secret
+            f"postgresql://postgres:{secret}@127.0.0.1:5432/x"
+            if variable in DATABASES
+            else UI_SECRETS.get(variable, "{}").format(secret)
         )
         monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("QUANTDAG_PARQUET_URL", "s3://quantdag-frames/parquet")
     monkeypatch.setenv("QUANTDAG_ENV", "paper")
     monkeypatch.setenv("QUANTDAG_SETTINGS", str(_settings(tmp_path)))
     # A fresh module, so that the definitions are built under this environment.
