@@ -243,6 +243,11 @@ class AlpacaBroker:
         with self._errors_lock:
             self.errors[cause] = self.errors.get(cause, 0) + 1
 
+    def error_counts(self) -> dict[str, int]:
+        """A copy of :attr:`errors` (the order threads add to it)."""
+        with self._errors_lock:
+            return dict(self.errors)
+
     def _read_rate_limit(self, response: requests.Response) -> None:
         remaining = response.headers.get("X-RateLimit-Remaining")
         if remaining is not None and remaining.strip().isdigit():

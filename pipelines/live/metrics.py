@@ -53,6 +53,9 @@ quantdag_live_broker_errors_total{cause}    counter   broker calls that failed (
 quantdag_live_broker_rate_limit_remaining   gauge     the broker's latest X-RateLimit-Remaining
 =========================================== ========= =============================================
 
+The fill ratio, the mean slippage and the rate limit are NaN until known (no order sent, no
+fill, no broker answer with the header): an alert comparing them does not fire on nothing.
+
 Example::
 
     metrics = LiveMetrics(minute_ages=session.minute_ages)
@@ -67,6 +70,7 @@ the last bar) shows without waiting for the next bar.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -79,6 +83,8 @@ from prometheus_client.registry import Collector
 STATES = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+EXPECTED_CAUSES = ("429", "500", "502", "503", "504", "ConnectionError", "ReadTimeout")
+"""Broker-error causes exported at 0 before any occurs (others appear when they first do)."""
 _SLIPPAGE_BUCKETS = (-50.0, -20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 _RESULT_COUNTERS = {
     "fills": "fills",
@@ -203,10 +209,14 @@ class LiveMetrics:
             ["cause"],
             registry=r,
         )
+        # Exported at 0 from the start, so that the first errors of a cause are an increase.
+        for cause in EXPECTED_CAUSES:
+            self.broker_errors.labels(cause)
         self._seen_labelled: dict[tuple[str, str], int] = {}
         self.fill_ratio = Gauge(
             "quantdag_live_fill_ratio", "Shares filled / shares sent by this attempt", registry=r
         )
+        self.fill_ratio.set(math.nan)  # not known yet: no sample compares true
         self.slippage = Histogram(
             "quantdag_live_slippage_bps",
             "Fill price against its bar's close when decided, bps, + is a cost",
@@ -219,11 +229,13 @@ class LiveMetrics:
             "Share-weighted mean fill slippage this session, bps, + is a cost",
             registry=r,
         )
+        self.slippage_mean.set(math.nan)  # not known yet: no sample compares true
         self.rate_limit_remaining = Gauge(
             "quantdag_live_broker_rate_limit_remaining",
             "The broker's latest X-RateLimit-Remaining",
             registry=r,
         )
+        self.rate_limit_remaining.set(math.nan)  # not known yet: no sample compares true
         self.equity = Gauge(
             "quantdag_live_equity_usd", "Equity at the last decision (USD)", registry=r
         )

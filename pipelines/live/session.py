@@ -292,6 +292,7 @@ class LiveSession:
             self._beat("superseded")
             raise
         finally:
+            self._sync_counts()
             self._pulse_stop.set()
             pulse.join()
             self._pool.shutdown(wait=True)
@@ -308,6 +309,7 @@ class LiveSession:
             self._beat("halted" if self.result.halted else "trading")
             while not stop.is_set():
                 self._tick()
+                self._sync_counts()
                 event = self.feed.get(self.config.poll_s)
                 if event is not None:
                     if event.kind != "trade":
@@ -492,7 +494,6 @@ class LiveSession:
         known = self.store.orders()
         for o in self.broker.open_orders():
             if o.client_order_id not in known:
-                self.result.mismatches += 1
                 self._fail_closed(
                     now,
                     f"the broker holds an open order {o.client_order_id} ({o.side} {o.qty} "
@@ -514,9 +515,10 @@ class LiveSession:
             self._sync_orders(self.clock(), startup=False)
         self.store.record_positions(self.config.session, now, held, expected)
         if wrong:
-            self.result.mismatches += len(wrong)
             text = ", ".join(f"{s}: broker {h}, record {e}" for s, (h, e) in sorted(wrong.items()))
-            self._fail_closed(now, f"positions the record does not explain: {text}")
+            self._fail_closed(
+                now, f"positions the record does not explain: {text}", mismatches=len(wrong)
+            )
         if resend:
             self._resend(resend, now)
         self._bars_since_reconcile = 0
@@ -603,7 +605,9 @@ class LiveSession:
             stored.qty,
         )
 
-    def _fail_closed(self, now: datetime, reason: str) -> None:
+    def _fail_closed(self, now: datetime, reason: str, mismatches: int = 1) -> None:
+        """Halt on what the record does not explain (``mismatches`` of it: positions, orders)."""
+        self.result.mismatches += mismatches
         log.error("live session halted: %s", reason)
         if self.result.halted is None:
             self.result.halted = reason
@@ -683,7 +687,8 @@ class LiveSession:
     def _sync_counts(self) -> None:
         """The store's and the broker's counts into the result (for metrics)."""
         self.result.order_statuses = dict(self.store.status_changes)
-        self.result.broker_errors = dict(getattr(self.broker, "errors", {}))
+        counts = getattr(self.broker, "error_counts", None)  # brokers that count (AlpacaBroker)
+        self.result.broker_errors = counts() if counts is not None else {}
         self.result.rate_limit_remaining = getattr(self.broker, "rate_limit_remaining", None)
 
     # -- streaming ---------------------------------------------------------------------------

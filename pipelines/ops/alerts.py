@@ -27,8 +27,8 @@ import random
 import smtplib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
@@ -264,28 +264,38 @@ class Alerter:
     def retry_failed(
         self, now: datetime, within: timedelta = timedelta(hours=6), attempts: int = 5
     ) -> list[AlertResult]:
-        """Send again each alert no sink delivered (outcome ``failed``) in the last ``within``,
-        while it has failed fewer than ``attempts`` times and nothing delivered it since; one
-        result per alert tried. An alert that fails again is logged ``failed`` again (and
-        counts as an attempt); after ``attempts`` it is left in the log and the error log."""
+        """Send again each alert no sink delivered (outcome ``failed``): while fewer than
+        ``attempts`` tries have failed since it was last delivered, and its first failure is
+        less than ``within`` old; one result per alert tried. The resend says when the
+        condition was first raised. An alert that fails again is logged ``failed`` again (and
+        counts as a try); past either bound it is left in the log and the error log."""
         c = alert_log.c
+        failing = sa.select(c.key).where(c.outcome == "failed", c.at > now - within)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(c.key, c.kind, c.severity, c.summary, c.details, c.outcome, c.at)
-                .where(c.at > now - within)
+                .where(c.key.in_(failing))
                 .order_by(c.id)
             ).all()
-        pending: dict[str, tuple[Alert, int]] = {}
-        for key, kind, severity, summary, details, outcome, _ in rows:
+        # key -> (the alert, failed tries since its last delivery, the first of them)
+        pending: dict[str, tuple[Alert, int, datetime]] = {}
+        for key, kind, severity, summary, details, outcome, at in rows:
             if outcome == "failed":
-                tries = pending.get(key, (None, 0))[1] + 1
-                pending[key] = (Alert(kind, key, summary, details or "", severity), tries)
+                _, tries, first = pending.get(key, (None, 0, at))
+                alert = Alert(kind, key, summary, details or "", severity)
+                pending[key] = (alert, tries + 1, first)
             elif outcome in ("sent", "logged"):
                 pending.pop(key, None)
         results = []
-        for alert, tries in pending.values():
-            if tries >= attempts:
+        for alert, tries, first in pending.values():
+            if tries >= attempts or first <= now - within:
                 continue
+            first_text = first.astimezone(UTC).isoformat(timespec="seconds")
+            if first_text not in alert.details:
+                alert = replace(
+                    alert,
+                    details=f"{alert.details}\n(first raised {first_text}; not delivered then)",
+                )
             try:
                 results.append(self.raise_alert(alert, now))
             except AlertError as exc:

@@ -2,12 +2,17 @@
 pushed to a Pushgateway where one is configured (:func:`push_run_metrics`).
 
 A batch run is gone before Prometheus could scrape it, so its figures are pushed: one group
-per asset partition (grouping key ``job="quantdag_pipeline"``, ``asset``, ``partition``;
-``partition="all"`` for an unpartitioned asset), which a later materialization of the same
-partition replaces, and one group per Dagster job for the run itself. The figures come from
-the metadata the assets already record (``rows_in``, ``rows_stored``,
+per materialized asset partition (grouping key ``job="quantdag_pipeline"``, ``asset``,
+``partition``; ``partition="all"`` for an unpartitioned asset), which a later materialization
+of the same partition replaces; one group per check verdict (``check`` added to the key), which
+the check's next verdict replaces; and one group per Dagster job for the run itself. The
+figures come from the metadata the assets already record (``rows_in``, ``rows_stored``,
 ``quarantined_by_reason``, ``dagster/row_count``, ``oos_*``), the checks' verdicts and the
-steps' durations; all are gauges of the latest materialization (Pushgateway semantics).
+steps' durations; all are gauges of the latest push (Pushgateway semantics). A step that
+materializes several partitions or assets gives each the whole step's duration. Groups are
+never deleted by QuantDAG: after removing an asset or partitions, delete their groups
+(``curl -X DELETE http://pushgateway:9091/metrics/job/quantdag_pipeline/asset/<a>/partition/<p>``
+or the Pushgateway's UI).
 
 =============================================== =============================================
 name                                            what (labels beyond ``asset``, ``partition``)
@@ -179,20 +184,20 @@ def run_registry(run: PipelineRun) -> CollectorRegistry:
 
 
 def metric_groups(run: PipelineRun) -> list[tuple[dict[str, str], CollectorRegistry]]:
-    """Each Pushgateway group of ``run`` (grouping key, registry), asset partitions first."""
-    keys: dict[tuple[str, str], tuple[Materialization | None, list[CheckVerdict]]] = {}
+    """Each Pushgateway group of ``run`` (grouping key, registry): one per materialized asset
+    partition, one per check verdict (``check`` in its key: a run that only executes a check
+    replaces that check's verdict and nothing else, and a materialization without its checks
+    leaves their last verdicts), then the job's."""
+    groups: dict[tuple[str, ...], tuple[dict[str, str], CollectorRegistry]] = {}
     for m in run.materializations:
-        key = (m.asset, m.partition or UNPARTITIONED)
-        keys[key] = (m, keys.get(key, (None, []))[1])
+        key = {"asset": m.asset, "partition": m.partition or UNPARTITIONED}
+        groups[tuple(key.values())] = (key, partition_registry(m, ()))
     for c in run.checks:
-        key = (c.asset, c.partition or UNPARTITIONED)
-        keys.setdefault(key, (None, []))[1].append(c)
-    groups = [
-        ({"asset": asset, "partition": partition}, partition_registry(m, checks))
-        for (asset, partition), (m, checks) in sorted(keys.items())
-    ]
-    groups.append(({"dagster_job": run.job}, run_registry(run)))
-    return groups
+        key = {"asset": c.asset, "partition": c.partition or UNPARTITIONED, "check": c.check}
+        groups[tuple(key.values())] = (key, partition_registry(None, [c]))
+    out = [groups[k] for k in sorted(groups)]
+    out.append(({"dagster_job": run.job}, run_registry(run)))
+    return out
 
 
 Pusher = Callable[..., None]
@@ -209,13 +214,17 @@ def push_run_metrics(run: PipelineRun, gateway: str, *, push: Pusher = push_to_g
     in the Authorization header, never in a message); each replaces the group of the same key.
     Returns the number of groups pushed. Raises :class:`PushError` when the gateway cannot be
     reached or refuses."""
-    parts = urlsplit(gateway)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(gateway)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise PushError(
-            f"Pushgateway URL {redact_uri(gateway)!r}: give http(s)://host:port "
-            "(QUANTDAG_PUSHGATEWAY_URL)"
+            f"Pushgateway URL {redact_uri(gateway)!r}: give http(s)://host:port, a password "
+            "percent-encoded (QUANTDAG_PUSHGATEWAY_URL)"
         )
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    netloc = parts.netloc.rpartition("@")[2]
     url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     handler: Callable[..., Callable[[], None]] = default_handler
     if parts.username is not None:
@@ -224,7 +233,10 @@ def push_run_metrics(run: PipelineRun, gateway: str, *, push: Pusher = push_to_g
         def handler(**kw: Any) -> Callable[[], None]:
             return basic_auth_handler(username=user, password=password, **kw)
 
-    groups = metric_groups(run)
+    try:
+        groups = metric_groups(run)
+    except ValueError as exc:
+        raise PushError(f"metrics of run {run.run_id} not pushed: {exc}") from None
     for grouping_key, registry in groups:
         job = RUNS_JOB if "dagster_job" in grouping_key else JOB
         try:

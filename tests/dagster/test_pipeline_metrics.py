@@ -76,8 +76,12 @@ def test_groups_hold_each_partition_s_figures_and_the_run_s() -> None:
     assert bars[("quantdag_pipeline_rows_quarantined", (("rule", "ohlc"),))] == 2
     assert bars[("quantdag_pipeline_rows_quarantined", (("rule", "dup"),))] == 1
     assert bars[("quantdag_pipeline_step_duration_seconds", ())] == 3.5
+    # A check's verdict has its own group: pushing it replaces nothing else, and a later
+    # materialization without it leaves it standing.
+    assert not any(name == "quantdag_pipeline_check_failed" for name, _ in bars)
+    check = groups[(("asset", "bars_15m"), ("check", "no_gaps"), ("partition", "2019-01-01"))]
     failed = (("check", "no_gaps"), ("severity", "ERROR"))
-    assert bars[("quantdag_pipeline_check_failed", failed)] == 1
+    assert check == {("quantdag_pipeline_check_failed", failed): 1}
     oos = groups[(("asset", "oos_predictions"), ("partition", "all"))]
     assert oos[("quantdag_pipeline_oos_score", (("metric", "auc"),))] == 0.53
     assert ("quantdag_pipeline_rows_in", ()) not in oos  # not invented where not recorded
@@ -90,6 +94,9 @@ def test_a_quarantine_count_that_is_not_a_number_is_an_error() -> None:
     bad = Materialization("bars_15m", "2019-01-01", {"quarantined_by_reason": {"x": "3"}}, 1, 1)
     with pytest.raises(ValueError, match=r"quarantined_by_reason\['x'\]"):
         metric_groups(PipelineRun("r", "j", "SUCCESS", 0, 1, [bad]))
+    # pushed, it is a PushError (said, and the run goes on), not a traceback
+    with pytest.raises(PushError, match=r"quarantined_by_reason\['x'\]"):
+        push_run_metrics(PipelineRun("r", "j", "SUCCESS", 0, 1, [bad]), "http://127.0.0.1:9")
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +311,6 @@ def test_credentials_in_the_gateway_url_go_in_a_header_never_in_a_message() -> N
     assert "s3cr" not in str(refused.value) and "127.0.0.1" in str(refused.value)
     with pytest.raises(PushError, match="give http"):
         push_run_metrics(run, "pushgateway:9091")
+    with pytest.raises(PushError, match="percent-encoded") as raw:  # a raw / in the password
+        push_run_metrics(run, "https://pusher:s3cr/et@gw.example:9091")
+    assert "s3cr" not in str(raw.value)

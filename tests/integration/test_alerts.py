@@ -208,7 +208,9 @@ def test_an_undelivered_alert_is_sent_again_until_delivered_and_not_after(
         alerter.raise_alert(TRIP, T0)
     assert alerter.retry_failed(T0 + timedelta(minutes=1)) == [AlertResult("sent", ("webhook",))]
     (body,) = hook.bodies
-    assert TRIP.details in json.dumps(body)  # the same alert, details included
+    text = json.dumps(body)
+    assert TRIP.details in text  # the same alert, details included, and when it was raised
+    assert "first raised 2024-07-02T14:00:00+00:00; not delivered then" in text
     assert alerter.retry_failed(T0 + timedelta(minutes=2)) == []  # delivered: not again
     assert _outcomes(engine) == [(TRIP.key, "failed"), (TRIP.key, "sent")]
 
@@ -221,5 +223,18 @@ def test_an_alert_no_sink_takes_is_tried_a_bounded_number_of_times(engine: sa.En
     tried = [alerter.retry_failed(T0 + timedelta(minutes=m), attempts=3) for m in range(1, 5)]
     assert tried == [[AlertResult("failed")], [AlertResult("failed")], [], []]
     assert _outcomes(engine) == [(TRIP.key, "failed")] * 3
-    # Outside the window it is not tried again either.
-    assert alerter.retry_failed(T0 + timedelta(hours=7)) == []
+    # Nor later, when the first failures have left any window: the bound is on the condition.
+    for hours in (5, 7, 13, 25):
+        assert alerter.retry_failed(T0 + timedelta(hours=hours), attempts=3) == []
+    assert _outcomes(engine) == [(TRIP.key, "failed")] * 3
+
+
+def test_no_retry_once_the_first_failure_is_older_than_the_window(
+    hook: Hook, engine: sa.Engine
+) -> None:
+    alerter = Alerter([WebhookSink(hook.url, retries=1, sleep=lambda s: None)], engine)
+    hook.statuses = [403]
+    with pytest.raises(AlertError):
+        alerter.raise_alert(TRIP, T0)
+    assert alerter.retry_failed(T0 + timedelta(hours=6, seconds=1)) == []
+    assert hook.bodies == []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 import pytest
@@ -221,3 +222,27 @@ def test_an_unknown_order_seen_at_a_bar_halts_before_deciding(tmp_path: Path) ->
     assert broker.sent == [  # only the stranger's own order
         Order.create("someone", "AAA", BAR, "manual", "buy", 5).client_order_id
     ]
+
+
+def test_slippage_is_a_cost_on_both_sides_and_the_fill_ratio_counts_this_attempt_only(
+    tmp_path: Path,
+) -> None:
+    """Against the decided bar's close of 100: a buy filled at 100.10 and a sell filled at
+    99.90 both cost +10 bps; a sell filled at 100.10 is -10 bps (an improvement). A fill of an
+    order an earlier attempt sent is booked but is not in this attempt's fill ratio."""
+    live, _, _ = _session(tmp_path, DictBroker(BAR + timedelta(minutes=20)))
+
+    def fill(cid: str, side: Literal["buy", "sell"], price: str, ours: bool = True) -> None:
+        live._decided_at_close[cid] = 100.0
+        if ours:
+            live._sent_here.add(cid)
+        order = BrokerOrder("b-" + cid, cid, "AAA", side, 10, 10, Decimal(price), "filled")
+        live._count_fill(order, 10, Decimal(price))
+
+    fill("buy-1", "buy", "100.10")
+    fill("sell-1", "sell", "99.90")
+    fill("sell-2", "sell", "100.10")
+    fill("earlier", "buy", "100.00", ours=False)
+    bps = [round(b, 6) for b, _ in live.result.slippage_bps]
+    assert bps == [10.0, 10.0, -10.0, 0.0]
+    assert live.result.fills == 4 and live.result.shares_filled == 30
