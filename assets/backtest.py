@@ -10,9 +10,10 @@ import dagster as dg
 import polars as pl
 
 from assets.common import progress_to, say
+from assets.metadata import OWNERS, figure, figures, is_count
 from pipelines.backtest.broker import BrokerConfig, CostModel
 from pipelines.backtest.model_backtest import Market, run_backtest_study, sizing_with_label_exits
-from pipelines.backtest.report import Section, risk_tables, write_report
+from pipelines.backtest.report import Section, period_of, risk_tables, write_report
 from pipelines.backtest.strategy import SizingConfig
 from pipelines.backtest.trials import MlflowTrialLog, predictions_basis
 from pipelines.config import Settings, UniverseConfig
@@ -22,6 +23,8 @@ from pipelines.labels.partition import barrier_config, label_padding_days
 from resources import MlflowResource, TradingDatabaseResource
 
 GROUP = "backtest"
+CODE_VERSION = "1"
+"""Bump it when the backtest's or its report's logic changes (see assets/metadata.py)."""
 HEADLINE = (
     "total_return",
     "annual_return",
@@ -31,7 +34,7 @@ HEADLINE = (
     "n_trials",
     "pbo",
     "max_drawdown",
-    "trades_trades",
+    "trades_closed",
     "trades_win_rate",
     "trades_profit_factor_usd",
     "commissions_usd",
@@ -39,6 +42,23 @@ HEADLINE = (
     "beta",
     "alpha",
 )
+PERCENT = frozenset({"total_return", "annual_return", "max_drawdown", "alpha"})
+
+
+def shown(key: str, value: float, metrics: dict[str, float]) -> str:
+    """A headline figure as the summary shows it: returns and rates in percent, counts whole,
+    USD to the cent, the deflated Sharpe with its N, the rest to four significant digits."""
+    if key in PERCENT:
+        return f"{value:+.2%}"
+    if key == "trades_win_rate":
+        return f"{value:.1%}"
+    if is_count(key):
+        return f"{value:.0f}"
+    if key.endswith("_usd"):
+        return f"{value:,.2f} USD"
+    if key == "deflated_sharpe" and "n_trials" in metrics:
+        return f"{value:.3f} (N = {metrics['n_trials']:.0f} trials)"
+    return f"{value:.4g}"
 
 
 class BacktestConfig(dg.Config):  # type: ignore[misc]
@@ -109,6 +129,8 @@ def build_backtest_report_asset(
     @dg.asset(
         group_name=GROUP,
         kinds={"html"},
+        owners=OWNERS[GROUP],
+        code_version=CODE_VERSION,
         ins={n: dg.AssetIn() for n in ("oos_predictions", "holdout_predictions", "champion_model")},
     )
     def backtest_report(  # type: ignore[no-untyped-def]
@@ -167,25 +189,31 @@ def build_backtest_report_asset(
         write_report(study.report, str(html_path), str(html_path.with_suffix(".json")))
         m, undefined = study.report.metrics, study.report.undefined
         headline = {k: m[k] for k in HEADLINE if k in m}
-        summary = "\n".join(f"| {k} | {v:.4g} |" for k, v in headline.items())
+        first, last = period_of(study.result.equity["ts"])
+        period = f"{first} to {last} (New York dates)"
+        summary = f"| test_period | {period} |\n" + "\n".join(
+            f"| {k} | {shown(k, v, m)} |" for k, v in headline.items()
+        )
         summary += "".join(
             f"\n| {k} | undefined: {undefined[k]} |" for k in HEADLINE if k in undefined
         )
         refused, states = risk_tables(study.result)
-        risk = {
+        risk: dict[str, dg.MetadataValue] = {
             "refused_by_rule": dg.MetadataValue.json(dict(refused.iter_rows())),
             "trading_states": dg.MetadataValue.json(
                 {s: round(x, 4) for s, n, x in states.iter_rows() if n}
             ),
         }
         if "turnover_annual" in m:
-            risk["turnover_annual"] = m["turnover_annual"]
-        held = {
-            f"holdout_{seg}_{k}": float(r.metrics[k])
-            for seg, r in study.holdout.items()
-            for k in ("total_return", "sharpe", "trades_trades")
-            if k in r.metrics
-        }
+            risk["turnover_annual"] = figure(m["turnover_annual"])
+        held = figures(
+            {
+                f"holdout_{seg}_{k}": r.metrics[k]
+                for seg, r in study.holdout.items()
+                for k in ("total_return", "sharpe", "trades_closed")
+                if k in r.metrics
+            }
+        )
         # The report travels with the model's MLflow run, and opens from here in one click.
         artifact = mlflow.attach(str(decision["run_id"]), str(html_path), "backtest")
         url = mlflow.run_url(str(decision["run_id"]), artifact)
@@ -201,7 +229,8 @@ def build_backtest_report_asset(
                 ),
                 "deployable": bool(decision["deployable"]),
                 "configuration": selected,
-                **headline,
+                "test_period": period,
+                **figures(headline),
                 **risk,
                 **held,
             }

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from assets.common import check_results, check_specs, markdown_table, partition_window, say
+from assets.metadata import OWNERS, column_schema, table_schema
 from assets.partitions import market_partitions
 from pipelines.bars.aggregate import aggregate_bars
 from pipelines.bars.checks import (
@@ -19,11 +20,33 @@ from pipelines.bars.checks import (
 )
 from pipelines.config import UniverseConfig, ValidationConfig
 from pipelines.data.ingest import ingest_window
+from pipelines.data.schema import STORED_BAR_SCHEMA
 from pipelines.data.sources import FileBarSource
 from pipelines.timeframes import Timeframe
 from resources import BarSourceResource, TradingDatabaseResource
 
 GROUP = "market_data"
+CODE_VERSION = {"source_bars": "1", "aggregated_bars": "1"}
+"""Bump an asset's version when its logic changes (see assets/metadata.py)."""
+BAR_COLUMNS = column_schema(
+    table_schema(
+        STORED_BAR_SCHEMA,
+        {
+            "symbol": "The universe's symbol.",
+            "ts": "The bar's START, UTC.",
+            "open": "First trade price (USD).",
+            "high": "Highest trade price (USD).",
+            "low": "Lowest trade price (USD).",
+            "close": "Last trade price (USD).",
+            "volume": "Shares traded.",
+            "vwap": "Volume-weighted average price (USD); null where the source lacks it.",
+            "trade_count": "Trades in the bar; null where the source lacks it.",
+            "bar_count": "Source bars inside (1 for a source bar).",
+            "flags": "Bit set: 1 price jump, 2 half-day session, 4 zero volume (kept bars).",
+        },
+    )
+)
+"""The columns of a bars asset (the store's ``bars`` table, one timeframe)."""
 
 
 class IngestConfig(dg.Config):  # type: ignore[misc]
@@ -67,6 +90,9 @@ def build_source_bars_asset(
         partitions_def=partitions,
         check_specs=check_specs(name, checks, partitions),
         kinds={"polars", "sql"},
+        owners=OWNERS[GROUP],
+        code_version=CODE_VERSION["source_bars"],
+        metadata=BAR_COLUMNS,
         description=f"Validated {tf} bars of the universe from the market-data source, UTC "
         "bar starts; rejected rows go to the quarantine table with their reason. A partition "
         "whose rows were all rejected fails, naming the rules; one whose exchange sessions "
@@ -181,6 +207,9 @@ def build_aggregate_asset(universe: UniverseConfig, target: Timeframe) -> dg.Ass
         deps=[f"bars_{base}"],
         check_specs=check_specs(name, checks, partitions),
         kinds={"polars", "sql"},
+        owners=OWNERS[GROUP],
+        code_version=CODE_VERSION["aggregated_bars"],
+        metadata=BAR_COLUMNS,
         description=f"{target} bars aggregated from {base} bars, session-aware; a bar is "
         "written once its window has closed.",
     )

@@ -1,6 +1,7 @@
 """Research assets: the feature matrix and the triple-barrier labels."""
 
 import dagster as dg
+import polars as pl
 
 from assets.common import (
     bars_around,
@@ -10,6 +11,7 @@ from assets.common import (
     partition_window,
     progress_to,
 )
+from assets.metadata import OWNERS, column_schema, table_schema
 from assets.partitions import market_partitions
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FEATURE_SET_VERSION, FeatureConfig, feature_registry
@@ -19,6 +21,7 @@ from pipelines.features.partition import (
     feature_checks,
     history_days,
 )
+from pipelines.features.registry import FeatureRegistry
 from pipelines.labels.partition import (
     LABEL_CHECKS,
     build_label_partition,
@@ -26,10 +29,36 @@ from pipelines.labels.partition import (
     label_checks,
     label_padding_days,
 )
+from pipelines.labels.triple_barrier import LABEL_SCHEMA
+from pipelines.labels.weights import WEIGHT_COLUMNS
 from resources import TradingDatabaseResource
 
 GROUP = "research"
 MAX_MISSING_SHARE = 0.02
+CODE_VERSION = {"feature_matrix": "1", "triple_barrier_labels": "1"}
+"""Bump an asset's version when its logic changes (see assets/metadata.py); the feature
+matrix's also names the feature set (FEATURE_SET_VERSION), bumped with any feature."""
+KEY_COLUMNS = {"symbol": "The universe's symbol.", "ts": "The bar's START, UTC."}
+LABEL_COLUMNS = {
+    **KEY_COLUMNS,
+    "side": "The bet's side: +1 long, -1 short.",
+    "t1": "When the first barrier was touched (UTC bar start).",
+    "barrier": "Which barrier ended the bet: profit_take, stop_loss or vertical.",
+    "ret": "The side-adjusted return from the entry (t0's close) to t1 (fraction).",
+    "label": "+1 profit-take first, -1 stop-loss first, else the sign of ret (0 if flat).",
+    "volatility": "The volatility the barriers were set in (fraction of price).",
+    "bars_held": "Bars from the entry to t1.",
+    "uniqueness": "Average uniqueness over the bet's span (1: no concurrent label).",
+    "weight_return": "Return-attribution weight.",
+    "weight_decay": "Time-decay factor.",
+    "weight": "The sample weight training uses.",
+}
+
+
+def feature_columns(registry: FeatureRegistry) -> dict[str, str]:
+    """Every column of the feature matrix, described (the features from the registry)."""
+    described = registry.describe()
+    return {**KEY_COLUMNS, **dict(zip(described["name"], described["description"], strict=True))}
 
 
 def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
@@ -46,10 +75,19 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
         io_manager_key="parquet_io_manager",
         kinds={"polars", "parquet"},
         check_specs=check_specs("feature_matrix", checks, partitions),
+        owners=OWNERS[GROUP],
+        code_version=f"{CODE_VERSION['feature_matrix']}.features-{FEATURE_SET_VERSION}",
         metadata={
             "feature_set_version": FEATURE_SET_VERSION,
             "features": len(registry),
             "registry": markdown_table(registry.describe()),
+            **column_schema(
+                table_schema(
+                    {"symbol": pl.String(), "ts": pl.Datetime("us", "UTC")}
+                    | {name: pl.Float64() for name in registry.names},
+                    feature_columns(registry),
+                )
+            ),
         },
     )
     def feature_matrix(context: dg.AssetExecutionContext, trading_db: TradingDatabaseResource):  # type: ignore[no-untyped-def]
@@ -95,7 +133,16 @@ def build_labels_asset(universe: UniverseConfig, settings: Settings) -> dg.Asset
         io_manager_key="parquet_io_manager",
         kinds={"polars", "parquet"},
         check_specs=check_specs("triple_barrier_labels", LABEL_CHECKS, partitions),
-        metadata={"config": labels_cfg.model_dump()},
+        owners=OWNERS[GROUP],
+        code_version=CODE_VERSION["triple_barrier_labels"],
+        metadata={
+            "config": labels_cfg.model_dump(),
+            **column_schema(
+                table_schema(
+                    {**LABEL_SCHEMA, **{c: pl.Float64() for c in WEIGHT_COLUMNS}}, LABEL_COLUMNS
+                )
+            ),
+        },
     )
     def triple_barrier_labels(  # type: ignore[no-untyped-def]
         context: dg.AssetExecutionContext, trading_db: TradingDatabaseResource

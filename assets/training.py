@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from assets.common import markdown_table, partition_records, progress_to, say
+from assets.metadata import OWNERS, column_schema, figure, figures, readable, table_schema
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.models.holdout import HoldoutConfig, split_holdout
 from pipelines.models.promotion import GateConfig, PromotionRule
@@ -21,6 +22,55 @@ from resources import MlflowResource, OptunaResource, TradingDatabaseResource
 from resources.alerts import AlertsResource
 
 GROUP = "training"
+CODE_VERSION = {"training_set": "1", "walk_forward_models": "1", "holdout_predictions": "1"}
+"""Bump an asset's version when its logic changes (see assets/metadata.py)."""
+TARGET = dg.TableColumn("y", "Int8", description="The target: 1 if the label is +1, else 0.")
+OOS_COLUMNS = column_schema(
+    table_schema(
+        {
+            "symbol": pl.String(),
+            "ts": pl.Datetime("us", "UTC"),
+            "y": pl.Int8(),
+            "ret": pl.Float64(),
+            "fold": pl.Int32(),
+            "prob_raw": pl.Float64(),
+            "prob": pl.Float64(),
+            "base_rate": pl.Float64(),
+            "model_version": pl.String(),
+            "run_id": pl.String(),
+            "prob_stacked": pl.Float64(),
+        },
+        {
+            "symbol": "The universe's symbol.",
+            "ts": "The bar's START, UTC.",
+            "y": "The target: 1 if the label is +1, else 0.",
+            "ret": "The label's side-adjusted return to its first barrier (fraction).",
+            "fold": "The walk-forward fold whose test window holds the bar.",
+            "prob_raw": "The fold model's probability of y = 1, before calibration.",
+            "prob": "The calibrated probability of y = 1 (what the strategy trades).",
+            "base_rate": "The share of y = 1 the fold's model learnt from (the naive forecast).",
+            "model_version": "The registered model version of the training run.",
+            "run_id": "The MLflow run of the training.",
+            "prob_stacked": "The stacker's probability (only when trained with stack: true).",
+        },
+    )
+)
+
+
+def set_schema(
+    upstream: Sequence[dg.AssetsDefinition], *extra: dg.TableColumn
+) -> dict[str, dg.TableSchema]:
+    """The column schema of a set of labelled rows: the feature matrix's columns, the labels'
+    columns it keeps, the target and ``extra``; none when the upstream declare no schema."""
+    schemas = {
+        a.key.to_user_string(): a.specs_by_key[a.key].metadata.get("dagster/column_schema")
+        for a in upstream
+    }
+    features, labels = schemas.get("feature_matrix"), schemas.get("triple_barrier_labels")
+    if features is None or labels is None:
+        return {}
+    kept = [c for c in labels.columns if c.name in ("t1", "label", "ret", "weight")]
+    return column_schema(dg.TableSchema(columns=[*features.columns, *kept, TARGET, *extra]))
 
 
 class TrainingSetConfig(dg.Config):  # type: ignore[misc]
@@ -87,6 +137,9 @@ def build_training_set_asset(
             "training_set": dg.AssetOut(
                 io_manager_key="parquet_io_manager",
                 kinds={"polars", "parquet"},
+                owners=OWNERS[GROUP],
+                code_version=CODE_VERSION["training_set"],
+                metadata=set_schema(upstream),
                 description="Every labelled bar outside the holdout with its features and "
                 "target y (label +1): the only rows tuning, training, selection and "
                 "promotion read.",
@@ -94,6 +147,16 @@ def build_training_set_asset(
             "holdout_set": dg.AssetOut(
                 io_manager_key="parquet_io_manager",
                 kinds={"polars", "parquet"},
+                owners=OWNERS[GROUP],
+                code_version=CODE_VERSION["training_set"],
+                metadata=set_schema(
+                    upstream,
+                    dg.TableColumn(
+                        "segment",
+                        "String",
+                        description="time, symbol or both: how the row is held out.",
+                    ),
+                ),
                 description="The holdout's labelled bars (time range and symbols declared in "
                 "the settings' research.holdout), each with its segment; read once per model.",
             ),
@@ -139,7 +202,7 @@ def build_training_set_asset(
                 "symbols": data["symbol"].n_unique(),
                 "start": str(data["ts"].min()),
                 "end": str(data["ts"].max()),
-                "positive_share": float(data["y"].mean() or 0.0),
+                "positive_share": figure(float(data["y"].mean() or 0.0)),
                 "months": list(months.used),
                 "left_out_months": {m: "; ".join(why) for m, why in months.left_out.items()},
                 "holdout": holdout.describe(),
@@ -171,12 +234,17 @@ def build_walk_forward_models_asset(embargo: timedelta | None = None) -> dg.Asse
             "oos_predictions": dg.AssetOut(
                 io_manager_key="parquet_io_manager",
                 kinds={"polars", "parquet"},
+                owners=OWNERS[GROUP],
+                code_version=CODE_VERSION["walk_forward_models"],
+                metadata=OOS_COLUMNS,
                 description="Calibrated out-of-sample probability, base rate, fold and model "
                 "version for every bar of every walk-forward test window.",
             ),
             "champion_model": dg.AssetOut(
                 io_manager_key="parquet_io_manager",
                 kinds={"mlflow"},
+                owners=OWNERS[GROUP],
+                code_version=CODE_VERSION["walk_forward_models"],
                 description="The registry decision of the last training run: the new model "
                 "is champion only if it passed the skill gate and beat the champion on the same "
                 "rows.",
@@ -283,10 +351,10 @@ def _train_walk_forward(
             "folds": len(result.records),
             "skipped_folds": result.skipped or "none",
             "tuning_trials": outcome.trials,
-            **{f"stacked_{k}": v for k, v in outcome.stacked_metrics.items()},
-            **{f"oos_{k}": v for k, v in result.overall().items()},
-            **{f"gate_{k}": v for k, v in verdict.figures.items()},
-            "per_fold": markdown_table(folds.join(per_fold, on="fold", how="left")),
+            **figures(outcome.stacked_metrics, "stacked_"),
+            **figures(result.overall(), "oos_"),
+            **figures(verdict.figures, "gate_"),
+            "per_fold": markdown_table(readable(folds.join(per_fold, on="fold", how="left"))),
         },
     )
     above = float((predictions["prob"] > predictions["base_rate"]).mean() or 0.0)
@@ -295,7 +363,7 @@ def _train_walk_forward(
         asset_key="oos_predictions",
         passed=verdict.passed,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"reason": verdict.reason, **{k: float(v) for k, v in verdict.figures.items()}},
+        metadata={"reason": verdict.reason, **figures(verdict.figures)},
     )
     yield dg.AssetCheckResult(
         check_name="not_one_sided",
@@ -343,6 +411,8 @@ def _train_walk_forward(
     io_manager_key="parquet_io_manager",
     kinds={"polars", "parquet"},
     ins={"champion_model": dg.AssetIn(), "holdout_set": dg.AssetIn()},
+    owners=OWNERS[GROUP],
+    code_version=CODE_VERSION["holdout_predictions"],
 )
 def holdout_predictions(
     context: dg.AssetExecutionContext,
@@ -378,6 +448,6 @@ def holdout_predictions(
         metadata={
             "model_version": version,
             "mlflow_run": mlflow.run_link(score.run_id),
-            **{k: float(v) for k, v in score.metrics.items()},
+            **figures(score.metrics),
         },
     )

@@ -442,7 +442,7 @@ def research_summary(
         f"{_fmt(_v(report, 'deflated_sharpe'), '.2f')} over N = "
         f"{_fmt(_v(report, 'n_trials'), '.0f')} trials, PBO {_fmt(_v(report, 'pbo'), '.2f')}, "
         f"max drawdown {_fmt(_v(report, 'max_drawdown'), '.2%')}, "
-        f"{_fmt(_v(report, 'trades_trades'), '.0f')} closed trades; beta "
+        f"{_fmt(_v(report, 'trades_closed'), '.0f')} closed trades; beta "
         f"{_fmt(_v(report, 'beta'), '.2f')} and alpha {_fmt(_v(report, 'alpha'), '+.2%')} a "
         "year against the benchmark."
     )
@@ -460,7 +460,7 @@ def research_summary(
         lines.append(
             f"  on the holdout ({segment}): total return "
             f"{_fmt(_v(report, f'holdout_{segment}_total_return'), '+.2%')}, "
-            f"{_fmt(_v(report, f'holdout_{segment}_trades_trades'), '.0f')} closed trades."
+            f"{_fmt(_v(report, f'holdout_{segment}_trades_closed'), '.0f')} closed trades."
         )
     return lines
 

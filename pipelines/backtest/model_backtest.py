@@ -131,6 +131,13 @@ def benchmark_of(bars: pl.DataFrame) -> pl.DataFrame:
     return equal_weight_index(bars)
 
 
+def benchmark_name(bars: pl.DataFrame) -> str:
+    """What :func:`benchmark_of` takes on ``bars``, in words."""
+    if bars.filter(pl.col("symbol") == "SPY").height:
+        return "SPY"
+    return "the universe's equal-weight index"
+
+
 @dataclass(frozen=True)
 class BacktestStudy:
     """The reported configuration's backtest and report, every trial of the grid, the
@@ -234,6 +241,7 @@ def run_backtest_study(
             benchmark_of(_window(bars, rows)),
             periods_per_year=market.periods_per_year,
             title=f"holdout: {segment}",
+            benchmark_name=benchmark_name(_window(bars, rows)),
         )
     window = _window(bars, predictions)
     report = build_report(
@@ -241,6 +249,7 @@ def run_backtest_study(
         benchmark_of(window),
         periods_per_year=market.periods_per_year,
         title=title,
+        benchmark_name=benchmark_name(window),
         selection=selection,
         sections=(
             selection_section(selection, table),
@@ -294,7 +303,7 @@ def methods_section(
     )
 
 
-HOLDOUT_FIGURES = ("total_return", "sharpe", "max_drawdown", "trades_trades", "beta", "alpha")
+HOLDOUT_FIGURES = ("total_return", "sharpe", "max_drawdown", "trades_closed", "beta", "alpha")
 
 
 def holdout_section(held: dict[str, Report]) -> Section:

@@ -1,30 +1,37 @@
 """The backtest report: headline metrics (JSON) and a self-contained HTML page of charts.
 
-Charts are inline SVG, so the file opens anywhere without a network: equity against the
-benchmark, drawdown, monthly returns, rolling Sharpe, gross exposure, the distribution of trade
-returns, PnL by symbol and costs by kind; then what selecting this configuration among every
-trial costs (deflated Sharpe with its N, PBO) and any further sections (the skill gate, the
-holdout). A figure that is undefined on a backtest (a profit factor without a losing trade, a
-beta against a flat benchmark) is never a NaN: it is left out of the metrics and listed in
-``undefined`` with the reason.
+The page opens anywhere without a network: it carries one copy of plotly.js, and each chart is
+a plotly figure (its JSON in the page) on a New York date axis, titled with the test period:
+equity against the benchmark, drawdown, rolling Sharpe, gross exposure, then the distribution
+of trade returns and PnL by symbol; monthly returns and costs by kind are tables. A headline
+section explains each headline figure in a sentence (total return, Sharpe, beta and alpha
+against the benchmark, the deflated Sharpe with its N, the PBO); then what selecting this
+configuration among every trial costs and any further sections (the skill gate, the holdout).
+A figure that is undefined on a backtest (a profit factor without a losing trade, a beta
+against a flat benchmark) is never a NaN: it is left out of the metrics and listed in
+``undefined`` with the reason, and the page says so where it would show.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from pipelines.backtest.analytics import drawdowns, return_stats, trade_stats
 from pipelines.backtest.broker import Ledger
 from pipelines.backtest.engine import BacktestResult
 from pipelines.backtest.trials import Selection
+from pipelines.bars.calendar import NEW_YORK
 from pipelines.risk.events import TradingState
 
 UNDEFINED_BECAUSE = {
@@ -42,6 +49,16 @@ UNDEFINED_BECAUSE = {
     "beta": "the benchmark did not move",
     "calmar": "no drawdown",
 }
+TRADE_FIGURES = {"trades": "trades_closed"}
+"""Metric names of the trade statistics that are not ``trades_<field>`` (the count of closed
+trades would read ``trades_trades``)."""
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+BLUE, ORANGE, GREEN, RED = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
+DRAW_CHARTS = """for (const spec of document.querySelectorAll("script.chart-spec")) {
+  const figure = JSON.parse(spec.textContent);
+  Plotly.newPlot(spec.dataset.chart, figure.data, figure.layout,
+    {displaylogo: false, responsive: true});
+}"""
 
 
 @dataclass(frozen=True)
@@ -172,61 +189,141 @@ def closed_trades(ledger: Ledger) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def _svg_lines(
-    series: dict[str, list[float]],
-    width: int = 720,
-    height: int = 220,
-    colors: tuple[str, ...] = ("#1f77b4", "#ff7f0e"),
+def period_of(ts: pl.Series) -> tuple[date, date]:
+    """The first and last New York dates of the bar times ``ts`` (UTC): the test period."""
+    days = ts.dt.convert_time_zone(NEW_YORK).dt.date()
+    return cast(date, days.min()), cast(date, days.max())
+
+
+@functools.cache
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
+def _chart(chart_id: str, figure: Any) -> str:
+    """A placeholder and the figure's JSON (plotly's own serialisation): the page's one script
+    draws every chart from these, so the page holds one copy of plotly.js."""
+    spec = str(figure.to_json()).replace("<", "\\u003c")  # never closes the script element
+    return (
+        f'<div id="{chart_id}" class="chart"></div><script type="application/json" '
+        f'class="chart-spec" data-chart="{chart_id}">{spec}</script>'
+    )
+
+
+def _local(ts: pl.Series) -> pl.Series:
+    return ts.dt.convert_time_zone(NEW_YORK).dt.replace_time_zone(None)
+
+
+def _dates(local: pl.Series) -> list[str]:
+    """Wall-clock times plotly reads as dates; the time of day only where it varies."""
+    fmt = "%Y-%m-%d %H:%M" if local.dt.time().n_unique() > 1 else "%Y-%m-%d"
+    return cast(list[str], local.dt.strftime(fmt).to_list())
+
+
+def _rangebreaks(local: pl.Series) -> list[dict[str, object]]:
+    """The time between bars that no bar covers (nights, weekends, holidays, the rest of an
+    early close), hidden on the axis so that one session follows the previous. Taken from the
+    bars' own times, so no bar is hidden: each gap runs from the end of a bar (its start plus
+    the bar's length, the shortest step) to the next bar, one break per length of gap."""
+    if local.len() < 2:
+        return []
+    times = pl.DataFrame({"end": local[:-1], "next": local[1:]})
+    step = times.select((pl.col("next") - pl.col("end")).min()).item()
+    gaps = (
+        times.with_columns(pl.col("end") + step)
+        .with_columns(gap=(pl.col("next") - pl.col("end")).dt.total_milliseconds())
+        .filter(pl.col("gap") > 0)
+        .group_by("gap")
+        .agg(pl.col("end").dt.strftime("%Y-%m-%d %H:%M"))
+        .sort("gap")
+    )
+    return [{"values": ends, "dvalue": gap} for gap, ends in gaps.iter_rows()]
+
+
+def _layout(figure: Any, title: str, x_title: str, y_title: str, percent: bool = False) -> None:
+    figure.update_layout(
+        title={"text": title, "font": {"size": 14}},
+        template="plotly_white",
+        height=340,
+        margin={"l": 70, "r": 20, "t": 50, "b": 50},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    figure.update_xaxes(title_text=x_title)
+    figure.update_yaxes(title_text=y_title)
+    if percent:  # a fraction (0.01) read as a percentage (1.0%)
+        figure.update_yaxes(tickformat=".1%", hoverformat=".2%")
+
+
+def _time_chart(
+    chart_id: str,
+    title: str,
+    ts: pl.Series,
+    series: dict[str, tuple[npt.NDArray[np.float64], str]],
+    y_title: str,
+    percent: bool = False,
 ) -> str:
-    values = [v for s in series.values() for v in s if math.isfinite(v)]
-    if not values:
-        return "<p>(no data)</p>"
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
-    for (name, ys), color in zip(series.items(), colors, strict=False):
-        n = max(len(ys) - 1, 1)
-        pts = " ".join(
-            f"{i * width / n:.1f},{height - (y - lo) / span * (height - 10) - 5:.1f}"
-            for i, y in enumerate(ys)
-            if math.isfinite(y)
+    """Lines over the bar times ``ts`` (UTC), drawn on a New York date axis."""
+    import plotly.graph_objects as go
+
+    local = _local(ts)
+    x = _dates(local)
+    figure = go.Figure()
+    for name, (y, color) in series.items():
+        figure.add_trace(
+            go.Scatter(x=x, y=y, name=name, mode="lines", line={"color": color, "width": 1.3})
         )
-        parts.append(
-            f'<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{pts}">'
-            f"<title>{html.escape(name)}</title></polyline>"
-        )
-    parts.append(
-        f'<text x="4" y="12" font-size="10">{hi:.4g}</text>'
-        f'<text x="4" y="{height - 2}" font-size="10">{lo:.4g}</text></svg>'
-    )
-    legend = " ".join(
-        f'<span style="color:{c}">&#9632; {html.escape(n)}</span>'
-        for n, c in zip(series, colors, strict=False)
-    )
-    return "".join(parts) + f"<div>{legend}</div>"
+    _layout(figure, title, "New York time", y_title, percent)
+    figure.update_layout(hovermode="x unified", showlegend=len(series) > 1)
+    figure.update_xaxes(type="date", rangebreaks=_rangebreaks(local))
+    return _chart(chart_id, figure)
 
 
-def _svg_bars(labels: list[str], values: list[float], width: int = 720, height: int = 200) -> str:
-    if not values:
-        return "<p>(no data)</p>"
-    top = max(abs(v) for v in values) or 1.0
-    w = width / len(values)
-    mid = height / 2
-    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
-    for i, (label, v) in enumerate(zip(labels, values, strict=True)):
-        h = abs(v) / top * (mid - 5)
-        y = mid - h if v >= 0 else mid
-        color = "#2ca02c" if v >= 0 else "#d62728"
-        parts.append(
-            f'<rect x="{i * w + 1:.1f}" y="{y:.1f}" width="{max(w - 2, 1):.1f}" '
-            f'height="{h:.1f}" fill="{color}"><title>{html.escape(label)}: {v:.4g}'
-            "</title></rect>"
+def _histogram_chart(returns: npt.NDArray[np.float64], title: str) -> str:
+    if returns.size == 0:
+        return "<p>No closed trade: there is no distribution to show.</p>"
+    import plotly.graph_objects as go
+
+    counts, bounds = np.histogram(returns, bins=20)
+    centres = (bounds[:-1] + bounds[1:]) / 2
+    figure = go.Figure(
+        go.Bar(
+            x=centres,
+            y=counts,
+            width=np.diff(bounds),
+            marker_color=[GREEN if c >= 0 else RED for c in centres],
+            customdata=np.stack([bounds[:-1], bounds[1:]], axis=-1),
+            hovertemplate="%{customdata[0]:.3%} to %{customdata[1]:.3%}: %{y} trades"
+            "<extra></extra>",
         )
-    parts.append(f'<line x1="0" y1="{mid}" x2="{width}" y2="{mid}" stroke="#888"/></svg>')
-    return "".join(parts)
+    )
+    _layout(figure, title, "Return of a closed trade (net of costs)", "Closed trades")
+    figure.update_xaxes(tickformat=".1%")
+    return _chart("trade-returns", figure)
+
+
+def _bars_chart(labels: list[str], values: list[float], title: str) -> str:
+    if not values:
+        return "<p>No closed trade: there is no PnL by symbol to show.</p>"
+    import plotly.graph_objects as go
+
+    figure = go.Figure(
+        go.Bar(
+            x=labels,
+            y=values,
+            marker_color=[GREEN if v >= 0 else RED for v in values],
+            hovertemplate="%{x}: %{y:,.2f} USD<extra></extra>",
+        )
+    )
+    _layout(figure, title, "Symbol", "PnL of closed trades (USD, net of costs)")
+    figure.update_xaxes(type="category")
+    figure.update_yaxes(tickformat=",.0f")
+    return _chart("pnl-by-symbol", figure)
 
 
 def _heatmap(returns: pl.DataFrame) -> str:
+    """Compounded returns by calendar month (the months of the bars' UTC times), a table."""
     monthly = (
         returns.with_columns(y=pl.col("ts").dt.year(), m=pl.col("ts").dt.month())
         .group_by("y", "m")
@@ -236,7 +333,7 @@ def _heatmap(returns: pl.DataFrame) -> str:
     cells = {(r["y"], r["m"]): r["ret"] for r in monthly.iter_rows(named=True)}
     rows = [
         "<table class='heat'><tr><th></th>"
-        + "".join(f"<th>{m}</th>" for m in range(1, 13))
+        + "".join(f"<th>{MONTHS[m - 1]}</th>" for m in range(1, 13))
         + "</tr>"
     ]
     for y in sorted({k[0] for k in cells}):
@@ -253,6 +350,127 @@ def _heatmap(returns: pl.DataFrame) -> str:
     return "".join(rows) + "</table>"
 
 
+def _shown(m: dict[str, float], undefined: dict[str, str], key: str, spec: str) -> str:
+    """A figure formatted, or why it has no value (never a sentinel)."""
+    if key in m:
+        return format(m[key], spec)
+    return f"not available: {undefined.get(key, 'not computed for this backtest')}"
+
+
+def headline_html(
+    m: dict[str, float],
+    undefined: dict[str, str],
+    *,
+    selection: Selection | None,
+    benchmark: str,
+    period: tuple[date, date],
+    periods_per_year: float,
+) -> str:
+    """The headline figures of ``m`` (the report's metrics), each explained in a sentence."""
+    start, end = (d.isoformat() for d in period)
+    ppy = f"{periods_per_year:g}"
+    daily = (
+        f" Of daily returns it is {m['sharpe_daily_annualised']:.2f} (the daily Sharpe "
+        f"{m['sharpe_daily']:.3f} × √252), the figure the deflated Sharpe below tests."
+        if "sharpe_daily_annualised" in m and "sharpe_daily" in m
+        else ""
+    )
+    rows = [
+        (
+            "Total return",
+            _shown(m, undefined, "total_return", "+.2%"),
+            f"The change of the strategy's equity from the first bar of {start} to the last "
+            f"of {end}, net of every cost (commissions, slippage and impact, borrow on "
+            f"shorts); {_shown(m, undefined, 'annual_return', '+.2%')} a year, compounded.",
+        ),
+        (
+            "Sharpe ratio (annualised)",
+            _shown(m, undefined, "sharpe", ".2f"),
+            f"The mean of the bar returns over their standard deviation, times √{ppy} (the "
+            f"bars in a year); no risk-free rate is subtracted.{daily}",
+        ),
+        (
+            "Beta",
+            _shown(m, undefined, "beta", ".2f"),
+            f"Against {benchmark}: the slope of the strategy's bar returns on the benchmark's "
+            "over the same bars (0: none of its moves, 1: all of them).",
+        ),
+        (
+            "Alpha (a year)",
+            _shown(m, undefined, "alpha", "+.2%"),
+            f"The mean bar return that the beta to {benchmark} does not explain, times {ppy} "
+            "(simple, not compounded).",
+        ),
+        _dsr_row(undefined, selection),
+        _pbo_row(undefined, selection),
+        (
+            "Maximum drawdown",
+            _shown(m, undefined, "max_drawdown", ".2%"),
+            "The deepest fall of the equity from a previous peak; the longest time under "
+            f"water lasted {_shown(m, undefined, 'max_drawdown_periods', '.0f')} bars.",
+        ),
+        (
+            "Closed trades",
+            _shown(m, undefined, "trades_closed", ".0f"),
+            "Fills that reduced a position, each closing that part at its average cost; "
+            f"winning share, net of costs: {_shown(m, undefined, 'trades_win_rate', '.1%')}.",
+        ),
+    ]
+    body = "".join(
+        f"<tr><th>{html.escape(name)}</th><td class='value'>{html.escape(value)}</td>"
+        f"<td>{html.escape(why)}</td></tr>"
+        for name, value, why in rows
+    )
+    return f"<table class='headline'>{body}</table>"
+
+
+def _dsr_row(undefined: dict[str, str], selection: Selection | None) -> tuple[str, str, str]:
+    name = "Deflated Sharpe ratio"
+    if selection is None:
+        return (
+            name,
+            f"not available: {undefined['deflated_sharpe']}",
+            "It deflates the Sharpe ratio for the N configurations tried before this one "
+            "was chosen.",
+        )
+    n = selection.n_trials
+    if selection.dsr is None:
+        return (
+            name,
+            f"not available (N = {n} trials): {undefined['deflated_sharpe']}",
+            "It deflates the daily Sharpe ratio for the N trials recorded for this strategy "
+            "family.",
+        )
+    psr = f"{selection.psr:.3f}" if selection.psr is not None else "not available"
+    return (
+        name,
+        f"{selection.dsr:.3f} (N = {n} trials)",
+        "The probability that the true daily Sharpe ratio is above "
+        f"{selection.sr0:.3f}, the best daily Sharpe that N = {n} skill-less trials would be "
+        f"expected to show given the variance of the trials' Sharpe ratios "
+        f"({selection.sr_variance:.4g}): the Sharpe ratio's significance after choosing this "
+        f"configuration among the N = {n} trials recorded for its family. Near 1, the skill "
+        "survives the selection (0.95 is the usual bar); before deflation (probabilistic "
+        f"Sharpe, against 0) it is {psr}.",
+    )
+
+
+def _pbo_row(undefined: dict[str, str], selection: Selection | None) -> tuple[str, str, str]:
+    name = "Probability of backtest overfitting (PBO)"
+    if selection is None or selection.pbo is None:
+        why = undefined.get("pbo", "no trials were recorded for this backtest")
+        return (name, f"not available: {why}", "It needs several configurations tried together.")
+    return (
+        name,
+        f"{selection.pbo:.2f}",
+        "By combinatorially symmetric cross-validation over the "
+        f"{selection.pbo_configurations} configurations tried together on the same days: the "
+        "share of the splits of those days into halves in which the configuration best on "
+        "one half ranks below the median on the other. 0.5 or more: choosing the best in "
+        "sample is no better than chance.",
+    )
+
+
 def build_report(
     result: BacktestResult,
     benchmark: pl.DataFrame,
@@ -261,10 +479,12 @@ def build_report(
     title: str = "Backtest",
     selection: Selection | None = None,
     sections: tuple[Section, ...] = (),
+    benchmark_name: str = "the benchmark",
 ) -> Report:
     """Metrics and HTML for ``result``; ``benchmark`` has ``ts`` and ``close`` (e.g. SPY or an
-    equal-weight index); ``selection`` adds the deflated Sharpe with its N and the PBO;
-    ``sections`` are appended as they are."""
+    equal-weight index, named ``benchmark_name`` in the text); ``selection`` adds the deflated
+    Sharpe with its N and the PBO; ``sections`` are appended as they are. The title names the
+    test period (the first and last New York dates of the bars)."""
     eq = result.equity.sort("ts")
     r = eq.select(pl.col("ts"), r=pl.col("equity").pct_change().fill_null(0.0))
     bench = benchmark.sort("ts").select("ts", b=pl.col("close").pct_change().fill_null(0.0))
@@ -284,7 +504,7 @@ def build_report(
     metrics, undefined = defined(
         {
             **stats.as_dict(),
-            **{f"trades_{k}": float(v) for k, v in trades.__dict__.items()},
+            **{TRADE_FIGURES.get(k, f"trades_{k}"): float(v) for k, v in trades.__dict__.items()},
             **(selection.as_dict() if selection is not None else {}),
             "commissions_usd": commissions,
             "slippage_usd": slippage,
@@ -313,11 +533,9 @@ def build_report(
         * math.sqrt(periods_per_year)
     )
     by_symbol = trips.group_by("symbol").agg(pl.col("pnl").sum()).sort("symbol")
-    hist: list[float] = []
-    edges: list[float] = []
-    if trips.height:
-        counts, bounds = np.histogram(trips["ret"].to_numpy(), bins=20)
-        hist, edges = counts.astype(float).tolist(), bounds.tolist()
+    period = period_of(eq["ts"])
+    span = f"{period[0].isoformat()} to {period[1].isoformat()}"
+    heading = f"{title}, {span}"
     table = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>" for k, v in metrics.items()
     ) + "".join(
@@ -325,28 +543,82 @@ def build_report(
         for k, why in undefined.items()
     )
     extra = "".join(f"<h2>{html.escape(x.title)}</h2>{x.html}" for x in sections)
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:24px;max-width:900px}}td,th{{padding:2px 6px}}
-.heat td{{font-size:11px;text-align:right}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<h2>Equity and benchmark</h2>{
-        _svg_lines({"strategy": eq["equity"].to_list(), "benchmark": bench_curve.to_list()})
-    }
-<h2>Drawdown</h2>{_svg_lines({"underwater": underwater.tolist()}, colors=("#d62728",))}
+    ts = eq["ts"]
+    equity_chart = _time_chart(
+        "equity",
+        f"Equity and {benchmark_name} (rebased to the starting equity), {span}",
+        ts,
+        {
+            "strategy": (eq["equity"].to_numpy(), BLUE),
+            benchmark_name: (bench_curve.to_numpy(), ORANGE),
+        },
+        "Equity (USD)",
+    )
+    drawdown_chart = _time_chart(
+        "drawdown",
+        f"Drawdown from the running peak, {span}",
+        ts,
+        {"drawdown": (underwater, RED)},
+        "Drawdown",
+        percent=True,
+    )
+    sharpe_chart = _time_chart(
+        "rolling-sharpe",
+        f"Rolling Sharpe ratio (130 bars, annualised), {span}",
+        ts,
+        {"rolling Sharpe": (roll["sr"].fill_null(float("nan")).to_numpy(), BLUE)},
+        "Sharpe ratio (annualised)",
+    )
+    exposure_chart = _time_chart(
+        "exposure",
+        f"Gross exposure over equity, {span}",
+        ts,
+        {"gross exposure": ((eq["gross"] / eq["equity"]).to_numpy(), BLUE)},
+        "Gross exposure (% of equity)",
+        percent=True,
+    )
+    headline = headline_html(
+        metrics,
+        undefined,
+        selection=selection,
+        benchmark=benchmark_name,
+        period=period,
+        periods_per_year=periods_per_year,
+    )
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{
+        html.escape(heading)
+    }</title>
+<style>body{{font-family:sans-serif;margin:24px;max-width:1000px}}td,th{{padding:2px 6px}}
+.heat td{{font-size:11px;text-align:right}}.chart{{width:100%;height:340px}}
+.headline{{width:100%;table-layout:fixed}}.headline td{{vertical-align:top}}
+.headline th{{width:24%;text-align:left;vertical-align:top}}
+.headline .value{{width:20%;font-weight:bold}}</style>
+<script>{_plotly_js()}</script></head><body>
+<h1>{html.escape(heading)}</h1>
+<h2>Headline figures</h2>{headline}
+<h2>Equity and benchmark</h2>{equity_chart}
+<h2>Drawdown</h2>{drawdown_chart}
 <h2>Monthly returns</h2>{_heatmap(joined)}
-<h2>Rolling Sharpe (130 bars, annualised)</h2>{
-        _svg_lines({"rolling Sharpe": roll["sr"].fill_null(float("nan")).to_list()})
+<h2>Rolling Sharpe (130 bars, annualised)</h2>{sharpe_chart}
+<h2>Gross exposure / equity</h2>{exposure_chart}
+<h2>Distribution of trade returns</h2>{
+        _histogram_chart(trips["ret"].to_numpy(), f"Returns of the closed trades, {span}")
     }
-<h2>Gross exposure / equity</h2>{_svg_lines({"exposure": (eq["gross"] / eq["equity"]).to_list()})}
-<h2>Distribution of trade returns</h2>{_svg_bars([f"{e:.3%}" for e in edges[:-1]], hist)}
-<h2>PnL by symbol</h2>{_svg_bars(by_symbol["symbol"].to_list(), by_symbol["pnl"].to_list())}
+<h2>PnL by symbol</h2>{
+        _bars_chart(
+            by_symbol["symbol"].to_list(),
+            by_symbol["pnl"].to_list(),
+            f"PnL of the closed trades by symbol, {span}",
+        )
+    }
 <h2>Costs by kind</h2><table><tr><td>commissions</td><td>{commissions:,.2f} USD</td></tr>
 <tr><td>slippage and impact</td><td>{slippage:,.2f} USD</td></tr>
 <tr><td>borrow on shorts</td><td>{borrow:,.2f} USD</td></tr></table>
 <p>Turnover: {turnover:,.2f} x mean equity traded over the backtest.</p>
 <h2>Risk: orders refused and trading states</h2>{_risk_html(refused, states)}
 {extra}
-<h2>Metrics</h2><table>{table}</table></body></html>"""
+<h2>Metrics</h2><table>{table}</table>
+<script>{DRAW_CHARTS}</script></body></html>"""
     return Report(metrics, body, undefined)
 
 
@@ -386,6 +658,8 @@ def _risk_html(refused: pl.DataFrame, states: pl.DataFrame) -> str:
 
 
 def write_report(report: Report, html_path: str, json_path: str) -> None:
+    """The page to ``html_path`` and the metrics with the undefined figures' reasons to
+    ``json_path`` (strict JSON: no NaN)."""
     from pathlib import Path
 
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)

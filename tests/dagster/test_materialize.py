@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
+from itertools import pairwise
 from pathlib import Path
 
 import dagster as dg
@@ -36,6 +38,26 @@ def _resources(project, url: str) -> dict[str, object]:  # type: ignore[no-untyp
         ),
         "trading_db": TradingDatabaseResource(url=url),
     }
+
+
+def _declared(assets: list[dg.AssetsDefinition], key: str) -> dict[str, str]:
+    """The columns (name -> type) that asset ``key`` declares in ``dagster/column_schema``."""
+    spec = next(a.specs_by_key[k] for a in assets for k in a.keys if k.to_user_string() == key)
+    return {c.name: c.type for c in spec.metadata["dagster/column_schema"].columns}
+
+
+def _columns(frame: pl.DataFrame) -> dict[str, str]:
+    return {name: str(dtype) for name, dtype in frame.schema.items()}
+
+
+def _repeats_a_segment(key: str) -> bool:
+    parts = re.split(r"[._/]", key)
+    return any(a == b for a, b in pairwise(parts))
+
+
+def _markdown_rows(table: str) -> list[dict[str, str]]:
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    return [dict(zip(lines[0], row, strict=True)) for row in lines[2:]]
 
 
 def _checks(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
@@ -231,6 +253,35 @@ def test_training_gate_holdout_and_backtest_through_dagster(february) -> None:  
     assert meta["holdout_predictions"]["all.rows"].value == meta["holdout_set"]["rows"].value
     stored = pl.read_parquet(tmp_path / "parquet" / "oos_predictions" / "all.parquet")
     assert {"prob", "prob_raw", "fold", "model_version", "base_rate"} <= set(stored.columns)
+    # The column schemas the UI shows are the columns written (prob_stacked: stack only).
+    assert _declared(assets, "oos_predictions") == {**_columns(stored), "prob_stacked": "Float64"}
+    for key, file in (
+        ("feature_matrix", "feature_matrix/2019-02-01.parquet"),
+        ("triple_barrier_labels", "triple_barrier_labels/2019-02-01.parquet"),
+        ("training_set", "training_set/all.parquet"),
+        ("holdout_set", "holdout_set/all.parquet"),
+    ):
+        assert _declared(assets, key) == _columns(pl.read_parquet(tmp_path / "parquet" / file))
+    february = (datetime(2019, 2, 1, tzinfo=UTC), datetime(2019, 3, 1, tzinfo=UTC))
+    bars = (
+        resources["trading_db"]
+        .store()
+        .read_bars(timeframe="15m", start=february[0], end=february[1])
+    )
+    sample = load_project({})
+    bar_assets = build_bar_assets(sample.universe, sample.settings.validation)
+    assert _declared(bar_assets, "bars_15m") == _columns(bars)
+    # Per-fold counts are integers, figures four significant digits.
+    quality_meta = meta["oos_predictions"]
+    assert isinstance(quality_meta["oos_n"], dg.IntMetadataValue)
+    assert isinstance(quality_meta["gate_auc_within_fold_clusters"], dg.IntMetadataValue)
+    auc = quality_meta["oos_auc"].value
+    assert auc == float(f"{auc:.4g}")
+    table = _markdown_rows(quality_meta["per_fold"].value)
+    for column in ("fold", "trials", "best_iteration", "n"):
+        assert all(re.fullmatch(r"\d+", row[column]) for row in table), column
+    assert all(len(row["auc"].lstrip("-0.")) <= 5 for row in table)
+    assert isinstance(meta["holdout_predictions"]["all.rows"], dg.IntMetadataValue)
 
     project = load_project({})
     report_asset = build_backtest_report_asset(
@@ -251,6 +302,16 @@ def test_training_gate_holdout_and_backtest_through_dagster(february) -> None:  
     assert "Equity and benchmark" in page and "NOT deployable" in page
     assert "Holdout (never used" in page
     assert rmeta["n_trials"].value == 5  # 2 thresholds x 2 exits, and the configured pair
+    # No key names a segment twice (the closed-trade count was once trades_trades); counts are
+    # integers; the summary names the test period and shows returns in percent.
+    doubled = [k for k in rmeta if _repeats_a_segment(k)]
+    assert doubled == [], doubled
+    counts = ["n_trials", "trades_closed", *(k for k in rmeta if k.endswith("_trades_closed"))]
+    assert len(counts) > 2 and all(isinstance(rmeta[k], dg.IntMetadataValue) for k in counts)
+    summary = rmeta["summary"].value
+    assert f"| test_period | {rmeta['test_period'].value} |" in summary
+    assert re.search(r"\| total_return \| [+-]\d+\.\d\d% \|", summary), summary
+    assert f"(N = {rmeta['n_trials'].value} trials)" in summary
     assert rmeta["deployable"].value is False and rmeta["max_drawdown"].value <= 0.0
     # The report is an artifact of the model's MLflow run, linked from the asset.
     run_id = str(decision["run_id"].value) if "run_id" in decision else None
