@@ -160,6 +160,19 @@ def live() -> dict[str, object]:
     return _json(["-m", "bench.live", "--shared", str(SHARED)])
 
 
+def backfill() -> dict[str, object]:
+    """`backfill.*`: every month of the shared 15-minute set's bars, features and labels
+    backfilled through the Dagster daemon with runs in parallel on PostgreSQL (the native
+    stack), against one process doing every month in sequence (bench/backfill.py)."""
+    if not (SHARED / "us_equities_15min_2020_2022_av.parquet").exists():
+        print(
+            f"bench: backfill skipped: it needs us_equities_15min_2020_2022_av.parquet in {SHARED}",
+            file=sys.stderr,
+        )
+        return {}
+    return _json(["-m", "bench.backfill", "--shared", str(SHARED)])
+
+
 BENCH_PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
 PARTS = {
     "ingest": ingest,
@@ -170,6 +183,7 @@ PARTS = {
     "daily": daily,
     "risk": risk,
     "live": live,
+    "backfill": backfill,
 }
 
 
