@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date
 
 import dagster as dg
@@ -48,4 +49,20 @@ def market_partitions(universe: UniverseConfig) -> dg.TimeWindowPartitionsDefini
         fmt="%Y-%m-%d",
         timezone=NEW_YORK,
         end_offset=1 if end is None else 0,
+    )
+
+
+def bars_dep(universe: UniverseConfig, before_days: int, after_days: int = 0) -> dg.AssetDep:
+    """The source bars a partition reads: its own period and the periods ``before_days`` of
+    warm-up (features) and ``after_days`` of look-ahead (labels) reach into, so that a backfill
+    of several assets stores those bars before it builds the partition (the UI's lineage shows
+    them too). Periods before the first or after the last are not required."""
+    shortest = 28 if universe.partition_grain == "month" else 365
+    return dg.AssetDep(
+        f"bars_{universe.base_timeframe}",
+        partition_mapping=dg.TimeWindowPartitionMapping(
+            start_offset=-math.ceil(before_days / shortest),
+            end_offset=math.ceil(after_days / shortest),
+            allow_nonexistent_upstream_partitions=True,
+        ),
     )

@@ -12,7 +12,7 @@ from assets.common import (
     progress_to,
 )
 from assets.metadata import OWNERS, column_schema, table_schema
-from assets.partitions import market_partitions
+from assets.partitions import bars_dep, market_partitions
 from pipelines.config import Settings, UniverseConfig
 from pipelines.features import FEATURE_SET_VERSION, FeatureConfig, feature_registry
 from pipelines.features.partition import (
@@ -71,7 +71,7 @@ def build_feature_matrix_asset(universe: UniverseConfig) -> dg.AssetsDefinition:
     @dg.asset(
         group_name=GROUP,
         partitions_def=partitions,
-        deps=[f"bars_{universe.base_timeframe}"],
+        deps=[bars_dep(universe, before_days=lookback)],
         io_manager_key="parquet_io_manager",
         kinds={"polars", "parquet"},
         check_specs=check_specs("feature_matrix", checks, partitions),
@@ -129,7 +129,7 @@ def build_labels_asset(universe: UniverseConfig, settings: Settings) -> dg.Asset
     @dg.asset(
         group_name=GROUP,
         partitions_def=partitions,
-        deps=[f"bars_{universe.base_timeframe}"],
+        deps=[bars_dep(universe, before_days=before, after_days=after)],
         io_manager_key="parquet_io_manager",
         kinds={"polars", "parquet"},
         check_specs=check_specs("triple_barrier_labels", LABEL_CHECKS, partitions),

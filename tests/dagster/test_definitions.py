@@ -154,3 +154,26 @@ def test_mlflow_run_link_shows_where_but_no_password() -> None:
     link = MlflowResource(tracking_uri=uri).run_link("abc123")
     assert link.startswith("postgresql+psycopg://***@db:5432/mlflow run abc123")
     assert "Pw-hunter2" not in link
+
+
+def test_features_and_labels_depend_on_the_bars_they_read_around_their_month() -> None:
+    """A month's features read 45 days of earlier bars and its labels a few days of the next
+    month's: a backfill of every asset must store those bars first, so the graph says so."""
+    from quantdag.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    bars = dg.AssetKey("bars_15m")
+
+    def upstream(asset: str, month: str) -> list[str]:
+        key = dg.AssetKey(asset)
+        node = graph.get(key)
+        mapping = node.partition_mappings[bars] if bars in node.partition_mappings else None
+        assert mapping is not None, f"{asset} does not declare which bars it reads"
+        subset = node.partitions_def.subset_with_partition_keys([month])
+        got = mapping.get_upstream_mapped_partitions_result_for_partitions(
+            subset, node.partitions_def, graph.get(bars).partitions_def
+        )
+        return sorted(got.partitions_subset.get_partition_keys())
+
+    assert upstream("feature_matrix", "2019-02-01") == ["2019-01-01", "2019-02-01"]
+    assert upstream("triple_barrier_labels", "2019-01-01") == ["2019-01-01", "2019-02-01"]
