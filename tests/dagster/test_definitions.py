@@ -167,7 +167,7 @@ def test_features_and_labels_depend_on_the_bars_they_read_around_their_month() -
     def upstream(asset: str, month: str) -> list[str]:
         key = dg.AssetKey(asset)
         node = graph.get(key)
-        mapping = node.partition_mappings[bars] if bars in node.partition_mappings else None
+        mapping = node.partition_mappings.get(bars)
         assert mapping is not None, f"{asset} does not declare which bars it reads"
         subset = node.partitions_def.subset_with_partition_keys([month])
         got = mapping.get_upstream_mapped_partitions_result_for_partitions(
