@@ -35,26 +35,21 @@ def _push(
 def build_pipeline_metrics_sensors() -> list[dg.SensorDefinition]:
     """The two sensors (a run status sensor watches one status)."""
 
-    @dg.run_status_sensor(
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        name="pipeline_metrics_sensor",
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Pushes each successful batch run's metrics to the Pushgateway.",
-    )
-    def pipeline_metrics_sensor(
-        context: dg.RunStatusSensorContext, pipeline_metrics: PipelineMetricsResource
-    ) -> dg.SkipReason | None:
-        return _push(context, pipeline_metrics)
+    def build(status: dg.DagsterRunStatus, name: str, what: str) -> dg.SensorDefinition:
+        @dg.run_status_sensor(
+            run_status=status,
+            name=name,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description=f"Pushes each {what} batch run's metrics to the Pushgateway.",
+        )
+        def push_run_metrics(
+            context: dg.RunStatusSensorContext, pipeline_metrics: PipelineMetricsResource
+        ) -> dg.SkipReason | None:
+            return _push(context, pipeline_metrics)
 
-    @dg.run_status_sensor(
-        run_status=dg.DagsterRunStatus.FAILURE,
-        name="pipeline_metrics_failure_sensor",
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Pushes each failed batch run's metrics (its failed checks included).",
-    )
-    def pipeline_metrics_failure_sensor(
-        context: dg.RunStatusSensorContext, pipeline_metrics: PipelineMetricsResource
-    ) -> dg.SkipReason | None:
-        return _push(context, pipeline_metrics)
+        return push_run_metrics
 
-    return [pipeline_metrics_sensor, pipeline_metrics_failure_sensor]
+    return [
+        build(dg.DagsterRunStatus.SUCCESS, "pipeline_metrics_sensor", "successful"),
+        build(dg.DagsterRunStatus.FAILURE, "pipeline_metrics_failure_sensor", "failed"),
+    ]

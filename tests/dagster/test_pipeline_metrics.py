@@ -5,7 +5,6 @@ and (where Debian's ``prometheus-pushgateway`` is installed) received by a real 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from pipelines.ops.pipeline_metrics import (
     push_run_metrics,
 )
 from quantdag.project import load_project
+from quantdag.testing.native_stack import free_port, prometheus_binaries
 from resources import FileBarSourceResource, TradingDatabaseResource
 from resources.pipeline_metrics import (
     PipelineMetricsResource,
@@ -188,18 +188,12 @@ def test_the_sensor_pushes_a_finished_run_and_skips_when_not_configured(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def pushgateway(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    _, binary = prometheus_binaries()
     if binary is None:
         pytest.skip("Debian's prometheus-pushgateway is not installed (.ci/run installs it)")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [binary, f"--web.listen-address=127.0.0.1:{port}"],
@@ -270,7 +264,7 @@ def test_make_run_pushes_where_configured_and_says_so_where_it_cannot(
     push_metrics(instance, run_id)
     text = requests.get(f"{pushgateway}/metrics", timeout=5).text
     assert 'quantdag_pipeline_rows_in{asset="bars_15m"' in text
-    monkeypatch.setenv("QUANTDAG_PUSHGATEWAY_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("QUANTDAG_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
     push_metrics(instance, run_id)  # the run goes on
     assert f"metrics of run {run_id} NOT pushed" in capsys.readouterr().out
 
@@ -305,7 +299,7 @@ def test_credentials_in_the_gateway_url_go_in_a_header_never_in_a_message() -> N
     ((path, auth),) = seen
     assert path == "/metrics/job/quantdag_pipeline_runs/dagster_job/market_data_job"
     assert auth == "Basic " + base64.b64encode(b"pusher:s3cr@t").decode()
-    closed = f"http://pusher:s3cr%40t@127.0.0.1:{_free_port()}"
+    closed = f"http://pusher:s3cr%40t@127.0.0.1:{free_port()}"
     with pytest.raises(PushError) as refused:
         push_run_metrics(run, closed)
     assert "s3cr" not in str(refused.value) and "127.0.0.1" in str(refused.value)
